@@ -1,0 +1,298 @@
+"""Architecture registry: EfficientNet variants and their blocks as data.
+
+Everything here mirrors tensorflow/tpu models/official/efficientnet
+(efficientnet_builder.py and efficientnet_model.py). Nothing in this module
+imports torch or TensorFlow: the PyTorch module, the mapping tables and the
+TensorFlow reference all read the architecture from here.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional, Tuple
+
+from .errors import ConversionError
+
+BN_EPS_TF = 1e-3  # tensorflow/tpu efficientnet_builder: batch_norm_epsilon=1e-3
+BN_MOMENTUM_TF = 0.99  # tensorflow/tpu efficientnet_builder: batch_norm_momentum=0.99
+DEPTH_DIVISOR = 8  # tensorflow/tpu efficientnet_builder: depth_divisor=8
+
+# tensorflow/tpu efficientnet_builder.efficientnet(): _DEFAULT_BLOCKS_ARGS
+BASE_BLOCKS = (
+    "r1_k3_s11_e1_i32_o16_se0.25",
+    "r2_k3_s22_e6_i16_o24_se0.25",
+    "r2_k5_s22_e6_i24_o40_se0.25",
+    "r3_k3_s22_e6_i40_o80_se0.25",
+    "r3_k5_s11_e6_i80_o112_se0.25",
+    "r4_k5_s22_e6_i112_o192_se0.25",
+    "r1_k3_s11_e6_i192_o320_se0.25",
+)
+STEM_FILTERS = 32  # efficientnet_model.Model._build: round_filters(32, ...)
+HEAD_FILTERS = 1280  # efficientnet_model.Model._build: round_filters(1280, ...)
+
+
+@dataclass(frozen=True)
+class BlockArgs:
+    """One official block string, decoded (efficientnet_builder.BlockDecoder)."""
+
+    num_repeat: int
+    kernel_size: int
+    strides: Tuple[int, int]
+    expand_ratio: int
+    input_filters: int
+    output_filters: int
+    se_ratio: Optional[float] = None
+    id_skip: bool = True
+    conv_type: int = 0
+    fused_conv: int = 0
+    super_pixel: int = 0
+    condconv: bool = False
+
+    _TOKEN = re.compile(r"^([a-z]+)(\d.*)$")
+
+    @classmethod
+    def decode(cls, code: str) -> "BlockArgs":
+        """Decode an official block string such as ``r2_k3_s22_e6_i16_o24_se0.25``."""
+        options: Dict[str, str] = {}
+        flags = set()
+        for op in code.split("_"):
+            m = cls._TOKEN.match(op)
+            if m:
+                options[m.group(1)] = m.group(2)
+            elif op:
+                flags.add(op)
+        unknown = (set(options) - {"r", "k", "s", "e", "i", "o", "se", "c", "f", "p"}) | (
+            flags - {"noskip", "cc"}
+        )
+        if unknown:
+            raise ConversionError(f"block string {code!r}: unknown option(s) {sorted(unknown)}")
+        missing = [k for k in ("r", "k", "s", "e", "i", "o") if k not in options]
+        if missing:
+            raise ConversionError(f"block string {code!r}: missing option(s) {missing}")
+        if len(options["s"]) != 2:
+            raise ConversionError(f"block string {code!r}: strides must be a pair of digits")
+        return cls(
+            num_repeat=int(options["r"]),
+            kernel_size=int(options["k"]),
+            strides=(int(options["s"][0]), int(options["s"][1])),
+            expand_ratio=int(options["e"]),
+            input_filters=int(options["i"]),
+            output_filters=int(options["o"]),
+            se_ratio=float(options["se"]) if "se" in options else None,
+            id_skip="noskip" not in flags,
+            conv_type=int(options.get("c", 0)),
+            fused_conv=int(options.get("f", 0)),
+            super_pixel=int(options.get("p", 0)),
+            condconv="cc" in flags,
+        )
+
+    def encode(self) -> str:
+        """Encode back to the official string (the short form, defaults left out)."""
+        parts = [
+            f"r{self.num_repeat}",
+            f"k{self.kernel_size}",
+            f"s{self.strides[0]}{self.strides[1]}",
+            f"e{self.expand_ratio}",
+            f"i{self.input_filters}",
+            f"o{self.output_filters}",
+        ]
+        if self.conv_type:
+            parts.append(f"c{self.conv_type}")
+        if self.fused_conv:
+            parts.append(f"f{self.fused_conv}")
+        if self.super_pixel:
+            parts.append(f"p{self.super_pixel}")
+        if self.se_ratio is not None:
+            parts.append(f"se{self.se_ratio:g}")
+        if not self.id_skip:
+            parts.append("noskip")
+        if self.condconv:
+            parts.append("cc")
+        return "_".join(parts)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a built model, channels and repeats already scaled."""
+
+    index: int  # global index: TF scope blocks_{index}
+    stage: int  # which of the block strings it came from
+    index_in_stage: int
+    kernel_size: int
+    stride: int
+    expand_ratio: int
+    in_channels: int
+    mid_channels: int  # after the expand conv (== in_channels when there is none)
+    out_channels: int
+    se_channels: int  # 0: no squeeze-excitation
+    residual: bool
+
+    @property
+    def has_expand(self) -> bool:
+        return self.expand_ratio != 1
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One architecture: efficientnet_builder.efficientnet_params plus the block list."""
+
+    name: str  # registry name, e.g. "b0", "l2-475"
+    width: float
+    depth: float
+    resolution: int
+    dropout: float
+    scope: str  # TensorFlow variable scope, e.g. "efficientnet-b0"
+    block_strings: Tuple[str, ...] = BASE_BLOCKS
+    stem_filters: int = STEM_FILTERS
+    head_filters: int = HEAD_FILTERS
+    activation: str = "swish"
+    bn_eps: float = BN_EPS_TF
+    num_classes: int = 1000
+
+    def round_filters(self, filters: int) -> int:
+        """efficientnet_builder.round_filters (min_depth None, depth_divisor 8)."""
+        multiplier = self.width
+        if not multiplier:
+            return filters
+        filters *= multiplier
+        new_filters = max(DEPTH_DIVISOR, int(filters + DEPTH_DIVISOR / 2) // DEPTH_DIVISOR * DEPTH_DIVISOR)
+        if new_filters < 0.9 * filters:  # never round down by more than 10%
+            new_filters += DEPTH_DIVISOR
+        return int(new_filters)
+
+    def round_repeats(self, repeats: int) -> int:
+        """efficientnet_builder.round_repeats."""
+        if not self.depth:
+            return repeats
+        return int(math.ceil(self.depth * repeats))
+
+    @property
+    def stem_channels(self) -> int:
+        return self.round_filters(self.stem_filters)
+
+    @property
+    def head_channels(self) -> int:
+        return self.round_filters(self.head_filters)
+
+    def blocks(self) -> List[Block]:
+        """Expand the block strings as efficientnet_model.Model._build does."""
+        out: List[Block] = []
+        for stage, code in enumerate(self.block_strings):
+            args = BlockArgs.decode(code)
+            in_ch = self.round_filters(args.input_filters)
+            out_ch = self.round_filters(args.output_filters)
+            repeats = self.round_repeats(args.num_repeat)
+            for j in range(repeats):
+                stride = args.strides[0] if j == 0 else 1
+                cin = in_ch if j == 0 else out_ch
+                mid = cin * args.expand_ratio
+                has_se = args.se_ratio is not None and 0 < args.se_ratio <= 1
+                se = max(1, int(cin * args.se_ratio)) if has_se else 0
+                out.append(
+                    Block(
+                        index=len(out),
+                        stage=stage,
+                        index_in_stage=j,
+                        kernel_size=args.kernel_size,
+                        stride=stride,
+                        expand_ratio=args.expand_ratio,
+                        in_channels=cin,
+                        mid_channels=mid,
+                        out_channels=out_ch,
+                        se_channels=se,
+                        residual=args.id_skip and stride == 1 and cin == out_ch,
+                    )
+                )
+        return out
+
+    def with_classes(self, num_classes: int) -> "ArchSpec":
+        return replace(self, num_classes=num_classes)
+
+
+def _spec(name: str, width: float, depth: float, res: int, dropout: float, scope: Optional[str] = None) -> ArchSpec:
+    return ArchSpec(name=name, width=width, depth=depth, resolution=res, dropout=dropout,
+                    scope=scope or f"efficientnet-{name}")
+
+
+# tensorflow/tpu efficientnet_builder.efficientnet_params:
+# (width_coefficient, depth_coefficient, resolution, dropout_rate)
+ARCHS: Dict[str, ArchSpec] = {
+    s.name: s
+    for s in (
+        _spec("b0", 1.0, 1.0, 224, 0.2),
+        _spec("b1", 1.0, 1.1, 240, 0.2),
+        _spec("b2", 1.1, 1.2, 260, 0.3),
+        _spec("b3", 1.2, 1.4, 300, 0.3),
+        _spec("b4", 1.4, 1.8, 380, 0.4),
+        _spec("b5", 1.6, 2.2, 456, 0.4),
+        _spec("b6", 1.8, 2.6, 528, 0.5),
+        _spec("b7", 2.0, 3.1, 600, 0.5),
+        _spec("b8", 2.2, 3.6, 672, 0.5),
+        _spec("l2", 4.3, 5.3, 800, 0.5),
+        # The NoisyStudent L2 released at 475 px: same weights layout and scope as l2.
+        _spec("l2-475", 4.3, 5.3, 475, 0.5, scope="efficientnet-l2"),
+    )
+}
+
+
+def get_arch(variant: str) -> ArchSpec:
+    """Look up an architecture by name (``b0``, ``efficientnet-b0``, ``l2-475``...)."""
+    key = variant.lower().strip()
+    if key.startswith("efficientnet-"):
+        key = key[len("efficientnet-"):]
+    key = key.replace("_", "-")
+    if key not in ARCHS:
+        raise ConversionError(
+            f"unknown variant {variant!r}; known: {', '.join(ARCHS)}")
+    return ARCHS[key]
+
+
+def same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
+    """TensorFlow 'SAME' padding (before, after) along one axis for an input of ``size``.
+
+    out = ceil(size / stride); total = max((out - 1) * stride + kernel - size, 0);
+    the odd pixel goes after (bottom/right), as tf.nn.conv2d does.
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def count_params(spec: ArchSpec) -> int:
+    """Parameters of the inference model (BN moving statistics not counted)."""
+    n = 3 * 3 * 3 * spec.stem_channels + 2 * spec.stem_channels
+    for b in spec.blocks():
+        if b.has_expand:
+            n += b.in_channels * b.mid_channels + 2 * b.mid_channels
+        n += b.kernel_size ** 2 * b.mid_channels + 2 * b.mid_channels
+        if b.se_channels:
+            n += b.mid_channels * b.se_channels + b.se_channels
+            n += b.se_channels * b.mid_channels + b.mid_channels
+        n += b.mid_channels * b.out_channels + 2 * b.out_channels
+    last = spec.blocks()[-1].out_channels
+    n += last * spec.head_channels + 2 * spec.head_channels
+    n += spec.head_channels * spec.num_classes + spec.num_classes
+    return n
+
+
+def count_macs(spec: ArchSpec, resolution: Optional[int] = None) -> int:
+    """Multiply-adds of one forward pass (convs, SE and the classifier), as the paper counts FLOPs."""
+    size = resolution or spec.resolution
+
+    def down(s: int, stride: int) -> int:
+        return -(-s // stride)
+
+    size = down(size, 2)
+    macs = size * size * 3 * 3 * 3 * spec.stem_channels
+    for b in spec.blocks():
+        if b.has_expand:
+            macs += size * size * b.in_channels * b.mid_channels
+        size = down(size, b.stride)
+        macs += size * size * b.kernel_size ** 2 * b.mid_channels
+        if b.se_channels:
+            macs += 2 * b.mid_channels * b.se_channels
+        macs += size * size * b.mid_channels * b.out_channels
+    macs += size * size * spec.blocks()[-1].out_channels * spec.head_channels
+    macs += spec.head_channels * spec.num_classes
+    return macs

@@ -1,0 +1,149 @@
+"""``convert-effnet``: convert the official EfficientNet checkpoints to PyTorch."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from . import __version__
+from .errors import ConversionError
+
+log = logging.getLogger("converter")
+
+
+def _convert_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="convert-effnet",
+        description="Convert an official TensorFlow EfficientNet checkpoint into PyTorch weights.",
+        epilog="Without --checkpoint the official tarball is downloaded into $EFFNET_CACHE "
+               "(default ~/.cache/effnet-convert).")
+    p.add_argument("--variant", help="b0..b8, l2, l2-475")
+    p.add_argument("--flavor", help="standard, aa, advprop, noisystudent, randaug, or a zoo model name")
+    p.add_argument("--checkpoint", help="checkpoint prefix, a folder holding model.ckpt*, or the official .tar.gz")
+    p.add_argument("--output-dir", default=".", help="where to write (default: current folder)")
+    p.add_argument("--format", default="safetensors", choices=("safetensors", "pth", "both"))
+    p.add_argument("--no-ema", action="store_true", help="take the raw weights instead of their EMA twins")
+    p.add_argument("--num-classes", type=int, help="classes of the classifier (default: read from the checkpoint)")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--allow-nonfinite", action="store_true", help="convert even if weights hold NaN/inf")
+    p.add_argument("--sha256", help="expected sha256 of the downloaded tarball")
+    p.add_argument("--list", action="store_true", help="list the official checkpoints and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"effnet-convert {__version__}")
+    return p
+
+
+def list_checkpoints(out=None) -> None:
+    """Print the registry: name, parameters, FLOPs, resolution, published top-1, URL."""
+    from .arch import count_macs, count_params
+    from .zoo import CHECKPOINTS
+
+    out = out or sys.stdout
+    rows = [("name", "params(M)", "GFLOPs", "res", "top1", "url")]
+    for c in CHECKPOINTS:
+        rows.append((c.name, f"{count_params(c.arch) / 1e6:.2f}", f"{count_macs(c.arch) / 1e9:.2f}",
+                     str(c.resolution), f"{c.top1:.2f}", c.url))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        out.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
+    out.write("GFLOPs: multiply-adds of one image at the native resolution, computed from the architecture.\n")
+
+
+def _hash_checkpoint_files(prefix: str) -> str:
+    """sha256 over the .index file then each .data shard, in order."""
+    h = hashlib.sha256()
+    files = [Path(prefix + ".index")] + sorted(Path(prefix).parent.glob(Path(prefix).name + ".data-*"))
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from . import sources
+    from .arch import get_arch
+    from .convert import convert, output_paths
+    from .readers import open_reader
+    from .zoo import find_checkpoint
+
+    if not args.variant and not args.flavor:
+        raise ConversionError("--variant is required (e.g. convert-effnet --variant b4 --flavor advprop); see --list")
+    if args.checkpoint and not args.flavor:
+        ckpt = find_checkpoint(args.variant, None)  # works only where a variant has one checkpoint
+    else:
+        ckpt = find_checkpoint(args.variant, args.flavor)
+    spec = get_arch(ckpt.variant)
+
+    fmt_paths = output_paths(Path(args.output_dir), ckpt.name, args.format)
+    for p in fmt_paths:  # say so before downloading gigabytes
+        if p.exists() and not args.force:
+            raise ConversionError(f"{p} exists; pass --force to overwrite it")
+
+    if args.checkpoint:
+        src = Path(args.checkpoint)
+        source = str(src.resolve()) if src.exists() else args.checkpoint
+        prefix = sources.resolve_checkpoint(args.checkpoint)
+        if src.is_file() and src.name.endswith((".tar.gz", ".tgz", ".tar")):
+            source_sha = sources.sha256_file(src)
+        else:
+            source_sha = _hash_checkpoint_files(prefix)
+    else:
+        tarball = sources.fetch_checkpoint(ckpt, sha256=args.sha256, progress=not args.quiet)
+        source = ckpt.download_url()
+        source_sha = sources.sha256_file(tarball)
+        prefix = sources.resolve_checkpoint(str(tarball))
+
+    reader = open_reader(prefix)
+    if args.num_classes is not None:
+        spec = spec.with_classes(args.num_classes)
+    else:
+        from .convert import checkpoint_num_classes
+
+        n = checkpoint_num_classes(reader, spec)
+        if n is not None and n != spec.num_classes:
+            log.warning("note: the checkpoint's classifier has %d classes", n)
+            spec = spec.with_classes(n)
+    cfg = ckpt.pretrained_cfg()
+    cfg.update(source=source, source_sha256=source_sha)
+    result = convert(reader, spec, cfg, fmt_paths, use_ema=not args.no_ema, force=args.force,
+                     allow_nonfinite=args.allow_nonfinite, progress=not args.quiet)
+    weights = "EMA" if result.selection.ema else "raw"
+    for p in result.outputs:
+        print(f"wrote {p} ({ckpt.name}, {weights} weights, {spec.num_classes} classes, {result.seconds:.1f} s)")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``convert-effnet``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    try:
+        args = _convert_parser().parse_args(argv)
+        if args.list:
+            list_checkpoints()
+            return 0
+        return run_convert(args)
+    except ConversionError as e:
+        if debug:
+            raise
+        print(f"convert-effnet: error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("convert-effnet: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if debug:
+            raise
+        print(f"convert-effnet: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

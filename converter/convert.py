@@ -1,0 +1,269 @@
+"""The conversion pipeline: reader -> copy selection -> mapping table -> layout -> atomic writer."""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import __version__
+from .arch import ArchSpec
+from .errors import ConversionError
+from .layout import tf_to_torch
+from .mapping import Entry, expand
+from .mappings.kinds import DENSE
+from .metadata import PTH_ATTRIBUTE, encode
+from .readers import CheckpointReader
+from .writer import AtomicFile, write_safetensors
+
+log = logging.getLogger("converter")
+
+# tf.train.ExponentialMovingAverage names its shadow variables NAME/ExponentialMovingAverage
+EMA_SUFFIX = "/ExponentialMovingAverage"
+
+# Variables a released checkpoint holds that are not part of the model: skipped by rule, by name.
+SKIP_RULES: Tuple[Tuple[str, "re.Pattern[str]"], ...] = (
+    ("training step counter", re.compile(r"^global_step$")),
+    # tf.train.RMSPropOptimizer slots (official trainer), and the other TF1 optimizers' slots
+    ("optimizer slot", re.compile(r"/(RMSProp|RMSProp_1|Momentum|Adam|Adam_1)$")),
+    ("optimizer state", re.compile(r"^(beta1_power|beta2_power)$")),
+)
+
+FORMATS = ("safetensors", "pth")
+_MAX_LISTED = 5
+
+
+def skip_reason(name: str) -> Optional[str]:
+    """Why a checkpoint variable is deliberately not converted, or None."""
+    for reason, pattern in SKIP_RULES:
+        if pattern.search(name):
+            return reason
+    return None
+
+
+@dataclass
+class Selection:
+    """Which checkpoint variable feeds each state_dict tensor."""
+
+    spec: ArchSpec
+    pairs: List[Tuple[Entry, str]]
+    ema: bool  # EMA twins were used (for every variable that has one)
+    warnings: List[str] = field(default_factory=list)
+    skipped: Dict[str, int] = field(default_factory=dict)
+
+
+def _listing(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
+
+
+def checkpoint_num_classes(reader: CheckpointReader, spec: ArchSpec) -> Optional[int]:
+    """Number of classes from the classifier's kernel in the checkpoint (None when absent)."""
+    names = set(reader.names())
+    for e in expand(spec):
+        if e.kind == DENSE and len(e.tf_shape) == 2:
+            for name in (e.tf_name + EMA_SUFFIX, e.tf_name):
+                if name in names:
+                    return int(reader.shape(name)[-1])
+    return None
+
+
+def select(reader: CheckpointReader, spec: ArchSpec, layout: str = "native", use_ema: bool = True) -> Selection:
+    """Match every checkpoint variable to the model, or raise one error listing all problems.
+
+    EMA twins are taken for every variable that has one (BN moving statistics included);
+    optimizer slots and global_step are skipped by SKIP_RULES; anything else left over, any
+    missing variable and any shape mismatch is an error.
+    """
+    names = reader.names()
+    name_set = set(names)
+    skipped: Dict[str, int] = {}
+    model_names = []
+    for n in names:
+        reason = skip_reason(n)
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+        else:
+            model_names.append(n)
+    if not model_names:
+        raise ConversionError(f"checkpoint {reader.prefix} holds no model variables")
+
+    scopes = sorted({n.split("/", 1)[0] for n in model_names})
+    if spec.scope not in scopes:
+        got = scopes[0] if len(scopes) == 1 else "{" + ", ".join(scopes) + "}"
+        hint = ""
+        if len(scopes) == 1 and scopes[0].startswith("efficientnet-"):
+            hint = f": pass --variant {scopes[0][len('efficientnet-'):]}"
+        raise ConversionError(
+            f"the checkpoint's scope is {got} but --variant {spec.name} expects {spec.scope}{hint}")
+
+    classes = checkpoint_num_classes(reader, spec)
+    if classes is not None and classes != spec.num_classes:
+        raise ConversionError(
+            f"the checkpoint's classifier has {classes} classes but the model was asked for {spec.num_classes}"
+            " (use --num-classes to match, or leave it out)")
+
+    entries = expand(spec, layout)
+    consumed = set()
+    missing, shape_errors, pairs, no_twin, no_raw = [], [], [], [], []
+    for e in entries:
+        raw, twin = e.tf_name, e.tf_name + EMA_SUFFIX
+        has_raw, has_twin = raw in name_set, twin in name_set
+        consumed.update(n for n in (raw, twin) if n in name_set)
+        if not (has_raw or has_twin):
+            missing.append(raw)
+            continue
+        for n in (raw, twin):
+            if n in name_set and tuple(reader.shape(n)) != e.tf_shape:
+                shape_errors.append(f"{n} is {list(reader.shape(n))} not {list(e.tf_shape)}")
+        if use_ema:
+            src = twin if has_twin else raw
+            if not has_twin:
+                no_twin.append(raw)
+        else:
+            src = raw if has_raw else None
+            if not has_raw:
+                no_raw.append(raw)
+        if src is not None:
+            pairs.append((e, src))
+    unexpected = [n for n in model_names if n not in consumed]
+
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing ({_listing(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected ({_listing(unexpected)})")
+    if shape_errors:
+        problems.append(f"{len(shape_errors)} with a wrong shape ({_listing(shape_errors)})")
+    if problems:
+        raise ConversionError(
+            f"checkpoint {reader.prefix} does not match the {spec.name} model ({spec.scope}): " + "; ".join(problems))
+    if no_raw:
+        raise ConversionError(
+            f"--no-ema: the checkpoint holds only EMA weights for {len(no_raw)} variables "
+            f"({_listing(no_raw)}); convert without --no-ema")
+
+    for e, src in pairs:
+        dt = reader.dtype(src)
+        if not np.issubdtype(dt, np.floating) and dt.name != "bfloat16":
+            raise ConversionError(f"{src} has dtype {dt}, expected a floating-point tensor")
+
+    warnings = []
+    ema_used = use_ema and len(no_twin) < len(pairs)
+    if use_ema and len(no_twin) == len(pairs):
+        warnings.append("the checkpoint has no ExponentialMovingAverage twins: converting the raw weights "
+                        "(the official evaluation uses EMA weights; accuracy may be lower)")
+    elif use_ema and no_twin:
+        warnings.append(f"{len(no_twin)} variables have no EMA twin, their raw values are used: {_listing(no_twin)}")
+    return Selection(spec=spec, pairs=pairs, ema=ema_used, warnings=warnings, skipped=skipped)
+
+
+def iter_tensors(reader: CheckpointReader, selection: Selection, allow_nonfinite: bool = False,
+                 progress=None) -> Iterator[Tuple[str, np.ndarray]]:
+    """Yield (key, float32 tensor in PyTorch layout), reading one checkpoint variable at a time."""
+    for e, src in selection.pairs:
+        value = reader.read(src)
+        if value.dtype != np.float32:
+            value = value.astype(np.float32)
+        if not allow_nonfinite and not np.isfinite(value).all():
+            bad = int((~np.isfinite(value)).sum())
+            raise ConversionError(
+                f"{src} holds {bad} non-finite values (NaN/inf): refusing to convert; "
+                "pass --allow-nonfinite to convert anyway")
+        out = tf_to_torch(value, e.kind)
+        if out.shape != e.shape:  # the layout rule and the table disagree: a bug, not user input
+            raise RuntimeError(f"{src}: layout gave {out.shape}, table expects {e.shape}")
+        if progress is not None:
+            progress.update(1)
+        yield e.key, out
+
+
+def output_paths(output_dir: Path, stem: str, fmt: str) -> List[Path]:
+    """The files a conversion writes: ``{stem}.safetensors`` and/or ``{stem}.pth``."""
+    if fmt not in FORMATS + ("both",):
+        raise ConversionError(f"unknown --format {fmt!r}; use safetensors, pth or both")
+    kinds = FORMATS if fmt == "both" else (fmt,)
+    return [Path(output_dir) / f"{stem}.{k}" for k in kinds]
+
+
+@dataclass
+class Result:
+    outputs: List[Path]
+    selection: Selection
+    metadata: Dict[str, object]
+    seconds: float
+
+
+def convert(reader: CheckpointReader, spec: ArchSpec, cfg: Dict[str, object], outputs: Sequence[Path],
+            layout: str = "native", use_ema: bool = True, force: bool = False,
+            allow_nonfinite: bool = False, progress: bool = False) -> Result:
+    """Convert ``reader``'s checkpoint for ``spec`` into ``outputs`` (.safetensors and/or .pth).
+
+    ``cfg`` is the metadata to store (variant, flavor, preprocessing, source...). Files appear
+    only when everything succeeded; an existing output is kept unless ``force``.
+    """
+    t0 = time.perf_counter()
+    outputs = [Path(p) for p in outputs]
+    for p in outputs:
+        if p.exists() and not force:
+            raise ConversionError(f"{p} exists; pass --force to overwrite it")
+        if p.suffix not in (".safetensors", ".pth"):
+            raise ConversionError(f"cannot write {p}: the extension must be .safetensors or .pth")
+    selection = select(reader, spec, layout=layout, use_ema=use_ema)
+    for w in selection.warnings:
+        log.warning("warning: %s", w)
+    meta = dict(cfg)
+    meta.update(ema=selection.ema, num_classes=spec.num_classes, layout=layout,
+                converter_version=__version__)
+    encoded = encode(meta)
+
+    outputs[0].parent.mkdir(parents=True, exist_ok=True)
+    files = [AtomicFile(p) for p in outputs]
+    try:
+        bar = _progress_bar(len(selection.pairs), spec.name) if progress else None
+        tensors = iter_tensors(reader, selection, allow_nonfinite, bar)
+        st = [f for f in files if f.path.suffix == ".safetensors"]
+        pth = [f for f in files if f.path.suffix == ".pth"]
+        if st:
+            specs = [(e.key, e.shape, np.dtype("float32")) for e, _ in selection.pairs]
+            with open(st[0].tmp, "wb") as fh:
+                write_safetensors(fh, specs, tensors, encoded)
+        if pth:
+            _write_pth(pth[0].tmp, st[0].tmp if st else None, tensors if not st else None, encoded)
+        if bar is not None:
+            bar.close()
+        for f in files:
+            f.commit()
+    finally:
+        for f in files:
+            f.discard()
+    return Result(outputs=outputs, selection=selection, metadata=meta, seconds=time.perf_counter() - t0)
+
+
+def _write_pth(tmp: Path, safetensors_file: Optional[Path], tensors, encoded: Dict[str, str]) -> None:
+    import collections
+
+    import torch
+
+    sd = collections.OrderedDict()
+    if safetensors_file is not None:
+        from safetensors import safe_open
+
+        with safe_open(str(safetensors_file), framework="pt") as f:
+            for k in f.keys():
+                sd[k] = f.get_tensor(k)
+    else:
+        for k, arr in tensors:
+            sd[k] = torch.from_numpy(arr)
+    setattr(sd, PTH_ATTRIBUTE, dict(encoded))
+    torch.save(sd, tmp)
+
+
+def _progress_bar(total: int, name: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"converting {name}", unit="tensor", leave=False)

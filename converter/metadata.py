@@ -1,0 +1,21 @@
+"""Metadata stored inside converted files (safetensors ``__metadata__``; ``.pth`` attribute)."""
+from __future__ import annotations
+
+import json
+from typing import Dict
+
+# keys whose values are JSON (lists, numbers, booleans); every other key is a plain string
+JSON_KEYS = ("input_size", "mean", "std", "crop_pct", "ema", "num_classes")
+REQUIRED = ("variant", "flavor", "input_size", "mean", "std", "crop_pct", "interpolation", "ema",
+            "source", "source_sha256", "converter_version", "num_classes", "layout")
+PTH_ATTRIBUTE = "effnet_metadata"  # attribute of the saved OrderedDict; survives weights_only loads
+
+
+def encode(cfg: Dict[str, object]) -> Dict[str, str]:
+    """Metadata as safetensors wants it: str -> str."""
+    return {k: json.dumps(v) if k in JSON_KEYS else str(v) for k, v in cfg.items()}
+
+
+def decode(meta: Dict[str, str]) -> Dict[str, object]:
+    """The inverse of :func:`encode` (mean/std come back as lists)."""
+    return {k: json.loads(v) if k in JSON_KEYS else v for k, v in meta.items()}

@@ -1,0 +1,86 @@
+"""Checkpoint readers behind one small interface: names, shape, dtype, read one tensor.
+
+The converter only talks to :class:`CheckpointReader`; a TensorFlow-free reader of the
+tensor-bundle format can drop in without changes elsewhere.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Protocol, Tuple
+
+import numpy as np
+
+from .errors import ConversionError
+
+
+class CheckpointReader(Protocol):
+    """What the converter needs from a checkpoint."""
+
+    prefix: str
+
+    def names(self) -> List[str]:
+        """Every variable name in the checkpoint."""
+
+    def shape(self, name: str) -> Tuple[int, ...]:
+        """Shape of one variable."""
+
+    def dtype(self, name: str) -> np.dtype:
+        """numpy dtype of one variable."""
+
+    def read(self, name: str) -> np.ndarray:
+        """The value of one variable (read on demand, one at a time)."""
+
+
+def _quiet_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow as tf  # noqa: WPS433
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ConversionError(
+            f"reading TensorFlow checkpoints needs tensorflow ({e}); install it with: pip install tensorflow-cpu") from None
+    return tf
+
+
+class TFCheckpointReader:
+    """Reads a checkpoint with TensorFlow's own CheckpointReader (tf.train.load_checkpoint)."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        tf = _quiet_tensorflow()
+        try:
+            self._reader = tf.train.load_checkpoint(prefix)
+            self._shapes = {k: tuple(int(d) for d in v) for k, v in self._reader.get_variable_to_shape_map().items()}
+            self._dtypes = {k: np.dtype(v.as_numpy_dtype) for k, v in self._reader.get_variable_to_dtype_map().items()}
+        except Exception as e:  # TF raises several error types for bad files
+            raise ConversionError(
+                f"cannot open checkpoint {prefix}: {_first_line(e)} (is the .index/.data pair complete?)") from None
+
+    def names(self) -> List[str]:
+        return sorted(self._shapes)
+
+    def shape(self, name: str) -> Tuple[int, ...]:
+        return self._shapes[name]
+
+    def dtype(self, name: str) -> np.dtype:
+        return self._dtypes[name]
+
+    def read(self, name: str) -> np.ndarray:
+        try:
+            value = self._reader.get_tensor(name)
+        except Exception as e:
+            raise ConversionError(
+                f"cannot read {name} from {self.prefix}: {_first_line(e)} (truncated or corrupt data file? download it again)") from None
+        value = np.asarray(value)
+        if value.shape != self._shapes[name]:
+            raise ConversionError(f"{name} in {self.prefix} reads as {list(value.shape)}, index says {list(self._shapes[name])}: corrupt checkpoint")
+        return value
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def open_reader(prefix: str) -> CheckpointReader:
+    """The reader for a checkpoint prefix (``.../model.ckpt``)."""
+    return TFCheckpointReader(prefix)

@@ -1,0 +1,110 @@
+"""Atomic, streaming writers for the converted weights and their metadata."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import struct
+from pathlib import Path
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+import numpy as np
+
+from .errors import ConversionError
+
+# safetensors format: 8-byte little-endian header size, JSON header, raw little-endian data
+SAFETENSORS_DTYPES = {np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("float64"): "F64",
+                      np.dtype("int64"): "I64", np.dtype("int32"): "I32"}
+
+
+class AtomicFile:
+    """A temporary file beside ``path`` that becomes ``path`` only on :meth:`commit`.
+
+    A failed or killed run leaves at most a hidden ``.NAME.tmp-*`` file, never a partial ``path``.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        self._done = False
+
+    def commit(self) -> None:
+        """fsync the temp file and atomically rename it over ``path``."""
+        fd = os.open(self.tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.tmp, self.path)
+        try:  # make the rename itself durable
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+        self._done = True
+
+    def discard(self) -> None:
+        """Remove the temp file (idempotent)."""
+        if not self._done:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
+            self._done = True
+
+
+def safetensors_header(specs: Sequence[Tuple[str, Tuple[int, ...], np.dtype]],
+                       metadata: Dict[str, str]) -> Tuple[bytes, List[Tuple[int, int]]]:
+    """The header bytes (size prefix included) and each tensor's byte range, tensors in ``specs`` order."""
+    header: Dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    offsets = []
+    pos = 0
+    for key, shape, dtype in specs:
+        dtype = np.dtype(dtype)
+        if dtype not in SAFETENSORS_DTYPES:
+            raise ConversionError(f"cannot write {key}: dtype {dtype} has no safetensors code")
+        n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        header[key] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [pos, pos + n]}
+        offsets.append((pos, pos + n))
+        pos += n
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-(len(raw) + 8) % 8)  # data starts 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw, offsets
+
+
+def write_safetensors(out, specs: Sequence[Tuple[str, Tuple[int, ...], np.dtype]],
+                      arrays: Iterable[Tuple[str, np.ndarray]], metadata: Dict[str, str]) -> None:
+    """Stream tensors into an open binary file: header first, then each tensor as it arrives.
+
+    ``arrays`` must yield (key, array) in ``specs`` order; only one tensor is held at a time.
+    """
+    head, offsets = safetensors_header(specs, metadata)
+    out.write(head)
+    count = 0
+    for (key, shape, dtype), (got_key, arr), (start, end) in zip(specs, arrays, offsets):
+        if got_key != key or tuple(arr.shape) != tuple(shape) or arr.dtype != np.dtype(dtype):
+            raise RuntimeError(f"writer got {got_key} {arr.shape} {arr.dtype}, expected {key} {shape} {dtype}")
+        data = np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<"))
+        out.write(memoryview(data).cast("B"))
+        count += 1
+    if count != len(specs):
+        raise RuntimeError(f"writer got {count} tensors, expected {len(specs)}")
+
+
+def read_safetensors_metadata(path: Path) -> Dict[str, str]:
+    """The ``__metadata__`` of a safetensors file, read from its header alone."""
+    with open(path, "rb") as f:
+        size_bytes = f.read(8)
+        if len(size_bytes) != 8:
+            raise ConversionError(f"{path} is not a safetensors file (too short)")
+        (size,) = struct.unpack("<Q", size_bytes)
+        if size > 100_000_000:
+            raise ConversionError(f"{path} is not a safetensors file (header size {size})")
+        try:
+            header = json.loads(f.read(size))
+        except ValueError:
+            raise ConversionError(f"{path} is not a safetensors file (bad header)") from None
+    return dict(header.get("__metadata__") or {})

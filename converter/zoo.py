@@ -1,0 +1,201 @@
+"""The official checkpoints: the 33 of the OpenMMLab model zoo plus the two RandAugment ones.
+
+Parameter counts, FLOPs and accuracies are the zoo page's (shared/reference/model-zoo.csv);
+URLs are tensorflow/tpu's (models/official/efficientnet/README.md).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from .arch import ArchSpec, get_arch
+from .errors import ConversionError
+
+# tensorflow/tpu efficientnet README: where the released checkpoints live
+OFFICIAL_BASE_URL = "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/"
+BASE_URL_ENV = "EFFNET_BASE_URL"
+
+# tensorflow/tpu efficientnet main.py / preprocessing: MEAN_RGB, STDDEV_RGB on the 0-255 scale
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# AdvProp checkpoints expect x * 2 / 255 - 1 (tensorflow/tpu efficientnet README, advprop section)
+ADVPROP_MEAN = (0.5, 0.5, 0.5)
+ADVPROP_STD = (0.5, 0.5, 0.5)
+CROP_PADDING = 32  # tensorflow/tpu efficientnet preprocessing.py (pre-Nov 2021): CROP_PADDING = 32
+
+FLAVORS = ("standard", "aa", "advprop", "noisystudent", "randaug")
+FLAVOR_ALIASES = {
+    "baseline": "standard", "std": "standard",
+    "autoaugment": "aa", "autoaug": "aa",
+    "ap": "advprop", "aa-advprop": "advprop",
+    "ns": "noisystudent", "noisy-student": "noisystudent", "noisy_student": "noisystudent",
+    "ra": "randaug", "randaugment": "randaug",
+}
+
+# (flavor, relative path pattern) -- shared/reference/README.md "Official downloads"
+_PATHS = {
+    "standard": "ckpts/efficientnet-{v}.tar.gz",
+    "aa": "ckptsaug/efficientnet-{v}.tar.gz",
+    "advprop": "advprop/efficientnet-{v}.tar.gz",
+    "noisystudent": "noisystudent/noisy_student_efficientnet-{v}.tar.gz",
+    "randaug": "randaug/efficientnet-{v}-randaug.tar.gz",
+}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One released checkpoint and how to evaluate it."""
+
+    variant: str
+    flavor: str
+    zoo_name: Optional[str]
+    params_m: float
+    flops_g: Optional[float]  # as the zoo page prints it (mmcv's counter); see arch.count_macs
+    top1: float
+    top5: Optional[float]
+
+    @property
+    def arch(self) -> ArchSpec:
+        return get_arch(self.variant)
+
+    @property
+    def name(self) -> str:
+        return f"efficientnet-{self.variant}_{self.flavor}"
+
+    @property
+    def resolution(self) -> int:
+        return self.arch.resolution
+
+    @property
+    def crop_pct(self) -> float:
+        res = self.resolution
+        return res / (res + CROP_PADDING)
+
+    @property
+    def interpolation(self) -> str:
+        return "bicubic"
+
+    @property
+    def mean(self) -> Tuple[float, float, float]:
+        return ADVPROP_MEAN if self.flavor == "advprop" else IMAGENET_MEAN
+
+    @property
+    def std(self) -> Tuple[float, float, float]:
+        return ADVPROP_STD if self.flavor == "advprop" else IMAGENET_STD
+
+    @property
+    def relative_path(self) -> str:
+        v = self.variant.replace("l2-475", "l2_475")
+        return _PATHS[self.flavor].format(v=v)
+
+    @property
+    def url(self) -> str:
+        return OFFICIAL_BASE_URL + self.relative_path
+
+    def download_url(self) -> str:
+        """The URL to fetch: below ``$EFFNET_BASE_URL`` when set (mirrors, tests)."""
+        base = os.environ.get(BASE_URL_ENV) or OFFICIAL_BASE_URL
+        if not base.endswith("/"):
+            base += "/"
+        return base + self.relative_path
+
+    def pretrained_cfg(self) -> Dict[str, object]:
+        return {
+            "variant": self.variant,
+            "flavor": self.flavor,
+            "input_size": [3, self.resolution, self.resolution],
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "crop_pct": self.crop_pct,
+            "interpolation": self.interpolation,
+        }
+
+
+def _rows() -> List[Checkpoint]:
+    # model, variant, flavor, params_m, flops_g, top1, top5 -- shared/reference/model-zoo.csv
+    zoo = """
+efficientnet-b0_3rdparty_8xb32_in1k,b0,standard,5.29,0.42,76.74,93.17
+efficientnet-b0_3rdparty_8xb32-aa_in1k,b0,aa,5.29,0.42,77.26,93.41
+efficientnet-b0_3rdparty_8xb32-aa-advprop_in1k,b0,advprop,5.29,0.42,77.53,93.61
+efficientnet-b0_3rdparty-ra-noisystudent_in1k,b0,noisystudent,5.29,0.42,77.63,94.00
+efficientnet-b1_3rdparty_8xb32_in1k,b1,standard,7.79,0.74,78.68,94.28
+efficientnet-b1_3rdparty_8xb32-aa_in1k,b1,aa,7.79,0.74,79.20,94.42
+efficientnet-b1_3rdparty_8xb32-aa-advprop_in1k,b1,advprop,7.79,0.74,79.52,94.43
+efficientnet-b1_3rdparty-ra-noisystudent_in1k,b1,noisystudent,7.79,0.74,81.44,95.83
+efficientnet-b2_3rdparty_8xb32_in1k,b2,standard,9.11,1.07,79.64,94.80
+efficientnet-b2_3rdparty_8xb32-aa_in1k,b2,aa,9.11,1.07,80.21,94.96
+efficientnet-b2_3rdparty_8xb32-aa-advprop_in1k,b2,advprop,9.11,1.07,80.45,95.07
+efficientnet-b2_3rdparty-ra-noisystudent_in1k,b2,noisystudent,9.11,1.07,82.47,96.23
+efficientnet-b3_3rdparty_8xb32_in1k,b3,standard,12.23,1.95,81.01,95.34
+efficientnet-b3_3rdparty_8xb32-aa_in1k,b3,aa,12.23,1.95,81.58,95.67
+efficientnet-b3_3rdparty_8xb32-aa-advprop_in1k,b3,advprop,12.23,1.95,81.81,95.69
+efficientnet-b3_3rdparty-ra-noisystudent_in1k,b3,noisystudent,12.23,1.95,84.02,96.89
+efficientnet-b4_3rdparty_8xb32_in1k,b4,standard,19.34,4.66,82.57,96.09
+efficientnet-b4_3rdparty_8xb32-aa_in1k,b4,aa,19.34,4.66,82.95,96.26
+efficientnet-b4_3rdparty_8xb32-aa-advprop_in1k,b4,advprop,19.34,4.66,83.25,96.44
+efficientnet-b4_3rdparty-ra-noisystudent_in1k,b4,noisystudent,19.34,4.66,85.25,97.52
+efficientnet-b5_3rdparty_8xb32_in1k,b5,standard,30.39,10.80,83.18,96.47
+efficientnet-b5_3rdparty_8xb32-aa_in1k,b5,aa,30.39,10.80,83.82,96.76
+efficientnet-b5_3rdparty_8xb32-aa-advprop_in1k,b5,advprop,30.39,10.80,84.21,96.98
+efficientnet-b5_3rdparty-ra-noisystudent_in1k,b5,noisystudent,30.39,10.80,86.08,97.75
+efficientnet-b6_3rdparty_8xb32-aa_in1k,b6,aa,43.04,19.97,84.05,96.82
+efficientnet-b6_3rdparty_8xb32-aa-advprop_in1k,b6,advprop,43.04,19.97,84.74,97.14
+efficientnet-b6_3rdparty-ra-noisystudent_in1k,b6,noisystudent,43.04,19.97,86.47,97.87
+efficientnet-b7_3rdparty_8xb32-aa_in1k,b7,aa,66.35,39.32,84.38,96.88
+efficientnet-b7_3rdparty_8xb32-aa-advprop_in1k,b7,advprop,66.35,39.32,85.14,97.23
+efficientnet-b7_3rdparty-ra-noisystudent_in1k,b7,noisystudent,66.35,39.32,86.83,98.08
+efficientnet-b8_3rdparty_8xb32-aa-advprop_in1k,b8,advprop,87.41,65.00,85.38,97.28
+efficientnet-l2_3rdparty-ra-noisystudent_in1k-800px,l2,noisystudent,480.31,174.20,88.33,98.65
+efficientnet-l2_3rdparty-ra-noisystudent_in1k-475px,l2-475,noisystudent,480.31,484.98,88.18,98.55
+"""
+    rows = []
+    for line in zoo.strip().splitlines():
+        name, variant, flavor, params, flops, top1, top5 = line.split(",")
+        rows.append(Checkpoint(variant, flavor, name, float(params), float(flops), float(top1), float(top5)))
+    # Beyond the zoo: RandAugment checkpoints (tensorflow/tpu efficientnet README:
+    # B5 83.7% and B7 84.7% top-1 with RandAugment; no top-5 published).
+    rows.append(Checkpoint("b5", "randaug", None, 30.39, None, 83.7, None))
+    rows.append(Checkpoint("b7", "randaug", None, 66.35, None, 84.7, None))
+    return rows
+
+
+CHECKPOINTS: Tuple[Checkpoint, ...] = tuple(_rows())
+
+
+def normalize_flavor(flavor: str) -> str:
+    """Canonical flavor name for an alias (``ns`` -> ``noisystudent``)."""
+    f = flavor.strip().lower()
+    f = FLAVOR_ALIASES.get(f, f)
+    if f not in FLAVORS:
+        raise ConversionError(
+            f"unknown flavor {flavor!r}; use one of {', '.join(FLAVORS)} or a zoo model name (see --list)")
+    return f
+
+
+def find_checkpoint(variant: Optional[str] = None, flavor: Optional[str] = None) -> Checkpoint:
+    """The registry entry for (variant, flavor); ``flavor`` may also be a zoo model name."""
+    if flavor:
+        by_zoo = [c for c in CHECKPOINTS if c.zoo_name and c.zoo_name.lower() == flavor.strip().lower()]
+        if by_zoo:
+            c = by_zoo[0]
+            if variant and get_arch(variant).name != c.variant:
+                raise ConversionError(
+                    f"--flavor {flavor} is a {c.variant} checkpoint but --variant is {variant}")
+            return c
+    if not variant:
+        raise ConversionError("--variant is required (e.g. --variant b4), or give a zoo model name as --flavor")
+    arch = get_arch(variant)
+    matches = [c for c in CHECKPOINTS if c.variant == arch.name]
+    if flavor:
+        f = normalize_flavor(flavor)
+        hit = [c for c in matches if c.flavor == f]
+        if not hit:
+            have = ", ".join(c.flavor for c in matches)
+            raise ConversionError(
+                f"no official {f} checkpoint of {arch.name}; {arch.name} was released as: {have}")
+        return hit[0]
+    if len(matches) == 1:
+        return matches[0]
+    have = ", ".join(c.flavor for c in matches)
+    raise ConversionError(f"--flavor is required for {arch.name}: one of {have}")

@@ -1,0 +1,45 @@
+"""Layout 'native': our own ``converter.model.EfficientNet``.
+
+Each row: (official layer under the model scope, module path in the PyTorch model,
+layer kind, TensorFlow kernel shape in symbols). Kinds decide which variables a layer has and
+how each is laid out (converter/layout.py); symbols are filled from the block being expanded:
+  in, mid, out, se, k  (a block)     stem, head, last, classes  (the whole model)
+A row whose shape uses ``se`` exists only in blocks with squeeze-excitation.
+"""
+from .kinds import BN, CONV, CONV_BIAS, DENSE, DWCONV
+
+LAYOUT = "native"
+
+STEM = (
+    # official layer                     module                kind       TF kernel shape
+    ("stem/conv2d",                      "stem.conv",          CONV,      (3, 3, 3, "stem")),
+    ("stem/tpu_batch_normalization",     "stem.bn",            BN,        ("stem",)),
+)
+
+# Blocks with an expand conv (expand ratio != 1): efficientnet_model.MBConvBlock creation order
+BLOCK_EXPAND = (
+    ("blocks_{i}/conv2d",                    "blocks.{i}.expand_conv",  CONV,      (1, 1, "in", "mid")),
+    ("blocks_{i}/tpu_batch_normalization",   "blocks.{i}.bn0",          BN,        ("mid",)),
+    ("blocks_{i}/depthwise_conv2d",          "blocks.{i}.dw_conv",      DWCONV,    ("k", "k", "mid", 1)),
+    ("blocks_{i}/tpu_batch_normalization_1", "blocks.{i}.bn1",          BN,        ("mid",)),
+    ("blocks_{i}/se/conv2d",                 "blocks.{i}.se.reduce",    CONV_BIAS, (1, 1, "mid", "se")),
+    ("blocks_{i}/se/conv2d_1",               "blocks.{i}.se.expand",    CONV_BIAS, (1, 1, "se", "mid")),
+    ("blocks_{i}/conv2d_1",                  "blocks.{i}.project_conv", CONV,      (1, 1, "mid", "out")),
+    ("blocks_{i}/tpu_batch_normalization_2", "blocks.{i}.bn2",          BN,        ("out",)),
+)
+
+# Blocks without one (expand ratio 1): TF's layer counters start one lower
+BLOCK_NO_EXPAND = (
+    ("blocks_{i}/depthwise_conv2d",          "blocks.{i}.dw_conv",      DWCONV,    ("k", "k", "mid", 1)),
+    ("blocks_{i}/tpu_batch_normalization",   "blocks.{i}.bn1",          BN,        ("mid",)),
+    ("blocks_{i}/se/conv2d",                 "blocks.{i}.se.reduce",    CONV_BIAS, (1, 1, "mid", "se")),
+    ("blocks_{i}/se/conv2d_1",               "blocks.{i}.se.expand",    CONV_BIAS, (1, 1, "se", "mid")),
+    ("blocks_{i}/conv2d",                    "blocks.{i}.project_conv", CONV,      (1, 1, "mid", "out")),
+    ("blocks_{i}/tpu_batch_normalization_1", "blocks.{i}.bn2",          BN,        ("out",)),
+)
+
+HEAD = (
+    ("head/conv2d",                      "head.conv",          CONV,      (1, 1, "last", "head")),
+    ("head/tpu_batch_normalization",     "head.bn",            BN,        ("head",)),
+    ("head/dense",                       "classifier",         DENSE,     ("head", "classes")),
+)
