@@ -19,7 +19,8 @@ def _convert_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="convert-effnet",
         description="Convert an official TensorFlow EfficientNet checkpoint into PyTorch weights.",
-        epilog="Without --checkpoint the official tarball is downloaded into $EFFNET_CACHE "
+        epilog="Subcommand: convert-effnet verify --weights FILE --checkpoint PATH. "
+               "Without --checkpoint the official tarball is downloaded into $EFFNET_CACHE "
                "(default ~/.cache/effnet-convert).")
     p.add_argument("--variant", help="b0..b8, l2, l2-475")
     p.add_argument("--flavor", help="standard, aa, advprop, noisystudent, randaug, or a zoo model name")
@@ -32,10 +33,52 @@ def _convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-nonfinite", action="store_true", help="convert even if weights hold NaN/inf")
     p.add_argument("--sha256", help="expected sha256 of the downloaded tarball")
     p.add_argument("--list", action="store_true", help="list the official checkpoints and exit")
+    p.add_argument("--verify", action="store_true",
+                   help="after converting, run TensorFlow on the checkpoint and PyTorch on the output and compare logits")
+    _verify_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version", version=f"effnet-convert {__version__}")
     return p
+
+
+def _verify_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("verification")
+    g.add_argument("--images", nargs="+", default=(), metavar="IMAGE",
+                   help="your own images, added to the synthetic set (official eval preprocessing)")
+    g.add_argument("--num-images", type=int, default=8, help="synthetic images (default 8)")
+    g.add_argument("--resolution", type=int, help="input size (default: the model's native resolution)")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where both frameworks run (auto: the GPU when there is one)")
+    g.add_argument("--dump-logits", metavar="FILE.npz", help="save both logit arrays (keys tf, torch)")
+    g.add_argument("--max-rel-error", type=float, default=None, help=argparse.SUPPRESS)
+
+
+def _verify_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="convert-effnet verify",
+        description="Check a converted file against its TensorFlow checkpoint (variant and flavor from its metadata).")
+    p.add_argument("--weights", required=True, help="the converted .safetensors or .pth")
+    p.add_argument("--checkpoint", required=True, help="checkpoint prefix, folder or .tar.gz it was converted from")
+    _verify_options(p)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def run_verify(weights: Path, prefix: str, args: argparse.Namespace) -> int:
+    """Verify ``weights`` against ``prefix``; print the summary; 0 when it passes, 3 when not."""
+    from .verify import MAX_REL_ERROR, report_path_for, verify_file
+
+    report = verify_file(weights, prefix, resolution=args.resolution, n_images=args.num_images,
+                         image_files=list(args.images), device=args.device,
+                         dump_logits=Path(args.dump_logits) if args.dump_logits else None,
+                         max_rel_error=args.max_rel_error or MAX_REL_ERROR)
+    print(report.summary())
+    print(f"report: {report_path_for(weights)}")
+    if not report.passed:
+        print(f"convert-effnet: verification failed: {'; '.join(report.failures)}", file=sys.stderr)
+        return 3
+    return 0
 
 
 def list_checkpoints(out=None) -> None:
@@ -116,6 +159,8 @@ def run_convert(args: argparse.Namespace) -> int:
     weights = "EMA" if result.selection.ema else "raw"
     for p in result.outputs:
         print(f"wrote {p} ({ckpt.name}, {weights} weights, {spec.num_classes} classes, {result.seconds:.1f} s)")
+    if args.verify:
+        return run_verify(result.outputs[0], prefix, args)
     return 0
 
 
@@ -125,6 +170,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     debug = "--debug" in argv
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     try:
+        if argv and argv[0] == "verify":
+            from . import sources
+
+            args = _verify_parser().parse_args(argv[1:])
+            return run_verify(Path(args.weights), sources.resolve_checkpoint(args.checkpoint), args)
         args = _convert_parser().parse_args(argv)
         if args.list:
             list_checkpoints()

@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Benchmark: wall time and peak RSS of a conversion next to a plain read of the same checkpoint.
+
+    python scripts/bench_convert.py --variants b0 b7 l2 [--workdir /tmp/bench] [--format safetensors]
+
+For each variant it writes an official-layout checkpoint with the project's generator (once,
+kept in --workdir), then runs, each in its own process so peak RSS is that process's alone:
+  read      every model tensor read through the converter's reader (no conversion, no output)
+  cp        `cp` of the checkpoint's data file (the I/O floor)
+  convert   convert-effnet on the checkpoint
+and prints a table (seconds, peak RSS in MB, output size in MB, RSS / output size).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+READ_SNIPPET = r"""
+import sys
+from converter.readers import open_reader
+r = open_reader(sys.argv[1])
+n = 0
+for name in r.names():
+    n += r.read(name).nbytes
+print(n)
+"""
+
+
+def timed(cmd, env=None):
+    """(seconds, peak RSS MB) of a command, peak RSS from /usr/bin/time -v."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True, env=env)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    return dt, int(m.group(1)) / 1024 if m else float("nan")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variants", nargs="+", default=["b0", "b7"])
+    p.add_argument("--workdir", default="/tmp/effnet-bench")
+    p.add_argument("--format", default="safetensors", choices=("safetensors", "pth", "both"))
+    p.add_argument("--mode", default="full", choices=("full", "ema-only"),
+                   help="checkpoint contents (full: raw + EMA + RMSProp slots, as the releases)")
+    p.add_argument("--json", help="also write the rows as JSON here")
+    args = p.parse_args(argv)
+    work = Path(args.workdir)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    rows = []
+    for v in args.variants:
+        ck = work / f"{v}-{args.mode}"
+        prefix = ck / "model.ckpt"
+        if not Path(str(prefix) + ".index").exists():
+            ck.mkdir(parents=True, exist_ok=True)
+            print(f"generating {v} ({args.mode}) ...", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "converter.tfref.generate", "--variant", v, "--out", str(prefix),
+                            "--mode", args.mode] + (["--no-slots"] if args.mode != "full" else []),
+                           check=True, env=env, stdout=subprocess.DEVNULL)
+        data = next(ck.glob("model.ckpt.data-*"))
+        out = work / f"out-{v}"
+        shutil.rmtree(out, ignore_errors=True)
+        t_read, rss_read = timed([sys.executable, "-c", READ_SNIPPET, str(prefix)], env)
+        t_cp, rss_cp = timed(["cp", str(data), str(work / "cp.tmp")], env)
+        os.unlink(work / "cp.tmp")
+        flavor = {"b8": "advprop", "l2": "noisystudent", "l2-475": "noisystudent"}.get(v, "aa")
+        t_conv, rss_conv = timed([sys.executable, "-m", "converter", "--variant", v, "--flavor", flavor,
+                                  "--checkpoint", str(prefix), "--output-dir", str(out), "--format", args.format,
+                                  "--quiet"], env)
+        size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
+        rows.append(dict(variant=v, checkpoint_mb=round(data.stat().st_size / 2**20, 1),
+                         read_s=round(t_read, 2), read_rss_mb=round(rss_read), cp_s=round(t_cp, 2),
+                         convert_s=round(t_conv, 2), convert_rss_mb=round(rss_conv), output_mb=round(size, 1),
+                         rss_over_output=round(rss_conv / size, 2)))
+        shutil.rmtree(out, ignore_errors=True)
+    cols = list(rows[0])
+    print(" | ".join(cols))
+    print(" | ".join("---" for _ in cols))
+    for r in rows:
+        print(" | ".join(str(r[c]) for c in cols))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

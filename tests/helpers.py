@@ -1,0 +1,39 @@
+"""Test helpers: generated official-layout checkpoints, cached per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Tuple
+
+import numpy as np
+
+_CACHE: Dict[Tuple, Path] = {}
+
+
+def make_checkpoint(root: Path, variant: str, mode: str = "full", calibration_resolution=None,
+                    slots: bool = True, num_classes: int = 1000, seed: int = 0) -> Path:
+    """Write (once per session) an official-layout checkpoint; returns its prefix."""
+    from converter.tfref.generate import generate_checkpoint
+
+    key = (variant, mode, calibration_resolution, slots, num_classes, seed)
+    if key not in _CACHE:
+        folder = root / "_".join(str(k) for k in key)
+        folder.mkdir(parents=True, exist_ok=True)
+        prefix = folder / "model.ckpt"
+        generate_checkpoint(variant, str(prefix), mode=mode, seed=seed,
+                            calibration_resolution=calibration_resolution, num_classes=num_classes,
+                            slots=slots)
+        _CACHE[key] = prefix
+    return _CACHE[key]
+
+
+def torch_layout(name: str, value: np.ndarray) -> np.ndarray:
+    """Independent re-statement of the layout rules, by official variable name."""
+    if name.endswith("depthwise_kernel"):
+        kh, kw, c, m = value.shape
+        return value.transpose(2, 3, 0, 1).reshape(c * m, 1, kh, kw)
+    if value.ndim == 4:
+        return value.transpose(3, 2, 0, 1)
+    if value.ndim == 2:
+        return value.T
+    return value
