@@ -1,0 +1,604 @@
+"""Where checkpoints come from: local paths, folders, tarballs, and the official downloads.
+
+No torch or tensorflow here. Every problem a user can cause (a wrong path, a corrupt or
+malicious tarball, a failed download, being offline) raises :class:`ConversionError` with a
+one-line message that says what is wrong and what to do.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import http.client
+import logging
+import os
+import re
+import shutil
+import socket
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Union
+
+from .errors import ConversionError
+
+try:  # POSIX; elsewhere the cache is used without a lock
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .zoo import Checkpoint
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "EFFNET_CACHE"
+DEFAULT_CACHE = Path("~/.cache/effnet-convert")
+
+CHUNK_SIZE = 1 << 20
+# Backoff between download attempts: RETRY_BASE_DELAY * 2**n seconds, at most RETRY_MAX_DELAY.
+RETRY_BASE_DELAY = 1.0
+RETRY_MAX_DELAY = 30.0
+MAX_ATTEMPTS = 1000  # hard cap, even while every attempt makes progress
+DOWNLOAD_TIMEOUT = 60.0  # seconds without data before an attempt counts as dropped
+USER_AGENT = "effnet-convert"
+
+_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+_DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-(?P<i>\d{5})-of-(?P<n>\d{5})$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_EXTRACTED_MARKER = ".effnet-extracted"
+# tarfile.FilterError: Python >= 3.11.4 (with the extraction filters)
+_FILTER_ERRORS = getattr(tarfile, "FilterError", ())
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _one_line(obj: object) -> str:
+    return " ".join(str(obj).split())
+
+
+def cache_dir() -> Path:
+    """The download/extraction cache: ``$EFFNET_CACHE``, else ``~/.cache/effnet-convert``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else DEFAULT_CACHE.expanduser()
+
+
+def sha256_file(path: PathLike) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(CHUNK_SIZE), b""):
+                h.update(block)
+    except OSError as e:
+        raise ConversionError(f"cannot read {path}: {_one_line(e.strerror or e)}") from e
+    return h.hexdigest()
+
+
+def _normalize_sha(value: Optional[str], what: str = "sha256") -> Optional[str]:
+    if value is None:
+        return None
+    v = value.strip().lower()
+    if not _SHA_RE.match(v):
+        raise ConversionError(f"{what} must be 64 hexadecimal digits, got {value!r}")
+    return v
+
+
+@contextlib.contextmanager
+def _file_lock(lock_path: Path) -> Iterator[None]:
+    """Exclusive advisory lock (fcntl.flock) held for the duration of the block."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ConversionError(
+            f"cannot create lock file {lock_path}: {_one_line(e.strerror or e)}; "
+            f"set {CACHE_ENV} to a writable folder") from e
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another process using %s", lock_path)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# --------------------------------------------------------------------------- resolving
+
+
+def resolve_checkpoint(path: PathLike, extract_root: Optional[PathLike] = None) -> str:
+    """Turn what the user passed as --checkpoint into a TF checkpoint prefix (PREFIX.index exists).
+
+    Accepts a prefix (``.../model.ckpt``), its ``.index`` or ``.data-*-of-*`` file, the TF
+    ``checkpoint`` text file, a folder holding one checkpoint anywhere below it, or a tarball
+    (``.tar.gz``/``.tgz``/``.tar``), which is extracted safely into a folder named after the
+    tarball and its sha256 under ``extract_root`` (default ``cache_dir()/"extracted"``) and reused
+    on later calls. Checks that every data shard is present. Returns an absolute path.
+    """
+    raw = os.fspath(path)
+    if not raw.strip():
+        raise ConversionError("--checkpoint is empty; pass a checkpoint prefix, folder or .tar.gz")
+    p = Path(raw).expanduser()
+    name = p.name
+    lower = name.lower()
+
+    if p.is_dir():
+        return _resolve_folder(p)
+    if p.is_file() and (lower.endswith(_TAR_SUFFIXES) or (
+            not lower.endswith(".index") and not _DATA_RE.match(name) and name != "checkpoint"
+            and _looks_like_tar(p))):
+        return _resolve_tarball(p, extract_root)
+    if p.is_file() and name == "checkpoint":
+        return _resolve_folder(p.parent)
+
+    if name.endswith(".index"):
+        prefix = Path(str(p)[: -len(".index")])
+    elif name.endswith(".meta"):  # the graph file next to the checkpoint
+        prefix = Path(str(p)[: -len(".meta")])
+    elif _DATA_RE.match(name):
+        prefix = p.with_name(_DATA_RE.match(name).group("prefix"))  # type: ignore[union-attr]
+    else:
+        prefix = p
+    index = Path(str(prefix) + ".index")
+    if not index.is_file():
+        if p.exists() and p.is_file():
+            raise ConversionError(
+                f"{p} is not a TensorFlow checkpoint: pass the prefix (.../model.ckpt), "
+                f"its .index file, the folder holding it, or the official .tar.gz")
+        if prefix != p or p.exists():
+            raise ConversionError(
+                f"checkpoint index {index} not found; the checkpoint is incomplete or the path is wrong")
+        raise ConversionError(
+            f"{p} does not exist (no file, folder, or {p.name}.index); pass a checkpoint prefix "
+            f"(.../model.ckpt), a folder or a .tar.gz")
+    _check_shards(prefix)
+    return os.path.abspath(prefix)
+
+
+def _looks_like_tar(p: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(p)
+    except OSError:
+        return False
+
+
+def _check_shards(prefix: Path) -> None:
+    """At least one PREFIX.data-I-of-N must exist, and for each N seen all N shards."""
+    base = prefix.name
+    seen: Dict[int, set] = {}
+    try:
+        entries = os.listdir(prefix.parent)
+    except OSError as e:
+        raise ConversionError(f"cannot list {prefix.parent}: {_one_line(e.strerror or e)}") from e
+    for entry in entries:
+        m = _DATA_RE.match(entry)
+        if m and m.group("prefix") == base:
+            seen.setdefault(int(m.group("n")), set()).add(int(m.group("i")))
+    if not seen:
+        raise ConversionError(
+            f"checkpoint {prefix} has an index but no data file ({base}.data-00000-of-00001 missing); "
+            f"the checkpoint is incomplete: extract or download it again")
+    for n, have in sorted(seen.items()):
+        missing = [f"{base}.data-{i:05d}-of-{n:05d}" for i in range(n) if i not in have]
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise ConversionError(
+                f"checkpoint {prefix} is missing data shard(s) {shown}; "
+                f"the checkpoint is incomplete: extract or download it again")
+
+
+def _find_prefixes(folder: Path) -> List[Path]:
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # skips our temp folders too
+        for f in sorted(files):
+            # "._x.index": macOS AppleDouble metadata that some tarballs carry
+            if f.endswith(".index") and not f.startswith("._") and len(f) > len(".index"):
+                out.append(Path(root) / f[: -len(".index")])
+    return out
+
+
+def _read_checkpoint_file(path: Path) -> Optional[str]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    m = re.search(r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"', text, re.MULTILINE)
+    return re.sub(r"\\(.)", r"\1", m.group(1)) if m else None
+
+
+def _resolve_folder(folder: Path) -> str:
+    prefixes = _find_prefixes(folder)
+    if not prefixes:
+        raise ConversionError(
+            f"no TensorFlow checkpoint (*.index file) found in folder {folder}; "
+            f"pass the folder that holds model.ckpt.index or the official .tar.gz")
+    if len(prefixes) == 1:
+        chosen = prefixes[0]
+    else:
+        by_abs = {os.path.abspath(q): q for q in prefixes}
+        named = set()
+        for ckfile in folder.rglob("checkpoint"):
+            if not ckfile.is_file():
+                continue
+            value = _read_checkpoint_file(ckfile)
+            if not value:
+                continue
+            candidates = [ckfile.parent / value]
+            # the path may be absolute on the training machine (or gs://...): try its name here
+            candidates.append(ckfile.parent / PurePosixPath(value.replace("\\", "/")).name)
+            for c in candidates:
+                hit = by_abs.get(os.path.abspath(c))
+                if hit is not None:
+                    named.add(hit)
+                    break
+        if len(named) != 1:
+            listed = ", ".join(str(q.relative_to(folder)) for q in prefixes[:6])
+            if len(prefixes) > 6:
+                listed += f" and {len(prefixes) - 6} more"
+            why = ("its 'checkpoint' files name different ones" if named
+                   else "no 'checkpoint' file names one of them")
+            raise ConversionError(
+                f"folder {folder} holds {len(prefixes)} checkpoints ({listed}) and {why}; "
+                f"pass the prefix you want as --checkpoint")
+        chosen = named.pop()
+    _check_shards(chosen)
+    return os.path.abspath(chosen)
+
+
+def _tar_stem(name: str) -> str:
+    lower = name.lower()
+    for suf in _TAR_SUFFIXES:
+        if lower.endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def _check_member(member: tarfile.TarInfo, tarball: Path) -> None:
+    """Refuse anything but plain files and folders with relative names inside the archive."""
+    name = member.name
+    bad = None
+    if not name or "\x00" in name:
+        bad = "an empty or invalid name"
+    elif name.startswith(("/", "\\")) or PurePosixPath(name).is_absolute() or re.match(r"^[A-Za-z]:", name):
+        bad = "an absolute path"
+    elif ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        bad = "a '..' component"
+    elif member.issym() or member.islnk():
+        bad = f"a {'symbolic' if member.issym() else 'hard'} link to {member.linkname!r}"
+    elif member.isdev():
+        bad = "a device or fifo"
+    elif not (member.isreg() or member.isdir()):
+        bad = "an unsupported entry type"
+    if bad:
+        raise ConversionError(
+            f"refusing unsafe tarball {tarball}: member {name!r} is {bad}; "
+            f"use the official checkpoint tarball")
+
+
+def _make_filter(tarball: Path):
+    data_filter = getattr(tarfile, "data_filter", None)
+
+    def _filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+        _check_member(member, tarball)
+        if data_filter is not None:
+            member = data_filter(member, dest)
+        # sane permissions whatever the archive says (a read-only folder would block cleanup)
+        return member.replace(mode=0o755 if member.isdir() else 0o644, deep=False)
+
+    return _filter
+
+
+def _resolve_tarball(tarball: Path, extract_root: Optional[PathLike]) -> str:
+    root = Path(extract_root).expanduser() if extract_root is not None else cache_dir() / "extracted"
+    root = Path(os.path.abspath(root))
+    digest = sha256_file(tarball)
+    target = root / f"{_tar_stem(tarball.name)}-{digest[:16]}"
+    marker = target / _EXTRACTED_MARKER
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConversionError(
+            f"cannot create extraction folder {root}: {_one_line(e.strerror or e)}; "
+            f"set {CACHE_ENV} to a writable folder") from e
+
+    with _file_lock(Path(str(target) + ".lock")):
+        if target.is_dir() and _marker_ok(marker, digest):
+            return _resolve_folder(target)
+        if target.exists():  # not ours or not complete: move it aside and start over
+            _remove_tree(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
+        try:
+            _extract_into(tarball, tmp)
+            try:
+                inner = Path(_resolve_folder(tmp))
+            except ConversionError as e:
+                reason = str(e).split(";")[0].replace(str(tmp), "the archive")
+                raise ConversionError(
+                    f"tarball {tarball} holds no usable checkpoint ({reason}); "
+                    f"use the official checkpoint tarball") from None
+            (tmp / _EXTRACTED_MARKER).write_text(digest + "\n")
+            os.replace(tmp, target)
+        except OSError as e:
+            raise ConversionError(
+                f"cannot extract {tarball} into {root}: {_one_line(e.strerror or e)}; "
+                f"check free space and permissions") from e
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return os.path.abspath(target / inner.relative_to(tmp))
+
+
+def _marker_ok(marker: Path, digest: str) -> bool:
+    try:
+        return marker.read_text().strip() == digest
+    except OSError:
+        return False
+
+
+def _remove_tree(path: Path) -> None:
+    aside = path.with_name(f".{path.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+    os.replace(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _extract_into(tarball: Path, dest: Path) -> None:
+    """One streaming pass: every member is checked before it is written."""
+    member_filter = _make_filter(tarball)
+    try:
+        with tarfile.open(tarball, mode="r|*") as tf:
+            for member in tf:
+                tf.extract(member, path=dest, set_attrs=True, filter=member_filter)
+    except ConversionError:
+        raise
+    except _FILTER_ERRORS as e:  # tarfile's own 'data' filter caught what our checks did not
+        raise ConversionError(
+            f"refusing unsafe tarball {tarball}: {_one_line(e)}; use the official checkpoint tarball") from e
+    except (tarfile.TarError, EOFError, zlib.error, ValueError) as e:
+        raise ConversionError(
+            f"corrupt or truncated tarball {tarball} ({_one_line(e)}); delete it and download it again") from e
+    except OSError as e:
+        if isinstance(e, PermissionError) or e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise  # our side, not the tarball's: reported by the caller
+        raise ConversionError(
+            f"corrupt or truncated tarball {tarball} ({_one_line(e)}); delete it and download it again") from e
+
+
+# --------------------------------------------------------------------------- downloading
+
+
+class _Retryable(Exception):
+    """A failed attempt worth retrying (dropped connection, truncated body, 5xx)."""
+
+    def __init__(self, message: str, offline: bool = False):
+        super().__init__(message)
+        self.offline = offline
+
+
+def _manual_hint(url: str) -> str:
+    return f"download {url} by hand and pass the file as --checkpoint"
+
+
+def download(url: str, dest: PathLike, expected_sha256: Optional[str] = None, progress: bool = True,
+             retries: int = 4, *, retry_delay: Optional[float] = None,
+             timeout: float = DOWNLOAD_TIMEOUT) -> str:
+    """Download ``url`` to ``dest`` atomically and return the file's sha256.
+
+    Writes a unique temp file next to ``dest`` and renames it into place only when complete
+    (Content-Length matched, ``expected_sha256`` matched when given); resumes after a dropped
+    connection with an HTTP Range request (restarts when the server ignores Range); retries
+    ``retries`` times with exponential backoff (``retry_delay`` or ``RETRY_BASE_DELAY`` seconds,
+    doubled each time) on dropped connections, truncated bodies and 5xx. Writes
+    ``dest + ".sha256"``. On failure nothing is left behind and ConversionError is raised.
+    """
+    expected = _normalize_sha(expected_sha256, "expected sha256")
+    dest = Path(dest).expanduser()
+    base_delay = RETRY_BASE_DELAY if retry_delay is None else retry_delay
+    host = urllib.parse.urlsplit(url).hostname or url
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as e:
+        raise ConversionError(
+            f"cannot write to {dest.parent}: {_one_line(e.strerror or e)}; "
+            f"set {CACHE_ENV} to a writable folder") from e
+    tmp = Path(tmp_name)
+    done = False
+    try:
+        with os.fdopen(fd, "r+b") as out:
+            state = {"hash": hashlib.sha256(), "have": 0}
+            best = 0
+            failures = 0
+            attempts = 0
+            while True:
+                attempts += 1
+                try:
+                    _attempt(url, out, state, progress, timeout, dest.name)
+                    break
+                except _Retryable as e:
+                    if state["have"] > best:  # progress made: this drop does not count
+                        best = state["have"]
+                    else:
+                        failures += 1
+                    if failures > retries or attempts >= MAX_ATTEMPTS:
+                        if e.offline:
+                            raise ConversionError(
+                                f"cannot reach {host} (offline? {e}); {_manual_hint(url)}") from None
+                        raise ConversionError(
+                            f"download of {url} failed after {attempts} attempts ({e}); "
+                            f"try again later or {_manual_hint(url)}") from None
+                    delay = min(RETRY_MAX_DELAY, base_delay * (2 ** max(0, failures - 1)))
+                    log.info("download of %s interrupted (%s); retrying in %.1fs", url, e, delay)
+                    if delay > 0:
+                        time.sleep(delay)
+            out.flush()
+            os.fsync(out.fileno())
+        digest = state["hash"].hexdigest()
+        if expected is not None and digest != expected:
+            raise ConversionError(
+                f"sha256 mismatch for {url}: expected {expected}, got {digest}; the download is corrupt "
+                f"or the file changed upstream: try again, or check the expected sha256")
+        os.replace(tmp, dest)
+        done = True
+        _write_sidecar(dest, digest)
+        return digest
+    except OSError as e:
+        raise ConversionError(f"cannot write {dest}: {_one_line(e.strerror or e)}; check free space "
+                              f"and permissions") from e
+    finally:
+        if not done:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _attempt(url: str, out, state: dict, progress: bool, timeout: float, label: str) -> None:
+    """One GET; appends to ``out`` (resuming at state['have']) or restarts from zero."""
+    have = state["have"]
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    try:
+        req = urllib.request.Request(url, headers=headers)
+    except ValueError as e:
+        raise ConversionError(f"invalid download URL {url!r}: {_one_line(e)}") from None
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        code = e.code
+        e.close()
+        if code == 416 and have:
+            _restart(out, state)
+            raise _Retryable("server refused to resume (HTTP 416)")
+        if code >= 500 or code in (408, 429):
+            raise _Retryable(f"HTTP {code} {_one_line(e.reason)}")
+        raise ConversionError(
+            f"download failed: {url} answered HTTP {code} {_one_line(e.reason)}; check the URL "
+            f"(or $EFFNET_BASE_URL), or {_manual_hint(url)}") from None
+    except urllib.error.URLError as e:
+        reason = e.reason
+        if scheme not in ("http", "https"):
+            raise ConversionError(f"cannot open {url}: {_one_line(reason)}") from None
+        raise _Retryable(_one_line(reason), offline=True)
+    except (http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as e:
+        raise _Retryable(_one_line(f"{type(e).__name__}: {e}"))
+    except OSError as e:
+        raise _Retryable(_one_line(f"{type(e).__name__}: {e}"), offline=True)
+    except ValueError as e:
+        raise ConversionError(f"invalid download URL {url!r}: {_one_line(e)}") from None
+
+    with resp:
+        status = getattr(resp, "status", None) or 200
+        length = resp.headers.get("Content-Length")
+        length_i = int(length) if length and length.strip().isdigit() else None
+        if have and status == 206:
+            m = re.match(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range", ""))
+            if not m or int(m.group(1)) != have:
+                _restart(out, state)
+                raise _Retryable("server resumed at the wrong offset")
+            total = int(m.group(3)) if m.group(3) != "*" else (have + length_i if length_i is not None else None)
+        else:  # full body (200, or the server ignored Range): start over
+            if have:
+                _restart(out, state)
+                have = 0
+            total = length_i
+        bar = _progress_bar(progress, total, have, label)
+        try:
+            while True:
+                try:
+                    block = resp.read(CHUNK_SIZE)
+                except (http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as e:
+                    raise _Retryable(_one_line(f"connection dropped: {type(e).__name__}: {e}"))
+                except OSError as e:
+                    raise _Retryable(_one_line(f"connection dropped: {e}"))
+                if not block:
+                    break
+                out.write(block)
+                state["hash"].update(block)
+                state["have"] += len(block)
+                if bar is not None:
+                    bar.update(len(block))
+        finally:
+            if bar is not None:
+                bar.close()
+        if total is not None and state["have"] != total:
+            raise _Retryable(f"truncated body: got {state['have']} of {total} bytes")
+
+
+def _restart(out, state: dict) -> None:
+    out.seek(0)
+    out.truncate()
+    state["have"] = 0
+    state["hash"] = hashlib.sha256()
+
+
+def _progress_bar(progress: bool, total: Optional[int], initial: int, label: str):
+    if not progress:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=label, leave=False, file=sys.stderr,
+                disable=not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()))
+
+
+def _sidecar(path: Path) -> Path:
+    return Path(str(path) + ".sha256")
+
+
+def _write_sidecar(dest: Path, digest: str) -> None:
+    side = _sidecar(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{side.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{digest}  {dest.name}\n")
+        os.replace(tmp, side)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _read_sidecar(path: Path) -> Optional[str]:
+    try:
+        words = _sidecar(path).read_text().split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return words[0].lower() if words and _SHA_RE.match(words[0].lower()) else None
+
+
+def fetch_checkpoint(ckpt: "Checkpoint", sha256: Optional[str] = None, progress: bool = True) -> Path:
+    """The official tarball of ``ckpt`` in the cache, downloaded from ``ckpt.download_url()`` if needed.
+
+    Cached at ``cache_dir() / ckpt.relative_path``; reused when it matches its ``.sha256``
+    sidecar (and ``sha256`` when given), downloaded again otherwise. An exclusive lock on
+    ``PATH.lock`` serializes processes sharing the cache.
+    """
+    want = _normalize_sha(sha256, "--sha256")
+    dest = cache_dir() / ckpt.relative_path
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConversionError(
+            f"cannot create cache folder {dest.parent}: {_one_line(e.strerror or e)}; "
+            f"set {CACHE_ENV} to a writable folder") from e
+    with _file_lock(Path(str(dest) + ".lock")):
+        if dest.is_file():
+            recorded = _read_sidecar(dest)
+            if recorded is not None:
+                actual = sha256_file(dest)
+                if actual == recorded and (want is None or actual == want):
+                    return dest
+            log.warning("cached %s is incomplete or does not match its sha256; downloading it again", dest)
+        download(ckpt.download_url(), dest, expected_sha256=want, progress=progress)
+    return dest

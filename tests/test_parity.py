@@ -1,0 +1,170 @@
+"""Parity: TensorFlow on generated official-layout checkpoints vs PyTorch on the converted weights.
+
+Every architecture is checked; the largest at a smaller input in CI, full size under
+``make parity`` (marked slow). Negative tests prove the stage catches broken conversions.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.numpy import load_file, save_file
+from safetensors import safe_open
+
+from converter import load_model
+from converter.cli import main
+from converter.model import BatchNorm2dTF, Conv2dSame
+from converter.verify import MAX_REL_ERROR, verify_file, verify_model
+from helpers import make_checkpoint
+
+pytest.importorskip("tensorflow")
+
+FLAVOR = {"b8": "advprop", "l2": "noisystudent", "l2-475": "noisystudent"}
+
+# variant: (test resolution, synthetic images); native where CI time allows
+CI_PARITY = {
+    "b0": (224, 8), "b1": (240, 4), "b2": (260, 4), "b3": (300, 4), "b4": (380, 2),
+    "b5": (456, 2), "b6": (528, 2), "b7": (600, 1), "b8": (336, 2),
+    "l2": (160, 2), "l2-475": (475, 1),
+}
+FULL_PARITY = {"b8": (672, 2), "l2": (800, 1)}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("parity")
+
+
+def _convert_and_verify(root, tmp_path, variant, res, n):
+    base = "l2" if variant == "l2-475" else variant
+    mode = "ema-only" if base == "l2" else "full"
+    prefix = make_checkpoint(root, base, mode=mode, calibration_resolution=res, slots=base in ("b0", "b1"))
+    flavor = FLAVOR.get(variant, "aa")
+    args = ["--variant", variant, "--checkpoint", str(prefix), "--output-dir", str(tmp_path), "--quiet"]
+    if variant not in FLAVOR:
+        args += ["--flavor", flavor]
+    assert main(args) == 0
+    weights = tmp_path / f"efficientnet-{variant}_{flavor}.safetensors"
+    report = verify_file(weights, str(prefix), resolution=res, n_images=n, device="cpu")
+    return prefix, weights, report
+
+
+@pytest.mark.parametrize("variant", list(CI_PARITY))
+def test_parity_every_architecture(variant, root, tmp_path):
+    res, n = CI_PARITY[variant]
+    _, weights, report = _convert_and_verify(root, tmp_path, variant, res, n)
+    print(report.summary())
+    assert report.passed, report.failures
+    assert report.rel_error <= MAX_REL_ERROR and report.top1_agreement == 1.0
+    assert report.resolution == res and report.images == n
+    saved = json.loads((tmp_path / weights.name.replace(".safetensors", ".verify.json")).read_text())
+    assert saved["passed"] is True and saved["rel_error"] == report.rel_error
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(FULL_PARITY))
+def test_parity_full_size(variant, root, tmp_path):
+    res, n = FULL_PARITY[variant]
+    _, _, report = _convert_and_verify(root, tmp_path, variant, res, n)
+    print(report.summary())
+    assert report.passed, report.failures
+
+
+# ---- the CLI and negative tests on b0 -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def b0(root, tmp_path_factory):
+    prefix = make_checkpoint(root, "b0", calibration_resolution=224)
+    out = tmp_path_factory.mktemp("b0out")
+    assert main(["--variant", "b0", "--flavor", "aa", "--checkpoint", str(prefix), "--output-dir", str(out), "--quiet"]) == 0
+    return prefix, out / "efficientnet-b0_aa.safetensors"
+
+
+def test_verify_subcommand_report_and_dump(b0, tmp_path, capsys):
+    prefix, weights = b0
+    dump = tmp_path / "logits.npz"
+    rc = main(["verify", "--weights", str(weights), "--checkpoint", str(prefix.parent), "--device", "cpu",
+               "--num-images", "4", "--dump-logits", str(dump)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "PASS" in out and "rel error" in out and "img/s" in out and "top-5 agreement" in out
+    with np.load(dump) as z:
+        tf_l, pt_l = z["tf"], z["torch"]
+    assert tf_l.shape == pt_l.shape == (4, 1000)
+    rel = np.linalg.norm(pt_l - tf_l) / np.linalg.norm(tf_l)
+    assert rel < 1e-4 and (tf_l.argmax(1) == pt_l.argmax(1)).all()
+    report = json.loads(weights.with_name("efficientnet-b0_aa.verify.json").read_text())
+    assert abs(report["rel_error"] - rel) < 1e-9 and report["tf_images_per_s"] > 0
+
+
+def test_convert_with_verify_flag(root, tmp_path, capsys):
+    prefix = make_checkpoint(root, "b0", calibration_resolution=224)
+    rc = main(["--variant", "b0", "--flavor", "aa", "--checkpoint", str(prefix), "--output-dir", str(tmp_path),
+               "--verify", "--num-images", "2", "--device", "cpu", "--quiet"])
+    assert rc == 0 and "PASS" in capsys.readouterr().out
+    assert (tmp_path / "efficientnet-b0_aa.verify.json").is_file()
+
+
+def test_fails_on_raw_instead_of_ema(root, tmp_path, capsys):
+    prefix = make_checkpoint(root, "b0", calibration_resolution=224)
+    assert main(["--variant", "b0", "--flavor", "aa", "--checkpoint", str(prefix), "--output-dir", str(tmp_path),
+                 "--no-ema", "--quiet"]) == 0
+    rc = main(["verify", "--weights", str(tmp_path / "efficientnet-b0_aa.safetensors"), "--checkpoint", str(prefix),
+               "--device", "cpu", "--num-images", "4"])
+    captured = capsys.readouterr()
+    assert rc == 3 and "FAIL" in captured.out
+    assert "verification failed: relative error" in captured.err
+
+
+def test_fails_on_ema_weights_with_raw_bn_statistics(b0, root, tmp_path):
+    prefix, weights = b0
+    raw_dir = tmp_path / "raw"
+    assert main(["--variant", "b0", "--flavor", "aa", "--checkpoint", str(prefix), "--output-dir", str(raw_dir),
+                 "--no-ema", "--quiet"]) == 0
+    ema, raw = load_file(str(weights)), load_file(str(raw_dir / "efficientnet-b0_aa.safetensors"))
+    mixed = {k: (raw[k] if k.endswith(("running_mean", "running_var")) else v) for k, v in ema.items()}
+    with safe_open(str(weights), framework="np") as f:
+        meta = f.metadata()
+    broken = tmp_path / "mixed.safetensors"
+    save_file(mixed, str(broken), metadata=meta)
+    report = verify_file(broken, str(prefix), n_images=4, device="cpu")
+    assert not report.passed and report.rel_error > 1e-2
+
+
+def test_fails_on_pytorch_bn_eps(b0):
+    prefix, weights = b0
+    model = load_model(weights)
+    for m in model.modules():
+        if isinstance(m, BatchNorm2dTF):
+            m.eps = 1e-5
+    report = verify_model(model, str(prefix), model.pretrained_cfg, n_images=4, device="cpu")
+    assert not report.passed and report.rel_error > MAX_REL_ERROR
+
+
+def test_fails_on_symmetric_padding(b0, monkeypatch):
+    prefix, weights = b0
+    model = load_model(weights)
+
+    def symmetric(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.kernel_size[0] // 2, 1, self.groups)
+
+    monkeypatch.setattr(Conv2dSame, "forward", symmetric)
+    report = verify_model(model, str(prefix), model.pretrained_cfg, n_images=4, device="cpu")
+    assert not report.passed and report.rel_error > MAX_REL_ERROR
+
+
+def test_verify_own_images(b0, tmp_path):
+    """--images: the user's photos go through the official TF preprocessing to both sides."""
+    import tensorflow as tf
+
+    prefix, weights = b0
+    rng = np.random.default_rng(5)
+    files = []
+    for i, (h, w) in enumerate([(300, 451), (257, 256)]):
+        img = np.clip(rng.normal(128, 60, (h, w, 3)), 0, 255).astype(np.uint8)
+        path = tmp_path / f"img{i}.jpg"
+        path.write_bytes(tf.io.encode_jpeg(img).numpy())
+        files.append(str(path))
+    report = verify_file(weights, str(prefix), n_images=2, image_files=files, device="cpu")
+    assert report.images == 4 and report.passed
