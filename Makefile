@@ -20,3 +20,19 @@ test: install-test  ## the test suite CI runs (no network, no GPU needed)
 
 convert:            ## make convert VARIANT=b4 FLAVOR=advprop [OUT=converted]
 	convert-effnet --variant $(VARIANT) $(if $(FLAVOR),--flavor $(FLAVOR)) --output-dir $(OUT)
+
+# Every zoo checkpoint (33), converted and verified into $(OUT); each target is its own file, so
+# `make -j4 all` is safe (downloads and extractions lock their cache entries).
+ZOO := $(shell $(PYTHON) -c 'from converter.zoo import CHECKPOINTS; print(" ".join(c.name for c in CHECKPOINTS if c.zoo_name))' 2>/dev/null)
+ALL_OUTPUTS := $(patsubst %,$(OUT)/%.safetensors,$(ZOO))
+
+.PHONY: all parity
+all: $(ALL_OUTPUTS)
+
+# efficientnet-b4_advprop -> --variant b4 --flavor advprop; a file that fails verification ends as *.failed
+$(OUT)/efficientnet-%.safetensors:
+	convert-effnet --variant $(word 1,$(subst _, ,$*)) --flavor $(word 2,$(subst _, ,$*)) \
+		--output-dir $(OUT) --verify --quiet $(VERIFY_ARGS)
+
+parity:             ## parity checks of every architecture, full-size runs of the largest included
+	$(PYTHON) -m pytest -q -s tests/test_parity.py $(PYTEST_ARGS)

@@ -160,7 +160,12 @@ def run_convert(args: argparse.Namespace) -> int:
     for p in result.outputs:
         print(f"wrote {p} ({ckpt.name}, {weights} weights, {spec.num_classes} classes, {result.seconds:.1f} s)")
     if args.verify:
-        return run_verify(result.outputs[0], prefix, args)
+        rc = run_verify(result.outputs[0], prefix, args)
+        if rc != 0:  # never leave a file that failed its check under the name of a good one
+            for p in result.outputs:
+                os.replace(p, p.with_name(p.name + ".failed"))
+            print(f"convert-effnet: the outputs were renamed to *.failed", file=sys.stderr)
+        return rc
     return 0
 
 

@@ -223,8 +223,8 @@ def convert(reader: CheckpointReader, spec: ArchSpec, cfg: Dict[str, object], ou
 
     outputs[0].parent.mkdir(parents=True, exist_ok=True)
     files = [AtomicFile(p) for p in outputs]
+    bar = _progress_bar(len(selection.pairs), spec.name) if progress else None
     try:
-        bar = _progress_bar(len(selection.pairs), spec.name) if progress else None
         tensors = iter_tensors(reader, selection, allow_nonfinite, bar)
         st = [f for f in files if f.path.suffix == ".safetensors"]
         pth = [f for f in files if f.path.suffix == ".pth"]
@@ -234,11 +234,11 @@ def convert(reader: CheckpointReader, spec: ArchSpec, cfg: Dict[str, object], ou
                 write_safetensors(fh, specs, tensors, encoded)
         if pth:
             _write_pth(pth[0].tmp, st[0].tmp if st else None, tensors if not st else None, encoded)
-        if bar is not None:
-            bar.close()
         for f in files:
             f.commit()
     finally:
+        if bar is not None:
+            bar.close()
         for f in files:
             f.discard()
     return Result(outputs=outputs, selection=selection, metadata=meta, seconds=time.perf_counter() - t0)
@@ -266,4 +266,5 @@ def _write_pth(tmp: Path, safetensors_file: Optional[Path], tensors, encoded: Di
 def _progress_bar(total: int, name: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=f"converting {name}", unit="tensor", leave=False)
+    # disable=None: no bar when stderr is not a terminal (logs, CI)
+    return tqdm(total=total, desc=f"converting {name}", unit="tensor", leave=False, disable=None)

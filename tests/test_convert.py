@@ -127,11 +127,14 @@ def test_ema_only_and_raw_only(root, tmp_path, capsys):
         assert f.metadata()["ema"] == "false"
 
 
-def _err_line(capsys):
+def _err_line(capsys, warnings_allowed=False):
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err  # one line, no traceback
-    assert err[0].startswith("convert-effnet: error: ")
-    return err[0]
+    assert not any("Traceback" in l for l in err), err
+    errors = [l for l in err if l.startswith("convert-effnet: error: ")]
+    assert len(errors) == 1 and err[-1] == errors[0], err  # one error line, last
+    if not warnings_allowed:
+        assert len(err) == 1, err
+    return errors[0]
 
 
 def test_wrong_variant_names_the_scope(root, tmp_path, capsys):
@@ -269,3 +272,76 @@ def test_debug_shows_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "converter", "--variant", "b0", "--flavor", "aa", "--checkpoint",
                            str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    """A real HTTP server on 127.0.0.1 serving a folder laid out like the official bucket."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    root = tmp_path / "bucket"
+    root.mkdir()
+    hits = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            hits.append(self.path)
+            super().do_GET()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("EFFNET_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+    monkeypatch.setenv("EFFNET_CACHE", str(tmp_path / "cache"))
+    yield root, hits
+    server.shutdown()
+
+
+def test_download_convert_and_cache_reuse(root, mirror, tmp_path, capsys):
+    import hashlib
+
+    from converter.tfref.generate import make_tarball
+
+    bucket, hits = mirror
+    prefix = make_checkpoint(root, "b0")
+    tarball = bucket / "advprop" / "efficientnet-b0.tar.gz"
+    tarball.parent.mkdir()
+    make_tarball(str(prefix), str(tarball), "efficientnet-b0")
+    assert main(["--variant", "b0", "--flavor", "advprop", "--output-dir", str(tmp_path / "o1"), "--quiet"]) == 0
+    assert hits == ["/advprop/efficientnet-b0.tar.gz"]
+    out = tmp_path / "o1" / "efficientnet-b0_advprop.safetensors"
+    _check_values(out, prefix, "b0")
+    with safe_open(str(out), framework="np") as f:
+        meta = f.metadata()
+    assert meta["source"].endswith("/advprop/efficientnet-b0.tar.gz")
+    assert meta["source_sha256"] == hashlib.sha256(tarball.read_bytes()).hexdigest()
+    # a second conversion takes the cached tarball
+    assert main(["--variant", "b0", "--flavor", "ap", "--output-dir", str(tmp_path / "o2"), "--quiet"]) == 0
+    assert len(hits) == 1
+    # --sha256 pins the tarball: a wrong pin is refused, nothing written
+    rc = main(["--variant", "b0", "--flavor", "advprop", "--output-dir", str(tmp_path / "o3"), "--sha256", "0" * 64])
+    assert rc == 2 and "sha256" in _err_line(capsys, warnings_allowed=True)
+    assert not (tmp_path / "o3" / "efficientnet-b0_advprop.safetensors").exists()
+
+
+def test_download_404_and_offline_are_one_line(mirror, tmp_path, capsys, monkeypatch):
+    rc = main(["--variant", "b1", "--flavor", "aa", "--output-dir", str(tmp_path)])
+    line = _err_line(capsys)
+    assert rc == 2 and "404" in line
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    monkeypatch.setenv("EFFNET_BASE_URL", f"http://127.0.0.1:{port}/")
+    monkeypatch.setattr("converter.sources.RETRY_BASE_DELAY", 0.01)
+    rc = main(["--variant", "b1", "--flavor", "aa", "--output-dir", str(tmp_path)])
+    line = _err_line(capsys, warnings_allowed=True)  # retry notices come first
+    assert rc == 2 and ("offline" in line or "cannot reach" in line) and "--checkpoint" in line
+    assert list(tmp_path.glob("*.safetensors")) == []

@@ -168,3 +168,44 @@ def test_verify_own_images(b0, tmp_path):
         files.append(str(path))
     report = verify_file(weights, str(prefix), n_images=2, image_files=files, device="cpu")
     assert report.images == 4 and report.passed
+
+
+def test_make_all_converts_and_verifies_in_parallel(root, tmp_path):
+    """`make -j2 all` on a subset of the zoo, downloading from a mirror on 127.0.0.1."""
+    import functools
+    import os
+    import shutil
+    import subprocess
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+    from pathlib import Path
+
+    from converter.tfref.generate import make_tarball
+
+    if shutil.which("make") is None or shutil.which("convert-effnet") is None:
+        pytest.fail("make and an installed convert-effnet are needed (make install)")
+    bucket = tmp_path / "bucket"
+    prefix = make_checkpoint(root, "b0", calibration_resolution=224)
+    for rel in ("ckptsaug/efficientnet-b0.tar.gz", "advprop/efficientnet-b0.tar.gz"):
+        (bucket / rel).parent.mkdir(parents=True, exist_ok=True)
+        make_tarball(str(prefix), str(bucket / rel), "efficientnet-b0")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(bucket)))
+    server.RequestHandlerClass.log_message = lambda *a: None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = tmp_path / "zoo"
+        env = dict(os.environ, EFFNET_BASE_URL=f"http://127.0.0.1:{server.server_address[1]}/",
+                   EFFNET_CACHE=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="3")
+        repo = Path(__file__).resolve().parents[1]
+        cmd = ["make", "-s", "-C", str(repo), "-j2", "all", f"OUT={out}",
+               "ZOO=efficientnet-b0_aa efficientnet-b0_advprop", "VERIFY_ARGS=--num-images 2 --device cpu"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        for name in ("efficientnet-b0_aa", "efficientnet-b0_advprop"):
+            assert json.loads((out / f"{name}.verify.json").read_text())["passed"] is True
+            assert (out / f"{name}.safetensors").is_file()
+        # nothing to do the second time
+        proc = subprocess.run(cmd + ["--question"], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0
+    finally:
+        server.shutdown()
