@@ -33,6 +33,10 @@ def _convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-nonfinite", action="store_true", help="convert even if weights hold NaN/inf")
     p.add_argument("--sha256", help="expected sha256 of the downloaded tarball")
     p.add_argument("--list", action="store_true", help="list the official checkpoints and exit")
+    p.add_argument("--all", action="store_true",
+                   help="convert and verify every zoo checkpoint into --output-dir (skips the ones done and verified)")
+    p.add_argument("--only", nargs="+", metavar="NAME",
+                   help="with --all: only these checkpoints (names as --list prints them, shell patterns allowed)")
     p.add_argument("--verify", action="store_true",
                    help="after converting, run TensorFlow on the checkpoint and PyTorch on the output and compare logits")
     _verify_options(p)
@@ -184,6 +188,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.list:
             list_checkpoints()
             return 0
+        if args.all:
+            from .batch import run_all
+
+            return run_all(args)
         return run_convert(args)
     except ConversionError as e:
         if debug:

@@ -177,6 +177,8 @@ def torch_logits(model, images: np.ndarray, device: str = "cpu", batch_size: int
     outs = []
     seconds = 0.0
     with torch.inference_mode():
+        # one untimed image first: kernel selection and allocator warm-up are not throughput
+        model(torch.from_numpy(np.ascontiguousarray(images[:1].transpose(0, 3, 1, 2))).to(device))
         for i in range(0, len(images), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size].transpose(0, 3, 1, 2))).to(device)
             if device == "cuda":

@@ -39,7 +39,10 @@ def root(tmp_path_factory):
 def _convert_and_verify(root, tmp_path, variant, res, n):
     base = "l2" if variant == "l2-475" else variant
     mode = "ema-only" if base == "l2" else "full"
-    prefix = make_checkpoint(root, base, mode=mode, calibration_resolution=res, slots=base in ("b0", "b1"))
+    # BN statistics calibrated on the kinds of images the test feeds (shared/reference: known
+    # hazards); the synthetic set is ordered by kind, so max(4, n) images cover the n verified
+    prefix = make_checkpoint(root, base, mode=mode, calibration_resolution=res, slots=base in ("b0", "b1"),
+                             calibration_images=max(4, n))
     flavor = FLAVOR.get(variant, "aa")
     args = ["--variant", variant, "--checkpoint", str(prefix), "--output-dir", str(tmp_path), "--quiet"]
     if variant not in FLAVOR:
