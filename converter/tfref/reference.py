@@ -1,0 +1,529 @@
+"""TensorFlow reference forward pass of the official EfficientNet, reading official variable names.
+
+This mirrors tensorflow/tpu models/official/efficientnet/efficientnet_model.py in eval mode
+(``training=False``: BN uses its moving statistics, no dropout, no drop-connect), computing with
+plain TensorFlow ops on NHWC float32 tensors. It does not use Keras layers nor anything of the
+PyTorch side: the variables are read one by one, by their official names, through a
+``get(name) -> np.ndarray`` callable (a dict's ``__getitem__``, or ``read_checkpoint_getter``).
+
+TensorFlow is imported lazily so that the CLI can hide the GPUs (``--device cpu``) before it
+loads. Command line (run as a subprocess by the rest of the project)::
+
+    python -m converter.tfref.reference --checkpoint PREFIX --variant b0 \\
+        --images IN.npz --out OUT.npz [--no-ema] [--num-classes N] \\
+        [--device cpu|cuda|auto] [--batch-size N] [--dtype float32|float64]
+
+IN.npz holds ``images`` (normalized NHWC float32); OUT.npz gets ``logits`` (float32, or float64
+with ``--dtype float64``: the same graph without float32 rounding, to measure the noise floor),
+``seconds`` (the forward passes only, weights already loaded) and ``device``.
+Errors in the user's input print one line on stderr and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..arch import ArchSpec, Block, get_arch
+from ..errors import ConversionError
+
+Getter = Callable[[str], np.ndarray]
+Trace = Callable[[str, np.ndarray], None]
+
+EMA_SUFFIX = "ExponentialMovingAverage"  # tf.train.ExponentialMovingAverage slot name
+BN_PARAMS = ("gamma", "beta", "moving_mean", "moving_variance")  # tf.layers.BatchNormalization
+BN_NAME = "tpu_batch_normalization"  # tensorflow/tpu efficientnet utils.TpuBatchNormalization
+DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes of activations per batch used to pick the batch size
+MAX_AUTO_BATCH = 64
+
+_TF = None
+
+
+def _tf():
+    """Import TensorFlow once; the reference computes in strict float32 (no TF32 on GPUs)."""
+    global _TF
+    if _TF is None:
+        import tensorflow as tf
+
+        # Ampere+ GPUs would otherwise run convs/matmuls in TF32 (10-bit mantissa).
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+        _TF = tf
+    return _TF
+
+
+# --------------------------------------------------------------------------- names
+
+
+@dataclass(frozen=True)
+class BlockNames:
+    """Official variable-scope prefixes of one MBConv block (``scope/blocks_N/...``).
+
+    The Keras layers are named in creation order (efficientnet_model.MBConvBlock._build):
+    with an expand conv the convs are conv2d (expand), conv2d_1 (project) and the BNs
+    tpu_batch_normalization{,_1,_2}; without one (expand ratio 1) conv2d is the project conv
+    and the BNs are tpu_batch_normalization{,_1}.
+    """
+
+    expand: Optional[str]
+    bn0: Optional[str]
+    depthwise: str
+    bn1: str
+    se_reduce: Optional[str]
+    se_expand: Optional[str]
+    project: str
+    bn2: str
+
+
+def block_names(spec: ArchSpec, block: Block) -> BlockNames:
+    """Official name prefixes of ``block`` in ``spec``."""
+    p = f"{spec.scope}/blocks_{block.index}"
+    se = bool(block.se_channels)
+    if block.has_expand:
+        return BlockNames(
+            expand=f"{p}/conv2d", bn0=f"{p}/{BN_NAME}",
+            depthwise=f"{p}/depthwise_conv2d", bn1=f"{p}/{BN_NAME}_1",
+            se_reduce=f"{p}/se/conv2d" if se else None,
+            se_expand=f"{p}/se/conv2d_1" if se else None,
+            project=f"{p}/conv2d_1", bn2=f"{p}/{BN_NAME}_2")
+    return BlockNames(
+        expand=None, bn0=None,
+        depthwise=f"{p}/depthwise_conv2d", bn1=f"{p}/{BN_NAME}",
+        se_reduce=f"{p}/se/conv2d" if se else None,
+        se_expand=f"{p}/se/conv2d_1" if se else None,
+        project=f"{p}/conv2d", bn2=f"{p}/{BN_NAME}_1")
+
+
+def variables(spec: ArchSpec) -> List[Tuple[str, Tuple[int, ...]]]:
+    """The model's variables ``[(official name, TF shape)]`` in the official creation order."""
+    out: List[Tuple[str, Tuple[int, ...]]] = []
+
+    def bn(prefix: str, c: int) -> None:
+        out.extend((f"{prefix}/{p}", (c,)) for p in BN_PARAMS)
+
+    s = spec.scope
+    stem = spec.stem_channels
+    out.append((f"{s}/stem/conv2d/kernel", (3, 3, 3, stem)))
+    bn(f"{s}/stem/{BN_NAME}", stem)
+    blocks = spec.blocks()
+    for b in blocks:
+        n = block_names(spec, b)
+        k = b.kernel_size
+        if n.expand:
+            out.append((f"{n.expand}/kernel", (1, 1, b.in_channels, b.mid_channels)))
+            bn(n.bn0, b.mid_channels)
+        out.append((f"{n.depthwise}/depthwise_kernel", (k, k, b.mid_channels, 1)))
+        bn(n.bn1, b.mid_channels)
+        if n.se_reduce:
+            out.append((f"{n.se_reduce}/kernel", (1, 1, b.mid_channels, b.se_channels)))
+            out.append((f"{n.se_reduce}/bias", (b.se_channels,)))
+            out.append((f"{n.se_expand}/kernel", (1, 1, b.se_channels, b.mid_channels)))
+            out.append((f"{n.se_expand}/bias", (b.mid_channels,)))
+        out.append((f"{n.project}/kernel", (1, 1, b.mid_channels, b.out_channels)))
+        bn(n.bn2, b.out_channels)
+    head = spec.head_channels
+    out.append((f"{s}/head/conv2d/kernel", (1, 1, blocks[-1].out_channels, head)))
+    bn(f"{s}/head/{BN_NAME}", head)
+    out.append((f"{s}/head/dense/kernel", (head, spec.num_classes)))
+    out.append((f"{s}/head/dense/bias", (spec.num_classes,)))
+    return out
+
+
+def bn_layers(spec: ArchSpec) -> List[str]:
+    """Name prefixes of every batch norm, in the order the forward pass meets them."""
+    s = spec.scope
+    out = [f"{s}/stem/{BN_NAME}"]
+    for b in spec.blocks():
+        n = block_names(spec, b)
+        out.extend(x for x in (n.bn0, n.bn1, n.bn2) if x)
+    out.append(f"{s}/head/{BN_NAME}")
+    return out
+
+
+def is_moving_stat(name: str) -> bool:
+    """True for BN ``moving_mean`` / ``moving_variance`` (non-trainable) variables."""
+    return name.endswith("/moving_mean") or name.endswith("/moving_variance")
+
+
+# --------------------------------------------------------------------------- weights
+
+
+class CheckpointGetter:
+    """``get(name)`` over a TensorFlow checkpoint, preferring ``NAME/ExponentialMovingAverage``.
+
+    With ``use_ema`` every variable, BN moving statistics included, is read from its EMA twin
+    when the checkpoint has one (as the official eval driver restores them), else from NAME.
+    Without ``use_ema`` only NAME is read.
+    """
+
+    def __init__(self, prefix: str, use_ema: bool = True):
+        tf = _tf()
+        try:
+            self.reader = tf.train.load_checkpoint(str(prefix))
+        except (tf.errors.OpError, ValueError) as e:
+            raise ConversionError(f"cannot read TensorFlow checkpoint {prefix!r}: {_one_line(e)}") from None
+        self.prefix = str(prefix)
+        self.use_ema = use_ema
+        self.shapes: Dict[str, List[int]] = self.reader.get_variable_to_shape_map()
+
+    def key(self, name: str) -> str:
+        """The checkpoint key that ``get(name)`` reads."""
+        if self.use_ema and f"{name}/{EMA_SUFFIX}" in self.shapes:
+            return f"{name}/{EMA_SUFFIX}"
+        if name in self.shapes:
+            return name
+        scopes = sorted({k.split("/", 1)[0] for k in self.shapes if "/" in k})
+        if not self.use_ema and f"{name}/{EMA_SUFFIX}" in self.shapes:
+            raise ConversionError(
+                f"checkpoint {self.prefix!r} has no raw variable {name!r}, only its EMA twin "
+                f"(an EMA-only release): read it with EMA (drop --no-ema)")
+        what = f"{name!r} nor {name + '/' + EMA_SUFFIX!r}" if self.use_ema else repr(name)
+        raise ConversionError(
+            f"checkpoint {self.prefix!r} has no variable {what}; its top-level scopes are "
+            f"{', '.join(scopes) or '(none)'}: wrong variant?")
+
+    def has(self, name: str) -> bool:
+        """Whether ``get(name)`` would find something."""
+        return (self.use_ema and f"{name}/{EMA_SUFFIX}" in self.shapes) or name in self.shapes
+
+    def shape(self, name: str) -> Tuple[int, ...]:
+        """Shape of what ``get(name)`` would return, without reading the data."""
+        return tuple(self.shapes[self.key(name)])
+
+    def __call__(self, name: str) -> np.ndarray:
+        return self.reader.get_tensor(self.key(name))
+
+
+def read_checkpoint_getter(prefix: str, use_ema: bool = True) -> CheckpointGetter:
+    """A ``get(name)`` reading a checkpoint with tf.train.load_checkpoint (EMA twins first)."""
+    return CheckpointGetter(prefix, use_ema=use_ema)
+
+
+def _fetch(get: Getter, name: str, shape: Tuple[int, ...]) -> np.ndarray:
+    try:
+        value = get(name)
+    except KeyError:
+        raise ConversionError(f"no value for variable {name!r}") from None
+    arr = np.asarray(value)
+    if tuple(arr.shape) != tuple(shape):
+        raise ConversionError(
+            f"variable {name!r} has shape {list(arr.shape)}, expected {list(shape)}: "
+            f"wrong variant or number of classes?")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ConversionError(f"variable {name!r} has dtype {arr.dtype}, expected a float type")
+    return arr.astype(np.float32, copy=False)
+
+
+class LoadedWeights:
+    """All variables of one model as TensorFlow tensors on one device (see ``load_weights``)."""
+
+    def __init__(self, spec: ArchSpec, tensors: Dict[str, object], device: str, dtype=np.float32):
+        self.spec = spec
+        self.tensors = tensors
+        self.device = device
+        self.dtype = np.dtype(dtype)
+
+    def __call__(self, name: str):
+        return self.tensors[name]
+
+
+def _device_name(device: Optional[str]) -> str:
+    tf = _tf()
+    if device in (None, "auto"):
+        return "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
+    if device == "cpu":
+        return "/CPU:0"
+    if device in ("cuda", "gpu"):
+        if not tf.config.list_logical_devices("GPU"):
+            raise ConversionError("device 'cuda' asked for, but TensorFlow sees no GPU")
+        return "/GPU:0"
+    return device
+
+
+def _check_dtype(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ConversionError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def load_weights(spec: ArchSpec, get: Getter, device: Optional[str] = None,
+                 dtype=np.float32) -> LoadedWeights:
+    """Read and shape-check every variable of ``spec`` through ``get`` and place it on ``device``.
+
+    ``dtype``: float32 (the reference) or float64 (to separate float32 rounding from real
+    differences in tests).
+    """
+    tf = _tf()
+    dt = _check_dtype(dtype)
+    dev = _device_name(device)
+    tensors: Dict[str, object] = {}
+    with tf.device(dev):
+        for name, shape in variables(spec):
+            tensors[name] = tf.identity(tf.convert_to_tensor(_fetch(get, name, shape).astype(dt, copy=False)))
+    return LoadedWeights(spec, tensors, dev, dt)
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def _conv(x, kernel, stride: int):
+    tf = _tf()
+    return tf.nn.conv2d(x, kernel, strides=[1, stride, stride, 1], padding="SAME")
+
+
+def _swish(x):
+    tf = _tf()
+    return x * tf.sigmoid(x)  # tf.nn.swish, the official relu_fn default
+
+
+def _bn_inference(x, gamma, beta, mean, var, eps: float):
+    # utils.TpuBatchNormalization is a Keras BatchNormalization with fused=False: in inference
+    # it calls tf.nn.batch_normalization(x, moving_mean, moving_variance, beta, gamma, eps).
+    tf = _tf()
+    return tf.nn.batch_normalization(x, mean, var, beta, gamma, eps)
+
+
+def _walk(spec: ArchSpec, w: Callable[[str], object], x, bn: Callable[[str, object], object],
+          trace: Optional[Trace] = None):
+    """One eval-mode pass; ``w(name)`` gives a variable, ``bn(prefix, x)`` applies one BN."""
+    tf = _tf()
+    s = spec.scope
+
+    def emit(name: str, t) -> None:
+        if trace is not None:
+            trace(name, t.numpy())
+
+    x = _conv(x, w(f"{s}/stem/conv2d/kernel"), 2)
+    x = _swish(bn(f"{s}/stem/{BN_NAME}", x))
+    emit(f"{s}/stem", x)
+    for b in spec.blocks():
+        n = block_names(spec, b)
+        inputs = x
+        if n.expand:
+            x = _swish(bn(n.bn0, _conv(x, w(f"{n.expand}/kernel"), 1)))
+        x = tf.nn.depthwise_conv2d(x, w(f"{n.depthwise}/depthwise_kernel"),
+                                   strides=[1, b.stride, b.stride, 1], padding="SAME")
+        x = _swish(bn(n.bn1, x))
+        if n.se_reduce:
+            se = tf.reduce_mean(x, [1, 2], keepdims=True)
+            se = tf.nn.bias_add(_conv(se, w(f"{n.se_reduce}/kernel"), 1), w(f"{n.se_reduce}/bias"))
+            se = _swish(se)
+            se = tf.nn.bias_add(_conv(se, w(f"{n.se_expand}/kernel"), 1), w(f"{n.se_expand}/bias"))
+            x = tf.sigmoid(se) * x
+        x = bn(n.bn2, _conv(x, w(f"{n.project}/kernel"), 1))
+        if b.residual:
+            x = x + inputs
+        emit(f"{s}/blocks_{b.index}", x)
+    x = _conv(x, w(f"{s}/head/conv2d/kernel"), 1)
+    x = _swish(bn(f"{s}/head/{BN_NAME}", x))
+    x = tf.reduce_mean(x, [1, 2])  # GlobalAveragePooling2D
+    emit(f"{s}/head/pooled", x)
+    return tf.matmul(x, w(f"{s}/head/dense/kernel")) + w(f"{s}/head/dense/bias")
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    x = np.asarray(images)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ConversionError(f"images must be NHWC with 3 channels, got shape {list(x.shape)}")
+    if x.shape[0] < 1 or x.shape[1] < 1 or x.shape[2] < 1:
+        raise ConversionError(f"images must not be empty, got shape {list(x.shape)}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ConversionError(f"images must be normalized floats, got dtype {x.dtype} (apply mean/std first)")
+    x = x.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(x)):
+        raise ConversionError("images contain NaN or infinite values")
+    return x
+
+
+def auto_batch_size(spec: ArchSpec, height: int, width: int,
+                    budget_bytes: int = DEFAULT_MEMORY_BUDGET) -> int:
+    """Images per batch so that the largest live activations of one block fit ``budget_bytes``."""
+    def down(n: int, s: int) -> int:
+        return -(-n // s)
+
+    h, w = down(height, 2), down(width, 2)
+    peak = 3 * height * width + 2 * spec.stem_channels * h * w
+    for b in spec.blocks():
+        ho, wo = down(h, b.stride), down(w, b.stride)
+        live = b.in_channels * h * w + 2 * b.mid_channels * h * w + 2 * b.mid_channels * ho * wo
+        peak = max(peak, live)
+        h, w = ho, wo
+    peak = max(peak, 3 * spec.head_channels * h * w)
+    return int(max(1, min(MAX_AUTO_BATCH, budget_bytes // (4 * peak))))
+
+
+def forward(spec: ArchSpec, get, images_nhwc: np.ndarray, batch_size: Optional[int] = None,
+            device: Optional[str] = None, trace: Optional[Trace] = None, dtype=np.float32) -> np.ndarray:
+    """Eval-mode logits [N, num_classes] of normalized NHWC ``images_nhwc``.
+
+    ``get``: ``get(name) -> np.ndarray`` by official name, or a ``LoadedWeights``.
+    ``batch_size``: images per pass (default: ``auto_batch_size``). ``device``: "cpu", "cuda",
+    "auto" (default) or a TF device string. ``trace(name, array)``, if given, receives every
+    BN's input (under the BN's name prefix), the stem and block outputs (``scope/stem``,
+    ``scope/blocks_N``) and the pooled features (``scope/head/pooled``), batch by batch.
+    ``dtype``: float32 (the reference computation) or float64 (tests only); with
+    ``LoadedWeights`` the weights' dtype wins.
+    """
+    tf = _tf()
+    images = _check_images(images_nhwc)
+    weights = get if isinstance(get, LoadedWeights) else load_weights(spec, get, device, dtype)
+    images = images.astype(weights.dtype, copy=False)
+    if batch_size is None:
+        batch_size = auto_batch_size(spec, images.shape[1], images.shape[2])
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ConversionError(f"batch size must be a positive integer, got {batch_size!r}")
+    batch_size = int(batch_size)
+    eps = spec.bn_eps
+
+    def bn(prefix: str, x):
+        if trace is not None:
+            trace(prefix, x.numpy())
+        return _bn_inference(x, weights(f"{prefix}/gamma"), weights(f"{prefix}/beta"),
+                             weights(f"{prefix}/moving_mean"), weights(f"{prefix}/moving_variance"), eps)
+
+    out = []
+    with tf.device(weights.device):
+        for i in range(0, images.shape[0], batch_size):
+            x = tf.identity(tf.convert_to_tensor(images[i:i + batch_size]))
+            out.append(_walk(spec, weights, x, bn, trace).numpy())
+    return np.concatenate(out, axis=0).astype(weights.dtype, copy=False)
+
+
+def calibrate_with_logits(spec: ArchSpec, get: Getter, images_nhwc: np.ndarray,
+                          device: Optional[str] = None) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+    """``calibrate`` that also returns the logits of the calibrated pass."""
+    tf = _tf()
+    images = _check_images(images_nhwc)
+    dev = _device_name(device)
+    shapes = dict(variables(spec))
+    eps = spec.bn_eps
+    stats: Dict[str, np.ndarray] = {}
+
+    def w(name: str):
+        # converted on use and dropped after: no second copy of a large model's weights
+        return tf.identity(tf.convert_to_tensor(_fetch(get, name, shapes[name])))
+
+    def bn(prefix: str, x):
+        mean, var = tf.nn.moments(x, axes=[0, 1, 2])  # biased variance over N, H, W
+        stats[f"{prefix}/moving_mean"] = mean.numpy().astype(np.float32)
+        stats[f"{prefix}/moving_variance"] = var.numpy().astype(np.float32)
+        return _bn_inference(x, w(f"{prefix}/gamma"), w(f"{prefix}/beta"), mean, var, eps)
+
+    with tf.device(dev):
+        x = tf.identity(tf.convert_to_tensor(images))
+        logits = _walk(spec, w, x, bn).numpy()
+    return stats, logits
+
+
+def calibrate(spec: ArchSpec, get: Getter, images_nhwc: np.ndarray,
+              device: Optional[str] = None) -> Dict[str, np.ndarray]:
+    """BN moving statistics calibrated on ``images_nhwc`` (all images in one batch).
+
+    Walks the network in order; at every BN the moving mean / variance become the batch mean
+    and biased variance (over N, H, W) of that BN's own input, which is then normalized with
+    them. Returns ``{".../moving_mean": ..., ".../moving_variance": ...}`` for every BN
+    (float32). Only the trainable variables are read through ``get``.
+    """
+    return calibrate_with_logits(spec, get, images_nhwc, device)[0]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _one_line(e: BaseException) -> str:
+    text = getattr(e, "message", None) or str(e) or type(e).__name__
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m converter.tfref.reference",
+        description="TensorFlow reference logits of an official-layout EfficientNet checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint prefix (DIR/model.ckpt) or folder")
+    p.add_argument("--variant", required=True, help="b0..b8, l2, l2-475")
+    p.add_argument("--images", required=True, help=".npz with key 'images' (normalized NHWC float32)")
+    p.add_argument("--out", required=True, help=".npz to write: logits, seconds, device")
+    p.add_argument("--no-ema", action="store_true", help="read raw variables, not the EMA twins")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes of the head (default: from the dense kernel's shape)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument("--batch-size", type=int, default=None, help="images per pass (default: auto)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="float32: the reference; float64: the same graph without float32 rounding")
+    return p
+
+
+def _load_images(path: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "images" not in data.files:
+                raise ConversionError(f"{path}: no key 'images' (keys: {', '.join(data.files) or 'none'})")
+            return _check_images(data["images"])
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"cannot read images from {path!r}: {_one_line(e)}") from None
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    tf = _tf()
+    gpus = tf.config.list_physical_devices("GPU")
+    if args.device == "cuda" and not gpus:
+        raise ConversionError("--device cuda: TensorFlow sees no GPU (or was built without CUDA)")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass
+    device = "/GPU:0" if gpus and args.device != "cpu" else "/CPU:0"
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConversionError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+    spec = get_arch(args.variant)
+    images = _load_images(args.images)
+    get = read_checkpoint_getter(args.checkpoint, use_ema=not args.no_ema)
+    dense = get.shape(f"{spec.scope}/head/dense/kernel")
+    if len(dense) != 2:
+        raise ConversionError(f"head/dense/kernel has shape {list(dense)}, expected [in, classes]")
+    if args.num_classes is not None and args.num_classes != dense[1]:
+        raise ConversionError(
+            f"--num-classes {args.num_classes} but the checkpoint's dense kernel has {dense[1]} classes")
+    spec = spec.with_classes(int(dense[1]))
+    weights = load_weights(spec, get, device, dtype=np.dtype(args.dtype))
+    del get
+    t0 = time.perf_counter()
+    logits = forward(spec, weights, images, batch_size=args.batch_size)
+    seconds = time.perf_counter() - t0
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise ConversionError(f"output folder {out_dir!r} does not exist")
+    with open(args.out, "wb") as f:  # exactly this path (np.savez would append .npz)
+        np.savez(f, logits=logits, seconds=np.float64(seconds), device=np.array(device))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point; returns the exit code (0 ok, 2 bad input)."""
+    args = _parser().parse_args(argv)
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"  # before TensorFlow is imported
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return _run_cli(args)
+    except ConversionError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return e.exit_code
+    except Exception as e:  # TensorFlow errors caused by the input (corrupt files, bad shapes)
+        tf = sys.modules.get("tensorflow")
+        if tf is not None and isinstance(e, tf.errors.OpError):
+            print(f"error: TensorFlow: {_one_line(e)}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
