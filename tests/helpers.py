@@ -12,18 +12,23 @@ _CACHE: Dict[Tuple, Path] = {}
 
 def make_checkpoint(root: Path, variant: str, mode: str = "full", calibration_resolution=None,
                     slots: bool = True, num_classes: int = 1000, seed: int = 0,
-                    calibration_images: int = 8) -> Path:
+                    calibration_images: int = 8, flavor: str = "aa") -> Path:
     """Write (once per session) an official-layout checkpoint; returns its prefix."""
     from converter.tfref.generate import generate_checkpoint
 
-    key = (variant, mode, calibration_resolution, slots, num_classes, seed, calibration_images)
+    from converter.zoo import ADVPROP_MEAN, ADVPROP_STD, IMAGENET_MEAN, IMAGENET_STD
+
+    # calibrate the BN statistics on inputs normalized as the flavor's metadata will say
+    mean, std = (ADVPROP_MEAN, ADVPROP_STD) if flavor == "advprop" else (IMAGENET_MEAN, IMAGENET_STD)
+    norm = "advprop" if flavor == "advprop" else "imagenet"
+    key = (variant, mode, calibration_resolution, slots, num_classes, seed, calibration_images, norm)
     if key not in _CACHE:
         folder = root / "_".join(str(k) for k in key)
         folder.mkdir(parents=True, exist_ok=True)
         prefix = folder / "model.ckpt"
         generate_checkpoint(variant, str(prefix), mode=mode, seed=seed,
                             calibration_resolution=calibration_resolution, num_classes=num_classes,
-                            slots=slots, calibration_images=calibration_images)
+                            slots=slots, calibration_images=calibration_images, mean=mean, std=std)
         _CACHE[key] = prefix
     return _CACHE[key]
 
