@@ -206,6 +206,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"convert-effnet: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
+    except Exception as e:  # a bug, not bad input: still one line unless --debug
+        if debug:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"convert-effnet: internal error: {type(e).__name__}: {first} (rerun with --debug for a traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
