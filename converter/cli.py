@@ -192,6 +192,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .batch import run_all
 
             return run_all(args)
+        if args.only:
+            raise ConversionError("--only selects checkpoints for --all; add --all")
         return run_convert(args)
     except ConversionError as e:
         if debug:

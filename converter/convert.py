@@ -18,7 +18,7 @@ from .mapping import Entry, expand
 from .mappings.kinds import DENSE
 from .metadata import PTH_ATTRIBUTE, encode
 from .readers import CheckpointReader
-from .writer import AtomicFile, write_safetensors
+from .writer import STALE_TEMP_AGE_S, AtomicFile, remove_stale_temps, write_safetensors
 
 log = logging.getLogger("converter")
 
@@ -222,6 +222,8 @@ def convert(reader: CheckpointReader, spec: ArchSpec, cfg: Dict[str, object], ou
     encoded = encode(meta)
 
     outputs[0].parent.mkdir(parents=True, exist_ok=True)
+    for p in outputs:  # temp files of writers killed earlier (dead PIDs, old enough)
+        remove_stale_temps(p, min_age_s=STALE_TEMP_AGE_S)
     files = [AtomicFile(p) for p in outputs]
     bar = _progress_bar(len(selection.pairs), spec.name) if progress else None
     try:

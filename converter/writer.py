@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import stat
 import struct
+import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple
 
@@ -54,6 +57,59 @@ class AtomicFile:
             except FileNotFoundError:
                 pass
             self._done = True
+
+
+# a temp file is stale only when its writer is gone AND it has not changed for this long: a writer
+# on another host or in another PID namespace sharing the folder keeps its own file fresh
+STALE_TEMP_AGE_S = 3600.0
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process on this machine (unknown counts as alive)."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError, ValueError):  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path, min_age_s: float = STALE_TEMP_AGE_S) -> List[Path]:
+    """Delete the ``.NAME.tmp-PID[-RAND]`` files that killed writers of ``path`` left beside it.
+
+    Removes only regular files of exactly that name pattern, owned by this user, whose PID is
+    not a live process here (``os.kill(pid, 0)``) and that were not modified for ``min_age_s``
+    seconds. Never touches ``path`` itself. Does nothing outside POSIX. Returns what it removed.
+    """
+    if os.name != "posix":  # os.kill(pid, 0) would send CTRL_C_EVENT on Windows
+        return []
+    path = Path(path)
+    pattern = re.compile(r"\." + re.escape(path.name) + r"\.tmp-(\d+)(?:-[0-9a-f]+)?")
+    removed: List[Path] = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or now - st.st_mtime < min_age_s:
+                continue
+            os.unlink(entry.path)
+        except OSError:  # gone already (another cleanup), or not ours to remove
+            continue
+        removed.append(Path(entry.path))
+    return removed
 
 
 def safetensors_header(specs: Sequence[Tuple[str, Tuple[int, ...], np.dtype]],
