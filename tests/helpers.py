@@ -43,3 +43,39 @@ def torch_layout(name: str, value: np.ndarray) -> np.ndarray:
     if value.ndim == 2:
         return value.T
     return value
+
+
+class BucketServer:
+    """A real HTTP server on 127.0.0.1 serving ``root`` laid out like the official bucket.
+
+    ``hits`` lists the paths requested; ``url`` is the base URL (for EFFNET_BASE_URL).
+    """
+
+    def __init__(self, root: Path):
+        import functools
+        import threading
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        hits = self.hits = []
+
+        class Handler(SimpleHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                hits.append(self.path)
+                super().do_GET()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -16,7 +16,7 @@ from converter import load_model
 from converter.arch import ARCHS
 from converter.cli import main
 from converter.mapping import expand
-from helpers import make_checkpoint, torch_layout
+from helpers import BucketServer, make_checkpoint, torch_layout
 
 tf = pytest.importorskip("tensorflow")
 
@@ -277,29 +277,12 @@ def test_debug_shows_traceback(tmp_path):
 @pytest.fixture
 def mirror(tmp_path, monkeypatch):
     """A real HTTP server on 127.0.0.1 serving a folder laid out like the official bucket."""
-    import functools
-    import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
     root = tmp_path / "bucket"
     root.mkdir()
-    hits = []
-
-    class Handler(SimpleHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_GET(self):
-            hits.append(self.path)
-            super().do_GET()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("EFFNET_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/")
-    monkeypatch.setenv("EFFNET_CACHE", str(tmp_path / "cache"))
-    yield root, hits
-    server.shutdown()
+    with BucketServer(root) as server:
+        monkeypatch.setenv("EFFNET_BASE_URL", server.url)
+        monkeypatch.setenv("EFFNET_CACHE", str(tmp_path / "cache"))
+        yield root, server.hits
 
 
 def test_download_convert_and_cache_reuse(root, mirror, tmp_path, capsys):

@@ -16,7 +16,7 @@ from converter import load_model
 from converter.cli import main
 from converter.model import BatchNorm2dTF, Conv2dSame
 from converter.verify import MAX_REL_ERROR, verify_file, verify_model
-from helpers import make_checkpoint
+from helpers import BucketServer, make_checkpoint
 
 pytest.importorskip("tensorflow")
 
@@ -176,12 +176,9 @@ def test_verify_own_images(b0, tmp_path):
 
 def test_make_all_converts_and_verifies_in_parallel(root, tmp_path):
     """`make -j2 all` on a subset of the zoo, downloading from a mirror on 127.0.0.1."""
-    import functools
     import os
     import shutil
     import subprocess
-    import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
     from pathlib import Path
 
     from converter.tfref.generate import make_tarball
@@ -189,16 +186,13 @@ def test_make_all_converts_and_verifies_in_parallel(root, tmp_path):
     if shutil.which("make") is None or shutil.which("convert-effnet") is None:
         pytest.fail("make and an installed convert-effnet are needed (make install)")
     bucket = tmp_path / "bucket"
-    prefix = make_checkpoint(root, "b0", calibration_resolution=224)
-    for rel in ("ckptsaug/efficientnet-b0.tar.gz", "advprop/efficientnet-b0.tar.gz"):
+    for flavor, rel in (("aa", "ckptsaug/efficientnet-b0.tar.gz"), ("advprop", "advprop/efficientnet-b0.tar.gz")):
+        prefix = make_checkpoint(root, "b0", calibration_resolution=224, flavor=flavor)
         (bucket / rel).parent.mkdir(parents=True, exist_ok=True)
         make_tarball(str(prefix), str(bucket / rel), "efficientnet-b0")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(bucket)))
-    server.RequestHandlerClass.log_message = lambda *a: None
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with BucketServer(bucket) as server:
         out = tmp_path / "zoo"
-        env = dict(os.environ, EFFNET_BASE_URL=f"http://127.0.0.1:{server.server_address[1]}/",
+        env = dict(os.environ, EFFNET_BASE_URL=server.url,
                    EFFNET_CACHE=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="3")
         repo = Path(__file__).resolve().parents[1]
         cmd = ["make", "-s", "-C", str(repo), "-j2", "all", f"OUT={out}",
@@ -211,5 +205,3 @@ def test_make_all_converts_and_verifies_in_parallel(root, tmp_path):
         # nothing to do the second time
         proc = subprocess.run(cmd + ["--question"], env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0
-    finally:
-        server.shutdown()
