@@ -43,9 +43,8 @@ def preprocess_bytes(data: bytes, resolution: int, crop_pct: Optional[float] = N
         oh, ow, size = crop_window(h, w, resolution, crop_pct)
         image = tf.image.decode_and_crop_jpeg(data, tf.stack([oh, ow, size, size]), channels=3)
     else:
+        # decode_image returns uint8 (16-bit PNGs keep their high byte), as decode_png does
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        if image.dtype != tf.uint8:
-            image = tf.cast(tf.round(tf.cast(image, tf.float32) / 257.0), tf.uint8)
         h, w = int(image.shape[0]), int(image.shape[1])
         oh, ow, size = crop_window(h, w, resolution, crop_pct)
         image = image[oh:oh + size, ow:ow + size]

@@ -1,0 +1,340 @@
+"""The official EfficientNet eval preprocessing without TensorFlow (numpy + simplejpeg + Pillow).
+
+``mode="official"`` reproduces tensorflow/tpu efficientnet ``preprocessing.py`` (TF1-era eval
+branch, the one behind the published accuracies): centre crop of ``int(res / (res + 32) *
+min(h, w))`` px, JPEG decoded with libjpeg-turbo's fast integer DCT and fancy upsampling (what
+``tf.image.decode_jpeg`` does by default), ``tf.compat.v1.image.resize_bicubic`` (legacy kernel,
+re-implemented here bit for bit), then the mean/std normalization on the 0-255 scale.
+
+The one deliberate difference: TensorFlow decodes only the crop window
+(``tf.image.decode_and_crop_jpeg``); here the whole image is decoded, then cropped. libjpeg-turbo's
+cropped decode upsamples the chroma of the window's side columns as if they were image edges, so
+in chroma-subsampled JPEGs (most photos) the crop's first and/or last column differ by a few
+levels; grayscale and 4:4:4 JPEGs come out identical. After the resize that is at most 0.005
+levels on average per image (tests/test_preprocess.py on real photos; the shared reference
+README measured the same). Everything else equals TensorFlow's ops bit for bit. Decoding the
+window alone would need libjpeg-turbo's crop API, which simplejpeg does not expose.
+
+``mode="fixed-crop"``: the same, with the Nov 2021 crop rule (``CROP_FRACTION = 0.875``).
+``mode="pil"``: plain Pillow (accurate-DCT decode, Pillow's antialiased bicubic), for comparison
+only: 1-7 levels from the official input on average, depending on the photo and resolution.
+
+EXIF orientation is ignored, as TensorFlow's decoders ignore it.
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import ConversionError
+
+# tensorflow/tpu efficientnet preprocessing.py (pre-Nov 2021): CROP_PADDING = 32
+CROP_PADDING = 32
+# tensorflow/tpu efficientnet preprocessing.py (Nov 2021 on): CROP_FRACTION = 0.875
+CROP_FRACTION = 0.875
+# tensorflow/core/kernels/image/resize_bicubic_op.cc: kTableSize = (1 << 10), and the legacy
+# (half_pixel_centers=False) path's InitCoeffsTable(-0.75f)
+BICUBIC_TABLE_SIZE = 1 << 10
+BICUBIC_A_LEGACY = -0.75
+
+MODES = ("official", "fixed-crop", "pil")
+CROP_RULES = ("padding", "fixed")
+
+Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _read(src: Source) -> Tuple[bytes, str]:
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return bytes(src), "<bytes>"
+    try:
+        with open(src, "rb") as fh:
+            return fh.read(), os.fspath(src)
+    except OSError as e:
+        raise ConversionError(f"cannot read image {src}: {e.strerror or e}") from None
+
+
+def _jpeg_markers(data: bytes) -> Tuple[Optional[int], bool]:
+    """(number of components from the SOF marker, saw an Adobe APP14 marker) of a JPEG stream."""
+    pos, n = 2, len(data)
+    components, adobe = None, False
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        body = data[pos + 4:pos + 2 + length]
+        if marker == 0xEE and length - 2 >= 12 and body[:5] == b"Adobe":
+            # libjpeg jdmarker.c examine_app14: saw_Adobe_marker needs APP14_DATA_LEN = 12 bytes
+            adobe = True
+        elif marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            if len(body) >= 6:
+                components = body[5]
+        elif marker == 0xDA:  # start of scan: the header ends here
+            break
+        pos += 2 + length
+    return components, adobe
+
+
+def _decode_jpeg(data: bytes, name: str) -> np.ndarray:
+    import simplejpeg
+
+    components, adobe = _jpeg_markers(data)
+    try:
+        if components == 4:
+            # tensorflow/core/lib/jpeg/jpeg_mem.cc: CMYK/YCCK are decoded to CMYK, then
+            # r = k * c / 255 (Adobe marker: inverted CMYK) or (255 - k) * (255 - c) / 255
+            cmyk = simplejpeg.decode_jpeg(data, colorspace="CMYK", fastdct=True,
+                                         fastupsample=False, strict=True)
+            c = cmyk.astype(np.int32)
+            k = c[..., 3:4]
+            rgb = (k * c[..., :3]) // 255 if adobe else ((255 - k) * (255 - c[..., :3])) // 255
+            return rgb.astype(np.uint8)
+        # simplejpeg (libjpeg-turbo, fast integer DCT, fancy upsampling) equals
+        # tf.image.decode_jpeg(channels=3) with its defaults bit for bit; grayscale comes out as
+        # three equal channels, as libjpeg's JCS_GRAYSCALE -> JCS_RGB conversion does in TF
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=False, strict=True)
+    except (ValueError, RuntimeError) as e:  # strict=True: libjpeg warnings (truncation...) too
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else "invalid JPEG data"
+        raise ConversionError(f"cannot decode JPEG {name}: {msg}") from None
+
+
+def _decode_pillow(data: bytes, name: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.seek(0)  # animations: the first frame, like tf.io.decode_image(expand_animations=False)
+            if im.mode.startswith("I;16"):
+                # 16-bit grayscale: keep the high byte, as TF's decode_png(dtype=uint8) does
+                # (libpng png_set_strip_16); Pillow's convert("RGB") would clip at 255 instead.
+                # (16-bit RGB(A) PNGs already open as 8-bit "RGB(A)" in Pillow, high byte kept.)
+                g = (np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8)
+                return np.repeat(g[:, :, None], 3, axis=2)
+            if im.mode in ("I", "F"):
+                raise ConversionError(f"cannot decode {name}: 32-bit {'integer' if im.mode == 'I' else 'float'} "
+                                      "images are not supported; save it as 8-bit RGB")
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except ConversionError:
+        raise
+    except UnidentifiedImageError:
+        raise ConversionError(f"cannot decode {name}: not an image format Pillow knows") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConversionError(f"cannot decode {name}: {msg}") from None
+
+
+def decode(src: Source) -> np.ndarray:
+    """An image file (path or encoded bytes) -> uint8 HxWx3 RGB, decoded as TensorFlow decodes it.
+
+    JPEG: libjpeg-turbo via simplejpeg, fast integer DCT + fancy upsampling (TF's defaults);
+    grayscale as 3 equal channels; CMYK/YCCK converted with TF's own formula. Other formats
+    (PNG, BMP, GIF, WebP, ...): Pillow, converted to RGB (alpha dropped, not composited, as
+    TF's channels=3 does); 16-bit PNGs keep the high byte of each sample (TF's decode_png with
+    dtype=uint8).
+    """
+    data, name = _read(src)
+    return _decode_named(data, name)
+
+
+# ----------------------------------------------------------------------------- crop
+
+
+def crop_window(height: int, width: int, resolution: int, crop_pct: Optional[float] = None,
+                crop: str = "padding") -> Tuple[int, int, int]:
+    """(offset_h, offset_w, size) of the official centre crop.
+
+    ``crop="padding"`` (pre-Nov 2021, the published accuracies): fraction
+    ``res / (res + 32)``, or ``crop_pct`` when given. ``crop="fixed"`` (Nov 2021 on):
+    ``res / (res + round(res * (1 / 0.875 - 1)))``. As preprocessing.py computes it:
+    ``tf.cast(frac * tf.cast(min(h, w), tf.float32), tf.int32)`` (float32 product, truncated),
+    offsets ``((h - size) + 1) // 2`` and ``((w - size) + 1) // 2``.
+    """
+    height, width, resolution = int(height), int(width), int(resolution)
+    if height <= 0 or width <= 0 or resolution <= 0:
+        raise ConversionError(f"crop_window: sizes must be positive, got {height}x{width} at {resolution}")
+    if crop == "padding":
+        frac = resolution / (resolution + CROP_PADDING) if crop_pct is None else float(crop_pct)
+    elif crop == "fixed":
+        if crop_pct is not None:
+            raise ConversionError("crop_window: crop='fixed' has its own fraction; do not pass crop_pct")
+        crop_padding = round(resolution * (1.0 / CROP_FRACTION - 1.0))
+        frac = resolution / (resolution + crop_padding)
+    else:
+        raise ConversionError(f"crop_window: unknown crop rule {crop!r}; use one of {', '.join(CROP_RULES)}")
+    if not 0.0 < frac <= 1.0:
+        raise ConversionError(f"crop_window: crop fraction must be in (0, 1], got {frac}")
+    size = int(np.float32(frac) * np.float32(min(height, width)))
+    if size < 1:
+        raise ConversionError(f"image of {height}x{width} px is too small to crop at fraction {frac:.4f}")
+    return ((height - size) + 1) // 2, ((width - size) + 1) // 2, size
+
+
+# ----------------------------------------------------------------------------- legacy bicubic
+
+
+def _coeffs_table() -> np.ndarray:
+    """resize_bicubic_op.cc InitCoeffsTable(-0.75): float32 [(kTableSize + 1), 2], computed in double."""
+    a = BICUBIC_A_LEGACY
+    x = (np.arange(BICUBIC_TABLE_SIZE + 1, dtype=np.float64) / BICUBIC_TABLE_SIZE).astype(np.float32)
+    xd = x.astype(np.float64)
+    t = np.empty((BICUBIC_TABLE_SIZE + 1, 2), np.float32)
+    t[:, 0] = ((a + 2) * xd - (a + 3)) * xd * xd + 1
+    x1 = (x + np.float32(1.0)).astype(np.float64)
+    t[:, 1] = ((a * x1 - 5 * a) * x1 + 8 * a) * x1 - 4 * a
+    return t
+
+
+_TABLE = _coeffs_table()
+
+
+def _weights_and_indices(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Per output index: float32 weights [out, 4] and clamped source indices [out, 4] (legacy path)."""
+    scale = np.float32(in_size) / np.float32(out_size)  # CalculateResizeScale, align_corners=False
+    in_loc_f = np.arange(out_size, dtype=np.float32) * scale  # LegacyScaler: float(x) * scale
+    in_loc = np.floor(in_loc_f)
+    delta = (in_loc_f - in_loc).astype(np.float32)
+    offset = np.rint(delta * np.float32(BICUBIC_TABLE_SIZE)).astype(np.int64)  # lrintf: half to even
+    w = np.stack([_TABLE[offset, 1], _TABLE[offset, 0],
+                  _TABLE[BICUBIC_TABLE_SIZE - offset, 0], _TABLE[BICUBIC_TABLE_SIZE - offset, 1]], axis=1)
+    base = in_loc.astype(np.int64)
+    idx = np.clip(base[:, None] + np.arange(-1, 3)[None, :], 0, in_size - 1)
+    return w.astype(np.float32), idx
+
+
+def resize_bicubic_legacy(image: np.ndarray, size: Union[int, Sequence[int]]) -> np.ndarray:
+    """``tf.compat.v1.image.resize_bicubic(align_corners=False, half_pixel_centers=False)`` in numpy.
+
+    ``image``: HxWxC or NxHxWxC, any real dtype (uint8 usual); ``size``: int or (height, width).
+    Keys cubic with a = -0.75 taken from TF's 1025-entry coefficient table, source coordinate
+    ``dst * (in / out)``, taps floor(x)-1..floor(x)+2 clamped to the edge; rows first, then
+    columns, each as TF sums them (float32, in tap order). Output float32, not clamped:
+    equal to TensorFlow's bit for bit.
+    """
+    x = np.asarray(image)
+    if x.ndim not in (3, 4):
+        raise ConversionError(f"resize_bicubic_legacy: image must be HxWxC or NxHxWxC, got shape {x.shape}")
+    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise ConversionError(f"resize_bicubic_legacy: unsupported dtype {x.dtype}")
+    out_h, out_w = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    in_h, in_w = x.shape[-3], x.shape[-2]
+    if min(out_h, out_w, in_h, in_w) <= 0:
+        raise ConversionError(f"resize_bicubic_legacy: cannot resize {in_h}x{in_w} to {out_h}x{out_w}")
+    x = x.astype(np.float32)  # static_cast<float>(value): exact for uint8 / float32
+    wy, iy = _weights_and_indices(in_h, out_h)
+    wx, ix = _weights_and_indices(in_w, out_w)
+    # ComputeYInterpolation: v0 * w0 + v1 * w1 + v2 * w2 + v3 * w3, float32, left to right
+    wy = wy[:, :, None, None]
+    rows = x[..., iy[:, 0], :, :] * wy[:, 0]
+    for t in range(1, 4):
+        rows = rows + x[..., iy[:, t], :, :] * wy[:, t]
+    # Compute (the x pass) on the cached column values, same order
+    wx = wx[:, :, None]
+    out = rows[..., ix[:, 0], :] * wx[:, 0]
+    for t in range(1, 4):
+        out = out + rows[..., ix[:, t], :] * wx[:, t]
+    return out.astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------- full pipeline
+
+
+def _cfg_values(cfg: Mapping[str, object]) -> Tuple[int, np.ndarray, np.ndarray, Optional[float]]:
+    try:
+        input_size = list(cfg["input_size"])  # type: ignore[arg-type]
+        res_h, res_w = int(input_size[-2]), int(input_size[-1])
+        mean = np.asarray(cfg["mean"], np.float64).reshape(-1)
+        std = np.asarray(cfg["std"], np.float64).reshape(-1)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ConversionError(f"preprocess: cfg needs input_size [3, H, W], mean and std (0-1 scale): {e}") from None
+    if res_h != res_w:
+        raise ConversionError(f"preprocess: the official eval crops a square; input_size {input_size} is not")
+    if mean.shape != (3,) or std.shape != (3,) or np.any(std <= 0):
+        raise ConversionError(f"preprocess: mean/std must be 3 values each, std > 0; got {cfg['mean']}, {cfg['std']}")
+    crop_pct = cfg.get("crop_pct")
+    return res_h, mean, std, (None if crop_pct is None else float(crop_pct))  # type: ignore[arg-type]
+
+
+def _pil_resized(data: bytes, name: str, res: int, crop_pct: Optional[float]) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.seek(0)
+            rgb = im.convert("RGB")
+    except Exception as e:  # Pillow raises several types for bad files
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConversionError(f"cannot decode {name}: {msg}") from None
+    oh, ow, size = crop_window(rgb.height, rgb.width, res, crop_pct)
+    out = rgb.crop((ow, oh, ow + size, oh + size)).resize((res, res), Image.BICUBIC)
+    return np.asarray(out, dtype=np.float32)
+
+
+def preprocess_raw(src: Source, resolution: int, mode: str = "official",
+                   crop_pct: Optional[float] = None) -> np.ndarray:
+    """One image -> float32 HxWx3 on the 0-255 scale at ``resolution`` (not normalized).
+
+    ``crop_pct`` overrides res / (res + 32) in the ``official`` and ``pil`` modes; ``fixed-crop``
+    always uses the Nov 2021 rule.
+    """
+    if mode not in MODES:
+        raise ConversionError(f"unknown preprocessing mode {mode!r}; use one of {', '.join(MODES)}")
+    data, name = _read(src)
+    if mode == "pil":
+        return _pil_resized(data, name, resolution, crop_pct)
+    image = _decode_named(data, name)
+    h, w = image.shape[:2]
+    if mode == "fixed-crop":
+        oh, ow, size = crop_window(h, w, resolution, crop="fixed")
+    else:
+        oh, ow, size = crop_window(h, w, resolution, crop_pct)
+    return resize_bicubic_legacy(image[oh:oh + size, ow:ow + size], resolution)
+
+
+def _decode_named(data: bytes, name: str) -> np.ndarray:
+    if not data:
+        raise ConversionError(f"cannot decode {name}: empty file")
+    return _decode_jpeg(data, name) if data[:2] == b"\xff\xd8" else _decode_pillow(data, name)
+
+
+def normalize(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """0-255 float HWC -> ``(x - 255 * mean) / (255 * std)`` in float32, as preprocessing.py does it.
+
+    (MEAN_RGB / STDDEV_RGB of the official code are the 0-1 values times 255.)
+    """
+    m = (np.asarray(mean, np.float64) * 255.0).astype(np.float32)
+    s = (np.asarray(std, np.float64) * 255.0).astype(np.float32)
+    return ((np.asarray(x, np.float32) - m) / s).astype(np.float32, copy=False)
+
+
+def preprocess(src: Source, cfg: Mapping[str, object], mode: str = "official") -> np.ndarray:
+    """One image -> float32 3xHxW, normalized ``(x / 255 - mean) / std`` with the cfg's mean/std.
+
+    ``cfg``: a pretrained_cfg (input_size, mean, std, crop_pct). Modes: ``official`` (crop
+    fraction cfg["crop_pct"], else res / (res + 32)), ``fixed-crop`` (Nov 2021 rule; ignores
+    crop_pct), ``pil`` (Pillow decode + bicubic, same crop window; for comparison).
+    """
+    res, mean, std, crop_pct = _cfg_values(cfg)
+    x = preprocess_raw(src, res, mode, crop_pct)
+    return normalize(x, mean, std).transpose(2, 0, 1).copy()
+
+
+def preprocess_batch(srcs: Sequence[Source], cfg: Mapping[str, object], mode: str = "official") -> np.ndarray:
+    """Several images -> float32 NxCxHxW (see :func:`preprocess`)."""
+    if isinstance(srcs, (str, bytes, os.PathLike)):
+        raise ConversionError("preprocess_batch: pass a list of images, not a single one")
+    items = list(srcs)
+    if not items:
+        raise ConversionError("preprocess_batch: no images given")
+    return np.stack([preprocess(s, cfg, mode) for s in items])
