@@ -19,7 +19,8 @@ def _convert_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="convert-effnet",
         description="Convert an official TensorFlow EfficientNet checkpoint into PyTorch weights.",
-        epilog="Subcommand: convert-effnet verify --weights FILE --checkpoint PATH. "
+        epilog="Subcommands: convert-effnet verify --weights FILE --checkpoint PATH; "
+               "convert-effnet predict IMAGE... --weights FILE; convert-effnet evaluate DIR --weights FILE. "
                "Without --checkpoint the official tarball is downloaded into $EFFNET_CACHE "
                "(default ~/.cache/effnet-convert).")
     p.add_argument("--variant", help="b0..b8, l2, l2-475")
@@ -179,6 +180,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     debug = "--debug" in argv
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     try:
+        if argv and argv[0] in ("predict", "evaluate"):
+            from . import predict
+
+            return predict.main(argv)
         if argv and argv[0] == "verify":
             from . import sources
 
