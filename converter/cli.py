@@ -29,7 +29,10 @@ def _convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=".", help="where to write (default: current folder)")
     p.add_argument("--format", default="safetensors", choices=("safetensors", "pth", "both"))
     p.add_argument("--no-ema", action="store_true", help="take the raw weights instead of their EMA twins")
-    p.add_argument("--num-classes", type=int, help="classes of the classifier (default: read from the checkpoint)")
+    p.add_argument("--num-classes", type=int,
+                   help="classes of the converted classifier; must agree with the checkpoint (default: read from it)")
+    p.add_argument("--drop-background", action="store_true",
+                   help="1001-class checkpoints: drop the background class (index 0) for ImageNet's 1000")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--allow-nonfinite", action="store_true", help="convert even if weights hold NaN/inf")
     p.add_argument("--sha256", help="expected sha256 of the downloaded tarball")
@@ -113,6 +116,39 @@ def _hash_checkpoint_files(prefix: str) -> str:
     return h.hexdigest()
 
 
+def infer_variant(reader) -> str:
+    """The variant named by the checkpoint's scope (``efficientnet-b3`` -> ``b3``)."""
+    from .arch import ARCHS
+    from .convert import checkpoint_scopes
+
+    scopes = checkpoint_scopes(reader)
+    if len(scopes) != 1:
+        raise ConversionError(f"cannot infer the variant: the checkpoint has scopes {scopes}; pass --variant")
+    matches = [a.name for a in ARCHS.values() if a.scope == scopes[0]]
+    if not matches:
+        raise ConversionError(f"the checkpoint's scope {scopes[0]} is no known EfficientNet; pass --variant")
+    if len(matches) > 1:
+        raise ConversionError(f"the checkpoint's scope {scopes[0]} fits --variant {' and '.join(matches)} "
+                              "(different resolutions): pass one")
+    return matches[0]
+
+
+def _checkpoint_classes(reader, spec, args) -> int:
+    """Classes of the checkpoint's classifier, checked against --num-classes / --drop-background."""
+    from .convert import checkpoint_num_classes
+
+    n = checkpoint_num_classes(reader, spec)
+    if n is None:  # no classifier found: the totality check reports it
+        return args.num_classes or spec.num_classes
+    out = n - 1 if args.drop_background else n
+    if args.num_classes is not None and args.num_classes != out:
+        extra = " after --drop-background" if args.drop_background else ""
+        raise ConversionError(f"--num-classes {args.num_classes} but the checkpoint's classifier has {out} classes{extra}")
+    if n != spec.num_classes:
+        log.info("the checkpoint's classifier has %d classes", n)
+    return n
+
+
 def run_convert(args: argparse.Namespace) -> int:
     from . import sources
     from .arch import get_arch
@@ -120,8 +156,14 @@ def run_convert(args: argparse.Namespace) -> int:
     from .readers import open_reader
     from .zoo import find_checkpoint
 
-    if not args.variant and not args.flavor:
+    if not args.variant and not args.flavor and not args.checkpoint:
         raise ConversionError("--variant is required (e.g. convert-effnet --variant b4 --flavor advprop); see --list")
+    reader = prefix = None
+    if args.checkpoint and not args.variant:
+        prefix = sources.resolve_checkpoint(args.checkpoint)
+        reader = open_reader(prefix)
+        args.variant = infer_variant(reader)
+        log.info("variant %s (from the checkpoint's scope)", args.variant)
     if args.checkpoint and not args.flavor:
         ckpt = find_checkpoint(args.variant, None)  # works only where a variant has one checkpoint
     else:
@@ -136,7 +178,7 @@ def run_convert(args: argparse.Namespace) -> int:
     if args.checkpoint:
         src = Path(args.checkpoint)
         source = str(src.resolve()) if src.exists() else args.checkpoint
-        prefix = sources.resolve_checkpoint(args.checkpoint)
+        prefix = prefix or sources.resolve_checkpoint(args.checkpoint)
         if src.is_file() and src.name.endswith((".tar.gz", ".tgz", ".tar")):
             source_sha = sources.sha256_file(src)
         else:
@@ -147,23 +189,17 @@ def run_convert(args: argparse.Namespace) -> int:
         source_sha = sources.sha256_file(tarball)
         prefix = sources.resolve_checkpoint(str(tarball))
 
-    reader = open_reader(prefix)
-    if args.num_classes is not None:
-        spec = spec.with_classes(args.num_classes)
-    else:
-        from .convert import checkpoint_num_classes
-
-        n = checkpoint_num_classes(reader, spec)
-        if n is not None and n != spec.num_classes:
-            log.warning("note: the checkpoint's classifier has %d classes", n)
-            spec = spec.with_classes(n)
+    reader = reader or open_reader(prefix)
+    spec = spec.with_classes(_checkpoint_classes(reader, spec, args))
     cfg = ckpt.pretrained_cfg()
     cfg.update(source=source, source_sha256=source_sha)
     result = convert(reader, spec, cfg, fmt_paths, use_ema=not args.no_ema, force=args.force,
-                     allow_nonfinite=args.allow_nonfinite, progress=not args.quiet)
+                     allow_nonfinite=args.allow_nonfinite, progress=not args.quiet,
+                     drop_background=args.drop_background)
     weights = "EMA" if result.selection.ema else "raw"
+    classes = result.metadata["num_classes"]
     for p in result.outputs:
-        print(f"wrote {p} ({ckpt.name}, {weights} weights, {spec.num_classes} classes, {result.seconds:.1f} s)")
+        print(f"wrote {p} ({ckpt.name}, {weights} weights, {classes} classes, {result.seconds:.1f} s)")
     if args.verify:
         rc = run_verify(result.outputs[0], prefix, args)
         if rc != 0:  # never leave a file that failed its check under the name of a good one

@@ -49,7 +49,7 @@ def skip_reason(name: str) -> Optional[str]:
 class Selection:
     """Which checkpoint variable feeds each state_dict tensor."""
 
-    spec: ArchSpec
+    spec: ArchSpec  # the checkpoint's architecture (its classifier included)
     pairs: List[Tuple[Entry, str]]
     ema: bool  # EMA twins were used (for every variable that has one)
     warnings: List[str] = field(default_factory=list)
@@ -59,6 +59,11 @@ class Selection:
 def _listing(items: Sequence[str]) -> str:
     shown = ", ".join(items[:_MAX_LISTED])
     return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
+
+
+def checkpoint_scopes(reader: CheckpointReader) -> List[str]:
+    """The top-level scopes of the model variables (skip rules applied), e.g. ['efficientnet-b3']."""
+    return sorted({n.split("/", 1)[0] for n in reader.names() if not skip_reason(n)})
 
 
 def checkpoint_num_classes(reader: CheckpointReader, spec: ArchSpec) -> Optional[int]:
@@ -162,10 +167,25 @@ def select(reader: CheckpointReader, spec: ArchSpec, layout: str = "native", use
     return Selection(spec=spec, pairs=pairs, ema=ema_used, warnings=warnings, skipped=skipped)
 
 
+def output_shapes(selection: Selection, drop_background: bool = False) -> List[Tuple[str, Tuple[int, ...]]]:
+    """(key, PyTorch shape) of every output tensor, in write order."""
+    out = []
+    for e, _ in selection.pairs:
+        shape = e.shape
+        if drop_background and e.kind == DENSE:
+            shape = (shape[0] - 1,) + tuple(shape[1:])
+        out.append((e.key, shape))
+    return out
+
+
 def iter_tensors(reader: CheckpointReader, selection: Selection, allow_nonfinite: bool = False,
-                 progress=None) -> Iterator[Tuple[str, np.ndarray]]:
-    """Yield (key, float32 tensor in PyTorch layout), reading one checkpoint variable at a time."""
-    for e, src in selection.pairs:
+                 progress=None, drop_background: bool = False) -> Iterator[Tuple[str, np.ndarray]]:
+    """Yield (key, float32 tensor in PyTorch layout), reading one checkpoint variable at a time.
+
+    ``drop_background``: the classifier loses output 0 (the background class of 1001-class
+    checkpoints), giving ImageNet's 1000 indices.
+    """
+    for (e, src), (_, shape) in zip(selection.pairs, output_shapes(selection, drop_background)):
         value = reader.read(src)
         if value.dtype != np.float32:
             value = value.astype(np.float32)
@@ -174,9 +194,11 @@ def iter_tensors(reader: CheckpointReader, selection: Selection, allow_nonfinite
             raise ConversionError(
                 f"{src} holds {bad} non-finite values (NaN/inf): refusing to convert; "
                 "pass --allow-nonfinite to convert anyway")
+        if drop_background and e.kind == DENSE:
+            value = value[..., 1:]  # TF layout: the class axis is last for kernel and bias
         out = tf_to_torch(value, e.kind)
-        if out.shape != e.shape:  # the layout rule and the table disagree: a bug, not user input
-            raise RuntimeError(f"{src}: layout gave {out.shape}, table expects {e.shape}")
+        if out.shape != shape:  # the layout rule and the table disagree: a bug, not user input
+            raise RuntimeError(f"{src}: layout gave {out.shape}, table expects {shape}")
         if progress is not None:
             progress.update(1)
         yield e.key, out
@@ -200,11 +222,12 @@ class Result:
 
 def convert(reader: CheckpointReader, spec: ArchSpec, cfg: Dict[str, object], outputs: Sequence[Path],
             layout: str = "native", use_ema: bool = True, force: bool = False,
-            allow_nonfinite: bool = False, progress: bool = False) -> Result:
+            allow_nonfinite: bool = False, progress: bool = False, drop_background: bool = False) -> Result:
     """Convert ``reader``'s checkpoint for ``spec`` into ``outputs`` (.safetensors and/or .pth).
 
     ``cfg`` is the metadata to store (variant, flavor, preprocessing, source...). Files appear
     only when everything succeeded; an existing output is kept unless ``force``.
+    ``spec.num_classes`` is the checkpoint's; with ``drop_background`` the output has one fewer.
     """
     t0 = time.perf_counter()
     outputs = [Path(p) for p in outputs]
@@ -213,12 +236,17 @@ def convert(reader: CheckpointReader, spec: ArchSpec, cfg: Dict[str, object], ou
             raise ConversionError(f"{p} exists; pass --force to overwrite it")
         if p.suffix not in (".safetensors", ".pth"):
             raise ConversionError(f"cannot write {p}: the extension must be .safetensors or .pth")
+    if drop_background and spec.num_classes != 1001:
+        raise ConversionError(
+            f"--drop-background needs a classifier with a background class (1001 outputs); this one has {spec.num_classes}")
     selection = select(reader, spec, layout=layout, use_ema=use_ema)
     for w in selection.warnings:
         log.warning("warning: %s", w)
     meta = dict(cfg)
-    meta.update(ema=selection.ema, num_classes=spec.num_classes, layout=layout,
+    meta.update(ema=selection.ema, num_classes=spec.num_classes - (1 if drop_background else 0), layout=layout,
                 converter_version=__version__)
+    if drop_background:
+        meta["background_dropped"] = "true"
     encoded = encode(meta)
 
     outputs[0].parent.mkdir(parents=True, exist_ok=True)
@@ -227,11 +255,11 @@ def convert(reader: CheckpointReader, spec: ArchSpec, cfg: Dict[str, object], ou
     files = [AtomicFile(p) for p in outputs]
     bar = _progress_bar(len(selection.pairs), spec.name) if progress else None
     try:
-        tensors = iter_tensors(reader, selection, allow_nonfinite, bar)
+        tensors = iter_tensors(reader, selection, allow_nonfinite, bar, drop_background)
         st = [f for f in files if f.path.suffix == ".safetensors"]
         pth = [f for f in files if f.path.suffix == ".pth"]
         if st:
-            specs = [(e.key, e.shape, np.dtype("float32")) for e, _ in selection.pairs]
+            specs = [(k, shape, np.dtype("float32")) for k, shape in output_shapes(selection, drop_background)]
             with open(st[0].tmp, "wb") as fh:
                 write_safetensors(fh, specs, tensors, encoded)
         if pth:

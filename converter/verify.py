@@ -209,7 +209,11 @@ def verify_model(model, prefix: str, cfg: Dict[str, object], resolution: Optiona
     res = int(resolution or cfg["input_size"][-1])
     images = verification_images(res, cfg["mean"], cfg["std"], n_images, image_files, cfg.get("crop_pct"))
     num_classes = int(cfg.get("num_classes", 1000))
-    tf_out, tf_s, tf_dev = reference_logits(prefix, str(cfg["variant"]), images, num_classes, dev, use_ema_reference)
+    dropped = str(cfg.get("background_dropped", "")).lower() == "true"
+    tf_out, tf_s, tf_dev = reference_logits(prefix, str(cfg["variant"]), images, num_classes + dropped, dev,
+                                            use_ema_reference)
+    if dropped:  # the converted classifier lost the background class (output 0)
+        tf_out = tf_out[:, 1:]
     pt_out, pt_s = torch_logits(model, images, dev)
     if dump_logits is not None:
         np.savez(dump_logits, tf=tf_out, torch=pt_out)

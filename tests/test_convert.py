@@ -328,3 +328,71 @@ def test_download_404_and_offline_are_one_line(mirror, tmp_path, capsys, monkeyp
     line = _err_line(capsys, warnings_allowed=True)  # retry notices come first
     assert rc == 2 and ("offline" in line or "cannot reach" in line) and "--checkpoint" in line
     assert list(tmp_path.glob("*.safetensors")) == []
+
+
+def test_own_checkpoint_other_class_count(root, tmp_path, capsys):
+    prefix = make_checkpoint(root, "b0", num_classes=10, slots=False)
+    assert main(["--variant", "b0", "--flavor", "aa", "--checkpoint", str(prefix), "--output-dir", str(tmp_path)]) == 0
+    assert "10 classes" in capsys.readouterr().out
+    out = tmp_path / "efficientnet-b0_aa.safetensors"
+    m = load_model(out)
+    assert m.pretrained_cfg["num_classes"] == 10
+    assert m(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+    r = tf.train.load_checkpoint(str(prefix))
+    k = r.get_tensor("efficientnet-b0/head/dense/kernel" + EMA)
+    np.testing.assert_array_equal(m.classifier.weight.detach().numpy(), k.T)
+    rc = main(["--variant", "b0", "--flavor", "aa", "--checkpoint", str(prefix), "--output-dir", str(tmp_path / "x"),
+               "--num-classes", "1000"])
+    assert rc == 2 and "--num-classes 1000 but the checkpoint's classifier has 10 classes" in _err_line(capsys)
+
+
+def test_drop_background_class(root, tmp_path, capsys):
+    prefix = make_checkpoint(root, "b0", num_classes=1001, slots=False)
+    assert main(["--variant", "b0", "--flavor", "aa", "--checkpoint", str(prefix), "--output-dir", str(tmp_path / "keep"),
+                 "--quiet"]) == 0
+    keep = load_model(tmp_path / "keep" / "efficientnet-b0_aa.safetensors")
+    assert keep.pretrained_cfg["num_classes"] == 1001
+    assert main(["--variant", "b0", "--flavor", "aa", "--checkpoint", str(prefix), "--output-dir", str(tmp_path / "drop"),
+                 "--drop-background", "--num-classes", "1000", "--quiet"]) == 0
+    drop = load_model(tmp_path / "drop" / "efficientnet-b0_aa.safetensors")
+    assert drop.pretrained_cfg["num_classes"] == 1000
+    r = tf.train.load_checkpoint(str(prefix))
+    k = r.get_tensor("efficientnet-b0/head/dense/kernel" + EMA)
+    b = r.get_tensor("efficientnet-b0/head/dense/bias" + EMA)
+    np.testing.assert_array_equal(drop.classifier.weight.detach().numpy(), k[:, 1:].T)
+    np.testing.assert_array_equal(drop.classifier.bias.detach().numpy(), b[1:])
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        np.testing.assert_allclose(drop(x).numpy(), keep(x).numpy()[:, 1:], rtol=1e-5, atol=1e-5)
+    # a 1000-class checkpoint has no background class to drop
+    capsys.readouterr()
+    rc = main(["--variant", "b0", "--flavor", "aa", "--checkpoint", str(make_checkpoint(root, "b0")),
+               "--output-dir", str(tmp_path / "bad"), "--drop-background"])
+    assert rc == 2 and "background class" in _err_line(capsys)
+
+
+def test_variant_inferred_from_scope(root, tmp_path, capsys):
+    prefix = make_checkpoint(root, "b3", mode="ema-only", slots=False)
+    assert main(["--flavor", "aa", "--checkpoint", str(prefix), "--output-dir", str(tmp_path), "--quiet"]) == 0
+    assert "variant b3 (from the checkpoint's scope)" in capsys.readouterr().err
+    _check_values(tmp_path / "efficientnet-b3_aa.safetensors", prefix, "b3")
+
+
+def test_infer_variant_rules():
+    from converter.cli import infer_variant
+    from converter.errors import ConversionError
+
+    class Names:
+        def __init__(self, names):
+            self._n = names
+
+        def names(self):
+            return self._n
+
+    assert infer_variant(Names(["global_step", "efficientnet-b5/stem/conv2d/kernel"])) == "b5"
+    with pytest.raises(ConversionError, match="fits --variant l2 and l2-475"):
+        infer_variant(Names(["efficientnet-l2/stem/conv2d/kernel"]))
+    with pytest.raises(ConversionError, match="no known EfficientNet"):
+        infer_variant(Names(["resnet50/conv1/kernel"]))
+    with pytest.raises(ConversionError, match="scopes"):
+        infer_variant(Names(["efficientnet-b0/a", "efficientnet-b1/b"]))

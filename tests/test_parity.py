@@ -205,3 +205,11 @@ def test_make_all_converts_and_verifies_in_parallel(root, tmp_path):
         # nothing to do the second time
         proc = subprocess.run(cmd + ["--question"], env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0
+
+
+def test_verify_after_drop_background(root, tmp_path):
+    prefix = make_checkpoint(root, "b0", calibration_resolution=224, num_classes=1001, slots=False)
+    assert main(["--variant", "b0", "--flavor", "aa", "--checkpoint", str(prefix), "--output-dir", str(tmp_path),
+                 "--drop-background", "--quiet"]) == 0
+    report = verify_file(tmp_path / "efficientnet-b0_aa.safetensors", str(prefix), n_images=2, device="cpu")
+    assert report.passed and report.rel_error < 1e-4
