@@ -36,6 +36,8 @@ def _convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--allow-nonfinite", action="store_true", help="convert even if weights hold NaN/inf")
     p.add_argument("--sha256", help="expected sha256 of the downloaded tarball")
+    p.add_argument("--reader", choices=("bundle", "tf"),
+                   help="checkpoint reader: bundle (default, no TensorFlow) or tf (TensorFlow's own)")
     p.add_argument("--list", action="store_true", help="list the official checkpoints and exit")
     p.add_argument("--all", action="store_true",
                    help="convert and verify every zoo checkpoint into --output-dir (skips the ones done and verified)")
@@ -161,7 +163,7 @@ def run_convert(args: argparse.Namespace) -> int:
     reader = prefix = None
     if args.checkpoint and not args.variant:
         prefix = sources.resolve_checkpoint(args.checkpoint)
-        reader = open_reader(prefix)
+        reader = open_reader(prefix, args.reader)
         args.variant = infer_variant(reader)
         log.info("variant %s (from the checkpoint's scope)", args.variant)
     if args.checkpoint and not args.flavor:
@@ -189,7 +191,7 @@ def run_convert(args: argparse.Namespace) -> int:
         source_sha = sources.sha256_file(tarball)
         prefix = sources.resolve_checkpoint(str(tarball))
 
-    reader = reader or open_reader(prefix)
+    reader = reader or open_reader(prefix, args.reader)
     spec = spec.with_classes(_checkpoint_classes(reader, spec, args))
     cfg = ckpt.pretrained_cfg()
     cfg.update(source=source, source_sha256=source_sha)

@@ -6,7 +6,7 @@ tensor-bundle format can drop in without changes elsewhere.
 from __future__ import annotations
 
 import os
-from typing import List, Protocol, Tuple
+from typing import List, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -81,6 +81,21 @@ def _first_line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:300]
 
 
-def open_reader(prefix: str) -> CheckpointReader:
-    """The reader for a checkpoint prefix (``.../model.ckpt``)."""
-    return TFCheckpointReader(prefix)
+READERS = ("bundle", "tf")
+READER_ENV = "EFFNET_READER"
+
+
+def open_reader(prefix: str, kind: Optional[str] = None) -> CheckpointReader:
+    """The reader for a checkpoint prefix (``.../model.ckpt``).
+
+    ``kind``: ``bundle`` (default: converter/bundle.py, no TensorFlow) or ``tf``
+    (TensorFlow's own reader); ``$EFFNET_READER`` sets the default.
+    """
+    kind = (kind or os.environ.get(READER_ENV) or "bundle").lower()
+    if kind == "bundle":
+        from .bundle import BundleReader
+
+        return BundleReader(prefix)
+    if kind == "tf":
+        return TFCheckpointReader(prefix)
+    raise ConversionError(f"unknown checkpoint reader {kind!r}; use one of {', '.join(READERS)}")

@@ -5,10 +5,11 @@
 
 For each variant it writes an official-layout checkpoint with the project's generator (once,
 kept in --workdir), then runs, each in its own process so peak RSS is that process's alone:
-  read      every model tensor read through the converter's reader (no conversion, no output)
+  read      every model tensor read through the reader (no conversion, no output)
   cp        `cp` of the checkpoint's data file (the I/O floor)
   convert   convert-effnet on the checkpoint
-and prints a table (seconds, peak RSS in MB, output size in MB, RSS / output size).
+for each reader (--readers: TensorFlow's and the project's own tensor-bundle reader), and prints a
+table (seconds, peak RSS in MB, output size in MB, RSS / output size, time / cp time).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from pathlib import Path
 READ_SNIPPET = r"""
 import sys
 from converter.readers import open_reader
-r = open_reader(sys.argv[1])
+r = open_reader(sys.argv[1], sys.argv[2])
 n = 0
 for name in r.names():
     n += r.read(name).nbytes
@@ -51,6 +52,8 @@ def main(argv=None) -> int:
     p.add_argument("--format", default="safetensors", choices=("safetensors", "pth", "both"))
     p.add_argument("--mode", default="full", choices=("full", "ema-only"),
                    help="checkpoint contents (full: raw + EMA + RMSProp slots, as the releases)")
+    p.add_argument("--readers", nargs="+", default=["tf", "bundle"], choices=("tf", "bundle"),
+                   help="checkpoint readers to compare (default: both)")
     p.add_argument("--json", help="also write the rows as JSON here")
     args = p.parse_args(argv)
     work = Path(args.workdir)
@@ -66,21 +69,23 @@ def main(argv=None) -> int:
                             "--mode", args.mode] + (["--no-slots"] if args.mode != "full" else []),
                            check=True, env=env, stdout=subprocess.DEVNULL)
         data = next(ck.glob("model.ckpt.data-*"))
-        out = work / f"out-{v}"
-        shutil.rmtree(out, ignore_errors=True)
-        t_read, rss_read = timed([sys.executable, "-c", READ_SNIPPET, str(prefix)], env)
-        t_cp, rss_cp = timed(["cp", str(data), str(work / "cp.tmp")], env)
+        t_cp, _ = timed(["cp", str(data), str(work / "cp.tmp")], env)
         os.unlink(work / "cp.tmp")
         flavor = {"b8": "advprop", "l2": "noisystudent", "l2-475": "noisystudent"}.get(v, "aa")
-        t_conv, rss_conv = timed([sys.executable, "-m", "converter", "--variant", v, "--flavor", flavor,
-                                  "--checkpoint", str(prefix), "--output-dir", str(out), "--format", args.format,
-                                  "--quiet"], env)
-        size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
-        rows.append(dict(variant=v, checkpoint_mb=round(data.stat().st_size / 2**20, 1),
-                         read_s=round(t_read, 2), read_rss_mb=round(rss_read), cp_s=round(t_cp, 2),
-                         convert_s=round(t_conv, 2), convert_rss_mb=round(rss_conv), output_mb=round(size, 1),
-                         rss_over_output=round(rss_conv / size, 2)))
-        shutil.rmtree(out, ignore_errors=True)
+        for reader in args.readers:
+            out = work / f"out-{v}"
+            shutil.rmtree(out, ignore_errors=True)
+            t_read, rss_read = timed([sys.executable, "-c", READ_SNIPPET, str(prefix), reader], env)
+            t_conv, rss_conv = timed([sys.executable, "-m", "converter", "--variant", v, "--flavor", flavor,
+                                      "--checkpoint", str(prefix), "--output-dir", str(out), "--format",
+                                      args.format, "--quiet", "--reader", reader], env)
+            size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
+            rows.append(dict(variant=v, reader=reader, checkpoint_mb=round(data.stat().st_size / 2**20, 1),
+                             read_s=round(t_read, 2), read_rss_mb=round(rss_read), cp_s=round(t_cp, 2),
+                             convert_s=round(t_conv, 2), convert_rss_mb=round(rss_conv),
+                             output_mb=round(size, 1), rss_over_output=round(rss_conv / size, 2),
+                             convert_over_cp=round(t_conv / max(t_cp, 1e-3), 1)))
+            shutil.rmtree(out, ignore_errors=True)
     cols = list(rows[0])
     print(" | ".join(cols))
     print(" | ".join("---" for _ in cols))
