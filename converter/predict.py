@@ -1,0 +1,450 @@
+"""``convert-effnet predict`` and ``convert-effnet evaluate``: use a converted file as the official eval does.
+
+Both take the preprocessing from the file's metadata (``pretrained_cfg``: resolution, crop
+fraction, mean/std) through :mod:`converter.preprocess` (``--preprocess official`` by default:
+TensorFlow's decode, centre crop and legacy bicubic resize, without TensorFlow).
+
+Class indices: a 1000-class model uses the standard ImageNet order (sorted synsets); a
+1001-class model (EdgeTPU-style, background at output 0) is reported in that same 1000-class
+order (``predict`` drops output 0 before the softmax; ``evaluate`` scores label + 1 against all
+1001 outputs, as the official eval does, so a background prediction is a miss). Other class
+counts: indices only, no names.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .errors import ConversionError
+from .metadata import decode
+from .preprocess import MODES, preprocess, preprocess_batch
+from .writer import read_safetensors_metadata
+
+# ImageNet-1k class names: data/imagenet_classes.txt, built from timm 1.0.31
+# (https://github.com/huggingface/pytorch-image-models, Apache-2.0):
+# timm/data/_info/imagenet_synsets.txt (the class order) joined with
+# timm/data/_info/imagenet_synset_to_lemma.txt (the names). Line i: "synset<TAB>lemmas" of class i.
+CLASSES_FILE = Path(__file__).resolve().parent / "data" / "imagenet_classes.txt"
+IMAGENET_CLASSES = 1000
+SYNSET_RE = re.compile(r"n\d{8}")
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+DEVKIT_GROUND_TRUTH = "ILSVRC2012_validation_ground_truth"
+
+
+# ----------------------------------------------------------------------------- classes
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_classes() -> Tuple[Tuple[str, str], ...]:
+    """The 1000 ImageNet classes in index order: (synset, lemmas), e.g. ("n01440764", "tench, Tinca tinca")."""
+    try:
+        lines = CLASSES_FILE.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ConversionError(f"cannot read the ImageNet class list {CLASSES_FILE}: {e.strerror or e}") from None
+    rows = []
+    for line in lines:
+        if not line.strip() or line.startswith("#"):
+            continue
+        synset, _, lemmas = line.partition("\t")
+        if not SYNSET_RE.fullmatch(synset) or not lemmas:
+            raise ConversionError(f"{CLASSES_FILE}: malformed line {line!r}; reinstall effnet-convert")
+        rows.append((synset, lemmas.strip()))
+    if len(rows) != IMAGENET_CLASSES:
+        raise ConversionError(f"{CLASSES_FILE}: {len(rows)} classes instead of {IMAGENET_CLASSES}; reinstall effnet-convert")
+    return tuple(rows)
+
+
+@functools.lru_cache(maxsize=1)
+def synset_index() -> Dict[str, int]:
+    """synset -> ImageNet class index."""
+    return {s: i for i, (s, _) in enumerate(imagenet_classes())}
+
+
+def short_name(lemmas: str) -> str:
+    """The first lemma: 'tabby, tabby cat' -> 'tabby'."""
+    return lemmas.split(",")[0].strip()
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """How a model's outputs map to reported class indices."""
+
+    num_outputs: int  # the model's classifier size
+    offset: int  # outputs before label 0 (1: background class at output 0)
+    imagenet: bool  # labels are ImageNet-1k classes (names and synsets known)
+
+    @property
+    def num_labels(self) -> int:
+        return self.num_outputs - self.offset
+
+    def synset(self, label: int) -> Optional[str]:
+        return imagenet_classes()[label][0] if self.imagenet else None
+
+    def lemmas(self, label: int) -> Optional[str]:
+        return imagenet_classes()[label][1] if self.imagenet else None
+
+
+def label_space(num_classes: int) -> LabelSpace:
+    """1000: ImageNet; 1001: ImageNet after a background output; anything else: bare indices."""
+    n = int(num_classes)
+    if n == IMAGENET_CLASSES:
+        return LabelSpace(n, 0, True)
+    if n == IMAGENET_CLASSES + 1:
+        return LabelSpace(n, 1, True)
+    return LabelSpace(n, 0, False)
+
+
+# ----------------------------------------------------------------------------- shared
+
+
+def _common_options(p: argparse.ArgumentParser, batch_size: int) -> None:
+    p.add_argument("--weights", required=True, help="the converted .safetensors or .pth")
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"images per forward pass (default {batch_size})")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where PyTorch runs (auto: the GPU when there is one)")
+    p.add_argument("--preprocess", default="official", choices=MODES,
+                   help="official (TF eval, default), fixed-crop (Nov 2021 crop rule) or pil (Pillow, for comparison)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _load(args: argparse.Namespace):
+    from .loading import load_model
+    from .verify import resolve_device
+
+    if args.batch_size < 1:
+        raise ConversionError(f"--batch-size must be at least 1, got {args.batch_size}")
+    device = resolve_device(args.device)  # strict float32 on CUDA (no TF32)
+    model = load_model(args.weights, device=device)
+    return model, device, label_space(int(model.pretrained_cfg["num_classes"]))
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def _predict_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="convert-effnet predict",
+        description="Classify images with a converted file: top-k ImageNet classes and their probabilities "
+                    "(preprocessing from the file's metadata).")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    _common_options(p, batch_size=16)
+    p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    return p
+
+
+def predict_images(model, images: Sequence[str], space: LabelSpace, top_k: int = 5, batch_size: int = 16,
+                   device: str = "cpu", mode: str = "official") -> List[Dict[str, object]]:
+    """[{image, top: [{index, synset, name, lemma, prob}]}] for each image, in order."""
+    cfg = model.pretrained_cfg
+    k = min(top_k, space.num_labels)
+    results: List[Dict[str, object]] = []
+    for start in range(0, len(images), batch_size):
+        chunk = list(images[start:start + batch_size])
+        x = torch.from_numpy(preprocess_batch(chunk, cfg, mode)).to(device)
+        with torch.inference_mode():
+            logits = model(x).double().cpu()
+        probs = torch.softmax(logits[:, space.offset:], dim=1)
+        values, indices = probs.topk(k, dim=1)
+        for image, vals, idxs in zip(chunk, values.tolist(), indices.tolist()):
+            top = []
+            for p, i in zip(vals, idxs):
+                lemmas = space.lemmas(i)
+                top.append({"index": i, "synset": space.synset(i),
+                            "name": short_name(lemmas) if lemmas else None, "lemma": lemmas, "prob": p})
+            results.append({"image": str(image), "top": top})
+    return results
+
+
+def format_predictions(results: Sequence[Dict[str, object]]) -> str:
+    """Text: the image, then one line per class: rank, probability (%), index, synset, name."""
+    out = []
+    for r in results:
+        out.append(str(r["image"]))
+        for rank, t in enumerate(r["top"], 1):  # type: ignore[arg-type]
+            line = f"  {rank}. {100 * t['prob']:7.3f}%  {t['index']:>4}"
+            if t["synset"]:
+                line += f"  {t['synset']}  {t['name']}"
+            out.append(line)
+    return "\n".join(out)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise ConversionError(f"--top-k must be at least 1, got {args.top_k}")
+    for image in args.images:  # before loading the model
+        if not Path(image).is_file():
+            raise ConversionError(f"{image}: no such image file")
+    model, device, space = _load(args)
+    results = predict_images(model, args.images, space, top_k=args.top_k, batch_size=args.batch_size,
+                             device=device, mode=args.preprocess)
+    print(json.dumps(results, indent=1) if args.json else format_predictions(results))
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="convert-effnet evaluate",
+        description="Top-1/top-5 accuracy of a converted file on an ImageNet-style validation folder: "
+                    "one subfolder per synset (DIR/n01440764/*.JPEG), or the images in DIR plus --labels.")
+    p.add_argument("dir", metavar="DIR", help="the validation folder")
+    _common_options(p, batch_size=32)
+    p.add_argument("--labels", metavar="FILE",
+                   help="labels of the images directly in DIR: lines 'filename index' or 'filename synset', "
+                        "or one index (0-999, standard order) or synset per line in sorted file-name order")
+    p.add_argument("--limit", type=int, help="only the first N images (sorted by path)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2; 0: none)")
+    p.add_argument("--json", metavar="OUT.json", help="also write the results to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+
+
+def _images_under(folder: Path, recursive: bool) -> List[Path]:
+    if not recursive:
+        return sorted(p for p in folder.iterdir() if _is_image(p))
+    found = []
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(p for p in (Path(top) / f for f in files) if _is_image(p))
+    return sorted(found)
+
+
+def _parse_label(token: str, space: LabelSpace, where: str) -> int:
+    if SYNSET_RE.fullmatch(token):
+        if not space.imagenet:
+            raise ConversionError(f"{where}: synset {token} but the model has {space.num_outputs} classes, "
+                                  "not ImageNet's; give class indices")
+        index = synset_index()
+        if token not in index:
+            raise ConversionError(f"{where}: {token} is not one of the 1000 ImageNet synsets")
+        return index[token]
+    try:
+        label = int(token)
+    except ValueError:
+        raise ConversionError(f"{where}: label {token!r} is neither a class index nor a synset") from None
+    if not 0 <= label < space.num_labels:
+        hint = (" (the ILSVRC2012 devkit's 1-based labels are in another class order; "
+                "use synsets or 0-based standard indices)" if label == space.num_labels else "")
+        raise ConversionError(f"{where}: class index {label} is out of range 0..{space.num_labels - 1}{hint}")
+    return label
+
+
+def _read_labels_file(path: Path, images: List[Path], space: LabelSpace) -> List[int]:
+    """The label of each image (sorted), from 'name label' lines or one label per line in that order."""
+    if path.name.startswith(DEVKIT_GROUND_TRUTH):
+        raise ConversionError(
+            f"{path}: the ILSVRC2012 devkit ground truth holds 1-based ILSVRC2012_IDs in the devkit's own class "
+            "order, not the standard index order; use one synset per line (e.g. "
+            "imagenet_2012_validation_synset_labels.txt) or 'filename index' lines")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConversionError(f"cannot read the labels file {path}: {getattr(e, 'strerror', None) or e}") from None
+    rows = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+    if not rows:
+        raise ConversionError(f"{path}: no labels in the file")
+    widths = {len(line.split()) >= 2 for _, line in rows}
+    if len(widths) > 1:
+        raise ConversionError(f"{path}: mixes 'filename label' lines with one-label lines")
+    if widths == {False}:  # one label per line, in sorted file-name order
+        if len(rows) != len(images):
+            raise ConversionError(f"{path}: {len(rows)} labels for {len(images)} images in {images[0].parent} "
+                                  "(one label per line must follow the sorted file names)")
+        return [_parse_label(line, space, f"{path}:{n}") for n, line in rows]
+    by_name: Dict[str, int] = {}
+    for n, line in rows:
+        name, token = line.rsplit(None, 1)
+        key = Path(name.replace("\\", "/")).name
+        label = _parse_label(token, space, f"{path}:{n}")
+        if by_name.get(key, label) != label:
+            raise ConversionError(f"{path}:{n}: {key} is labelled twice, differently")
+        by_name[key] = label
+    missing = [p.name for p in images if p.name not in by_name]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ConversionError(f"{path}: no label for {missing[0]}{more} in {images[0].parent}")
+    return [by_name[p.name] for p in images]
+
+
+def collect_images(root: Path, labels: Optional[Path], space: LabelSpace) -> List[Tuple[Path, int]]:
+    """(image, label) pairs of a validation folder, sorted by path; labels in the reported class space."""
+    if not root.is_dir():
+        raise ConversionError(f"{root}: no such folder")
+    if labels is not None:
+        if not labels.is_file():
+            raise ConversionError(f"{labels}: no such labels file")
+        images = _images_under(root, recursive=False)
+        if not images:
+            raise ConversionError(f"{root}: no images (.jpg, .jpeg, .png, ...) directly in the folder")
+        return list(zip(images, _read_labels_file(labels, images, space)))
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = _images_under(root, recursive=False)
+    if loose:
+        raise ConversionError(f"{root} holds images outside synset subfolders (e.g. {loose[0].name}): "
+                              "give their labels with --labels FILE, or move them into DIR/<synset>/")
+    if not subdirs:
+        raise ConversionError(f"{root}: no images and no synset subfolders")
+    if not space.imagenet:
+        raise ConversionError(f"the model has {space.num_outputs} classes, not ImageNet's: synset folders do not "
+                              "apply; put the images in one folder and give --labels with class indices")
+    index = synset_index()
+    unknown = [d.name for d in subdirs if d.name not in index]
+    if unknown:
+        shown = ", ".join(unknown[:3]) + (f" (+{len(unknown) - 3} more)" if len(unknown) > 3 else "")
+        raise ConversionError(f"{root}: subfolders that are not ImageNet synsets: {shown}; "
+                              "expected DIR/n01440764/*.JPEG, ...")
+    items = [(p, index[d.name]) for d in subdirs for p in _images_under(d, recursive=True)]
+    if not items:
+        raise ConversionError(f"{root}: no images (.jpg, .jpeg, .png, ...) in its {len(subdirs)} synset subfolders")
+    return sorted(items, key=lambda t: t[0].relative_to(root).as_posix())
+
+
+class EvalDataset(torch.utils.data.Dataset):
+    """(preprocessed CHW float32 tensor, label, error message or '') per image.
+
+    A failing image yields zeros and its error (one line, with its path), so the main process can
+    raise it as a ConversionError instead of the DataLoader's multi-line worker traceback.
+    """
+
+    def __init__(self, items: Sequence[Tuple[Path, int]], cfg: Dict[str, object], mode: str):
+        self.items = list(items)
+        self.cfg = dict(cfg)
+        self.mode = mode
+        res = int(list(cfg["input_size"])[-1])  # type: ignore[arg-type]
+        self.shape = (3, res, res)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        path, label = self.items[i]
+        try:
+            x, err = preprocess(path, self.cfg, self.mode), ""
+        except ConversionError as e:
+            msg = str(e).splitlines()[0] if str(e) else "unreadable image"
+            x, err = np.zeros(self.shape, np.float32), (msg if str(path) in msg else f"{path}: {msg}")
+        return torch.from_numpy(x), label, err
+
+
+@dataclass
+class EvalResult:
+    """What ``evaluate`` measured (top1/top5 in percent)."""
+
+    top1: float
+    top5: float
+    top1_correct: int
+    top5_correct: int
+    images: int
+    seconds: float
+    images_per_s: float
+
+
+def evaluate_items(model, items: Sequence[Tuple[Path, int]], space: LabelSpace, batch_size: int = 32,
+                   workers: int = 2, device: str = "cpu", mode: str = "official",
+                   progress: bool = False) -> EvalResult:
+    """Top-1/top-5 of ``model`` on (image, label) pairs; labels in the reported class space."""
+    from tqdm import tqdm
+
+    loader = torch.utils.data.DataLoader(EvalDataset(items, model.pretrained_cfg, mode), batch_size=batch_size,
+                                         shuffle=False, num_workers=workers, pin_memory=device == "cuda")
+    k = min(5, space.num_outputs)
+    c1 = c5 = seen = 0
+    start = time.perf_counter()
+    it = iter(loader)
+    try:
+        with tqdm(total=len(items), unit="img", disable=not progress, file=sys.stderr, leave=False) as bar:
+            for x, labels, errors in it:
+                bad = [e for e in errors if e]
+                if bad:
+                    raise ConversionError(bad[0])
+                with torch.inference_mode():
+                    logits = model(x.to(device, non_blocking=True))
+                top = logits.topk(k, dim=1).indices.cpu()
+                target = labels.long() + space.offset  # 1001 classes: label + 1, all outputs ranked
+                c1 += int((top[:, 0] == target).sum())
+                c5 += int((top == target[:, None]).any(dim=1).sum())
+                seen += len(labels)
+                bar.update(len(labels))
+    finally:
+        del it  # shuts the workers down now, also on errors
+    seconds = time.perf_counter() - start
+    return EvalResult(top1=100.0 * c1 / seen, top5=100.0 * c5 / seen, top1_correct=c1, top5_correct=c5,
+                      images=seen, seconds=seconds, images_per_s=seen / seconds if seconds > 0 else float("inf"))
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise ConversionError(f"--limit must be at least 1, got {args.limit}")
+    if args.workers < 0:
+        raise ConversionError(f"--workers must be 0 or more, got {args.workers}")
+    out = Path(args.json) if args.json else None
+    if out is not None and not out.parent.is_dir():  # say so before an hour of evaluation
+        raise ConversionError(f"--json {out}: folder {out.parent} does not exist")
+    weights, root, labels = Path(args.weights), Path(args.dir), Path(args.labels) if args.labels else None
+    if not weights.is_file():
+        raise ConversionError(f"{weights}: no such file")
+    items = None
+    if weights.suffix == ".safetensors":  # class count from the header: folder errors before a long load
+        try:
+            n = decode(read_safetensors_metadata(weights)).get("num_classes")
+        except ValueError:  # malformed metadata: load_model says what is wrong
+            n = None
+        if isinstance(n, int):
+            items = collect_images(root, labels, label_space(n))
+    model, device, space = _load(args)
+    if items is None:
+        items = collect_images(root, labels, space)
+    if args.limit is not None:
+        items = items[:args.limit]
+    r = evaluate_items(model, items, space, batch_size=args.batch_size, workers=args.workers, device=device,
+                       mode=args.preprocess, progress=not args.quiet and sys.stderr.isatty())
+    cfg = model.pretrained_cfg
+    print(f"top-1: {r.top1:.2f}% ({r.top1_correct}/{r.images})")
+    print(f"top-5: {r.top5:.2f}% ({r.top5_correct}/{r.images})")
+    print(f"images: {r.images} in {r.seconds:.1f} s, {r.images_per_s:.1f} images/s "
+          f"({cfg['variant']}_{cfg['flavor']}, {args.preprocess} preprocessing, {device}, {args.workers} workers)")
+    if out is not None:
+        doc = {"top1": r.top1, "top5": r.top5, "top1_correct": r.top1_correct, "top5_correct": r.top5_correct,
+               "images": r.images, "images_per_s": r.images_per_s, "seconds": r.seconds,
+               "weights": str(Path(args.weights).resolve()), "preprocess": args.preprocess,
+               "variant": cfg["variant"], "flavor": cfg["flavor"], "num_classes": int(cfg["num_classes"]),
+               "dir": str(Path(args.dir).resolve()), "device": device, "batch_size": args.batch_size,
+               "workers": args.workers}
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        os.replace(tmp, out)
+        print(f"wrote {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- entry
+
+
+def main(argv: Sequence[str]) -> int:
+    """``argv[0]`` is the subcommand (predict or evaluate); errors are raised as ConversionError."""
+    argv = list(argv)
+    if not argv or argv[0] not in ("predict", "evaluate"):
+        raise ConversionError("usage: convert-effnet predict IMAGE... --weights FILE | "
+                              "convert-effnet evaluate DIR --weights FILE")
+    if argv[0] == "predict":
+        return run_predict(_predict_parser().parse_args(argv[1:]))
+    return run_evaluate(_evaluate_parser().parse_args(argv[1:]))
