@@ -396,3 +396,19 @@ def test_infer_variant_rules():
         infer_variant(Names(["resnet50/conv1/kernel"]))
     with pytest.raises(ConversionError, match="scopes"):
         infer_variant(Names(["efficientnet-b0/a", "efficientnet-b1/b"]))
+
+
+def test_safetensors_conversion_imports_neither_torch_nor_tensorflow(root, tmp_path):
+    """The default path is numpy-only: the own bundle reader and the streaming writer."""
+    prefix = make_checkpoint(root, "b0")
+    code = (
+        "import sys\n"
+        "from converter.cli import main\n"
+        f"rc = main(['--variant', 'b0', '--flavor', 'aa', '--checkpoint', {str(prefix)!r}, '--output-dir', {str(tmp_path)!r}, '--quiet'])\n"
+        "print(rc, 'torch' in sys.modules, 'tensorflow' in sys.modules)\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=str(repo), env=dict(os.environ, PYTHONPATH=str(repo)))
+    assert proc.stdout.split()[-3:] == ["0", "False", "False"], proc.stdout + proc.stderr
+    _check_values(tmp_path / "efficientnet-b0_aa.safetensors", prefix, "b0")
