@@ -6,7 +6,7 @@ VARIANT ?= b0
 FLAVOR ?=
 PYTEST_ARGS ?=
 
-.PHONY: install install-test test convert parity
+.PHONY: install install-test test convert parity notf-env
 
 install:            ## convert-effnet ready (runtime dependencies + the package, editable)
 	$(PIP) install -q -r requirements.txt
@@ -15,8 +15,15 @@ install:            ## convert-effnet ready (runtime dependencies + the package,
 install-test: install
 	$(PIP) install -q -r requirements-test.txt
 
-test: install-test  ## the test suite CI runs (no network, no GPU needed)
-	$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+# A second environment without TensorFlow: conversion must work there (tests/test_without_tensorflow.py)
+NOTF_VENV ?= .venv-notf
+notf-env:
+	test -x $(NOTF_VENV)/bin/python || $(PYTHON) -m venv $(NOTF_VENV)
+	$(NOTF_VENV)/bin/python -m pip install -q -r requirements-core.txt
+	$(NOTF_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+
+test: install-test notf-env  ## the test suite CI runs (no network, no GPU needed)
+	EFFNET_NOTF_PYTHON=$(abspath $(NOTF_VENV))/bin/python $(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 convert:            ## make convert VARIANT=b4 FLAVOR=advprop [OUT=converted]
 	convert-effnet --variant $(VARIANT) $(if $(FLAVOR),--flavor $(FLAVOR)) --output-dir $(OUT)

@@ -160,6 +160,10 @@ def run_convert(args: argparse.Namespace) -> int:
 
     if not args.variant and not args.flavor and not args.checkpoint:
         raise ConversionError("--variant is required (e.g. convert-effnet --variant b4 --flavor advprop); see --list")
+    if args.verify:  # before any download or conversion
+        from .verify import require_tensorflow
+
+        require_tensorflow()
     reader = prefix = None
     if args.checkpoint and not args.variant:
         prefix = sources.resolve_checkpoint(args.checkpoint)

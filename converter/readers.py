@@ -37,7 +37,8 @@ def _quiet_tensorflow():
         import tensorflow as tf  # noqa: WPS433
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ConversionError(
-            f"reading TensorFlow checkpoints needs tensorflow ({e}); install it with: pip install tensorflow-cpu") from None
+            f"--reader tf needs TensorFlow ({e}): pip install 'effnet-convert[verify]' "
+            "(or tensorflow-cpu), or use the default --reader bundle") from None
     return tf
 
 

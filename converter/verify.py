@@ -117,7 +117,17 @@ def _tf_env(device: str) -> Dict[str, str]:
     return env
 
 
+def require_tensorflow() -> None:
+    """One clear line when the verification stage's TensorFlow is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ConversionError("the verification stage needs TensorFlow: pip install 'effnet-convert[verify]' "
+                              "(or pip install tensorflow-cpu); conversion itself does not")
+
+
 def _run_tf(module: str, args: List[str], device: str, timeout: Optional[float] = None) -> None:
+    require_tensorflow()
     cmd = [sys.executable, "-m", module] + args
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_tf_env(device), timeout=timeout)
     if proc.returncode != 0:
