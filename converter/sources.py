@@ -69,16 +69,28 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else DEFAULT_CACHE.expanduser()
 
 
+# sha256 of files already hashed by this process, keyed by (path, device, inode, size, mtime_ns):
+# a conversion from the cache checks, names and records the same tarball; hash it once
+_HASHED: dict = {}
+
+
 def sha256_file(path: PathLike) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
+    """Hex sha256 of a file, read in chunks (remembered while the file's stat is unchanged)."""
     try:
         with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            key = (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if key in _HASHED:
+                return _HASHED[key]
+            h = hashlib.sha256()
             for block in iter(lambda: f.read(CHUNK_SIZE), b""):
                 h.update(block)
+            if os.fstat(f.fileno()).st_mtime_ns != st.st_mtime_ns:  # changed while read: do not remember
+                return h.hexdigest()
     except OSError as e:
         raise ConversionError(f"cannot read {path}: {_one_line(e.strerror or e)}") from e
-    return h.hexdigest()
+    _HASHED[key] = h.hexdigest()
+    return _HASHED[key]
 
 
 def _normalize_sha(value: Optional[str], what: str = "sha256") -> Optional[str]:

@@ -684,3 +684,24 @@ def test_fetch_concurrent_processes_download_once(server, monkeypatch, tmp_path,
     assert [o.strip() for o, _ in outs] == [str(want)] * 2
     assert want.read_bytes() == data
     assert entry.hits == 1
+
+
+def test_sha256_file_remembers_until_the_file_changes(tmp_path, monkeypatch):
+    import hashlib
+
+    f = tmp_path / "blob"
+    f.write_bytes(b"a" * 1000)
+    first = sources.sha256_file(f)
+    assert first == hashlib.sha256(b"a" * 1000).hexdigest()
+
+    class NoHash:
+        def __init__(self, *a):
+            raise AssertionError("hashed again")
+
+    monkeypatch.setattr(sources.hashlib, "sha256", NoHash)
+    assert sources.sha256_file(f) == first  # unchanged file: remembered
+    monkeypatch.undo()
+    f.write_bytes(b"b" * 1000)  # same size, new content
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert sources.sha256_file(f) == hashlib.sha256(b"b" * 1000).hexdigest()
