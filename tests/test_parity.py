@@ -53,9 +53,12 @@ def _convert_and_verify(root, tmp_path, variant, res, n):
     return prefix, weights, report
 
 
-@pytest.mark.parametrize("variant", list(CI_PARITY))
-def test_parity_every_architecture(variant, root, tmp_path):
-    res, n = CI_PARITY[variant]
+PARITY_CASES = [pytest.param(v, res, n, id=v) for v, (res, n) in CI_PARITY.items()] + [
+    pytest.param(v, res, n, id=f"{v}-full", marks=pytest.mark.slow) for v, (res, n) in FULL_PARITY.items()]
+
+
+@pytest.mark.parametrize("variant,res,n", PARITY_CASES)
+def test_parity_every_architecture(variant, res, n, root, tmp_path):
     _, weights, report = _convert_and_verify(root, tmp_path, variant, res, n)
     print(report.summary())
     assert report.passed, report.failures
@@ -64,15 +67,6 @@ def test_parity_every_architecture(variant, root, tmp_path):
     assert report.logit_std > 0.05  # logits with real spread: a collapsed model would prove nothing
     saved = json.loads((tmp_path / weights.name.replace(".safetensors", ".verify.json")).read_text())
     assert saved["passed"] is True and saved["rel_error"] == report.rel_error
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", list(FULL_PARITY))
-def test_parity_full_size(variant, root, tmp_path):
-    res, n = FULL_PARITY[variant]
-    _, _, report = _convert_and_verify(root, tmp_path, variant, res, n)
-    print(report.summary())
-    assert report.passed, report.failures
 
 
 # ---- the CLI and negative tests on b0 -------------------------------------------------------
