@@ -6,7 +6,7 @@ VARIANT ?= b0
 FLAVOR ?=
 PYTEST_ARGS ?=
 
-.PHONY: install install-test test convert parity notf-env
+.PHONY: install install-test test convert parity notf-env libs-env
 
 install:            ## convert-effnet ready (runtime dependencies + the package, editable)
 	$(PIP) install -q -r requirements.txt
@@ -19,11 +19,25 @@ install-test: install
 NOTF_VENV ?= .venv-notf
 notf-env:
 	test -x $(NOTF_VENV)/bin/python || $(PYTHON) -m venv $(NOTF_VENV)
-	$(NOTF_VENV)/bin/python -m pip install -q -r requirements-core.txt
+	$(NOTF_VENV)/bin/python -m pip install -q -r requirements-core.txt $$(grep -E '^pytest==' requirements-test.txt)
 	$(NOTF_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 
-test: install-test notf-env  ## the test suite CI runs (no network, no GPU needed)
-	EFFNET_NOTF_PYTHON=$(abspath $(NOTF_VENV))/bin/python $(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+# A third environment with the libraries whose layouts --layout writes (timm, mmpretrain): the
+# tests load converted files with them there (tests/test_layouts.py). torch/torchvision/timm from
+# requirements-libs.txt, then mmpretrain/mmengine/mmcv-lite and their import-time needs without
+# their declared dependencies. Rebuilt only when a requirements file changes.
+LIBS_VENV ?= .venv-libs
+libs-env: $(LIBS_VENV)/.built
+$(LIBS_VENV)/.built: requirements-libs.txt requirements-libs-nodeps.txt
+	test -x $(LIBS_VENV)/bin/python || $(PYTHON) -m venv $(LIBS_VENV)
+	$(LIBS_VENV)/bin/python -m pip install -q -r requirements-libs.txt
+	$(LIBS_VENV)/bin/python -m pip install -q --no-deps -r requirements-libs-nodeps.txt
+	$(LIBS_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(LIBS_VENV)/bin/python -c "import timm, mmpretrain, mmengine.runner"
+	touch $@
+
+test: install-test notf-env libs-env  ## the test suite CI runs (no network, no GPU needed)
+	EFFNET_NOTF_PYTHON=$(abspath $(NOTF_VENV))/bin/python EFFNET_LIBS_PYTHON=$(abspath $(LIBS_VENV))/bin/python $(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 convert:            ## make convert VARIANT=b4 FLAVOR=advprop [OUT=converted]
 	convert-effnet --variant $(VARIANT) $(if $(FLAVOR),--flavor $(FLAVOR)) --output-dir $(OUT)

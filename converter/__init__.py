@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 from .errors import ConversionError, VerificationError  # noqa: E402
 
 
-def build_model(variant, num_classes=1000):
+def build_model(variant, num_classes=None):
     """A PyTorch EfficientNet for ``variant`` (see converter.model.build_model)."""
     from .model import build_model as _build
 

@@ -127,10 +127,19 @@ class Block:
     out_channels: int
     se_channels: int  # 0: no squeeze-excitation
     residual: bool
+    # efficientnet_model.MBConvBlockWithoutDepthwise (block string ``c1``): a regular kxk
+    # expand conv (stride 1), no depthwise conv, no SE, the stride on the 1x1 project conv
+    fused: bool = False
+    # condconv_layers: number of experts of the block's conditional convs (``cc``), 0: none
+    experts: int = 0
 
     @property
     def has_expand(self) -> bool:
         return self.expand_ratio != 1
+
+    @property
+    def condconv(self) -> bool:
+        return self.experts > 0
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,11 @@ class ArchSpec:
     activation: str = "swish"
     bn_eps: float = BN_EPS_TF
     num_classes: int = 1000
+    use_se: bool = True  # GlobalParams.use_se (False: Lite, EdgeTPU)
+    fix_head_stem: bool = False  # GlobalParams.fix_head_stem (Lite): stem/head and first/last repeats unscaled
+    local_pooling: bool = False  # GlobalParams.local_pooling (Lite, EdgeTPU): head pooled by avg_pool
+    condconv_experts: int = 0  # GlobalParams.condconv_num_experts (CondConv)
+    family: str = "efficientnet"  # efficientnet, lite, edgetpu, condconv
 
     def round_filters(self, filters: int) -> int:
         """efficientnet_builder.round_filters (min_depth None, depth_divisor 8)."""
@@ -169,26 +183,51 @@ class ArchSpec:
 
     @property
     def stem_channels(self) -> int:
-        return self.round_filters(self.stem_filters)
+        # efficientnet_model.Model._build: round_filters(32, gp, self._fix_head_stem)
+        return self.stem_filters if self.fix_head_stem else self.round_filters(self.stem_filters)
 
     @property
     def head_channels(self) -> int:
-        return self.round_filters(self.head_filters)
+        return self.head_filters if self.fix_head_stem else self.round_filters(self.head_filters)
 
     def blocks(self) -> List[Block]:
-        """Expand the block strings as efficientnet_model.Model._build does."""
+        """Expand the block strings as efficientnet_model.Model._build does.
+
+        ``in_channels`` is what actually arrives (the stem or the previous block), while the
+        expanded width, SE width and residual test use the block string's (rounded) input
+        filters, as the official blocks do: they differ for EdgeTPU's first block (stem 32,
+        ``i24``) and Lite's (fixed stem 32, ``i32`` scaled by width). Without an expand conv
+        the depthwise conv runs on the actual input channels.
+        """
         out: List[Block] = []
+        prev = self.stem_channels
+        n_stages = len(self.block_strings)
         for stage, code in enumerate(self.block_strings):
             args = BlockArgs.decode(code)
+            if args.super_pixel or args.fused_conv:
+                raise ConversionError(
+                    f"block string {code!r}: super-pixel / fused_conv blocks are not supported")
+            if args.conv_type not in (0, 1):
+                raise ConversionError(f"block string {code!r}: unknown conv type c{args.conv_type}")
             in_ch = self.round_filters(args.input_filters)
             out_ch = self.round_filters(args.output_filters)
-            repeats = self.round_repeats(args.num_repeat)
+            if self.fix_head_stem and stage in (0, n_stages - 1):
+                repeats = args.num_repeat  # efficientnet_model.Model._build with fix_head_stem
+            else:
+                repeats = self.round_repeats(args.num_repeat)
+            fused = args.conv_type == 1
+            experts = self.condconv_experts if args.condconv else 0
+            if args.condconv and not experts:
+                raise ConversionError(f"block string {code!r}: CondConv block but the model has no experts")
+            if fused and args.condconv:
+                raise ConversionError(f"block string {code!r}: fused CondConv blocks are not supported")
             for j in range(repeats):
                 stride = args.strides[0] if j == 0 else 1
-                cin = in_ch if j == 0 else out_ch
-                mid = cin * args.expand_ratio
-                has_se = args.se_ratio is not None and 0 < args.se_ratio <= 1
-                se = max(1, int(cin * args.se_ratio)) if has_se else 0
+                args_in = in_ch if j == 0 else out_ch
+                mid = args_in * args.expand_ratio if args.expand_ratio != 1 else prev
+                has_se = (self.use_se and not fused and args.se_ratio is not None
+                          and 0 < args.se_ratio <= 1)
+                se = max(1, int(args_in * args.se_ratio)) if has_se else 0
                 out.append(
                     Block(
                         index=len(out),
@@ -197,13 +236,16 @@ class ArchSpec:
                         kernel_size=args.kernel_size,
                         stride=stride,
                         expand_ratio=args.expand_ratio,
-                        in_channels=cin,
+                        in_channels=prev,
                         mid_channels=mid,
                         out_channels=out_ch,
                         se_channels=se,
-                        residual=args.id_skip and stride == 1 and cin == out_ch,
+                        residual=args.id_skip and stride == 1 and args_in == out_ch,
+                        fused=fused,
+                        experts=experts,
                     )
                 )
+                prev = out_ch
         return out
 
     def with_classes(self, num_classes: int) -> "ArchSpec":
@@ -213,6 +255,52 @@ class ArchSpec:
 def _spec(name: str, width: float, depth: float, res: int, dropout: float, scope: Optional[str] = None) -> ArchSpec:
     return ArchSpec(name=name, width=width, depth=depth, resolution=res, dropout=dropout,
                     scope=scope or f"efficientnet-{name}")
+
+
+# tensorflow/tpu lite/efficientnet_lite_builder.efficientnet_lite: the base blocks (their se0.25
+# is ignored: use_se=False), relu6, fix_head_stem, local_pooling
+def _lite(name: str, width: float, depth: float, res: int, dropout: float) -> ArchSpec:
+    return ArchSpec(name=name, width=width, depth=depth, resolution=res, dropout=dropout,
+                    scope=f"efficientnet-{name}", activation="relu6", use_se=False,
+                    fix_head_stem=True, local_pooling=True, family="lite")
+
+
+# tensorflow/tpu edgetpu/efficientnet_edgetpu_builder.efficientnet_edgetpu: blocks_args
+EDGETPU_BLOCKS = (
+    "r1_k3_s11_e4_i24_o24_c1_noskip",
+    "r2_k3_s22_e8_i24_o32_c1",
+    "r4_k3_s22_e8_i32_o48_c1",
+    "r5_k5_s22_e8_i48_o96",
+    "r4_k5_s11_e8_i96_o144",
+    "r2_k5_s22_e8_i144_o192",
+)
+
+
+# efficientnet_edgetpu: relu, use_se=False, local_pooling, num_classes=1001 (background + 1000)
+def _edgetpu(size: str, width: float, depth: float, res: int, dropout: float) -> ArchSpec:
+    return ArchSpec(name=f"edgetpu-{size.lower()}", width=width, depth=depth, resolution=res,
+                    dropout=dropout, scope=f"efficientnet-edgetpu-{size}", block_strings=EDGETPU_BLOCKS,
+                    activation="relu", use_se=False, local_pooling=True, num_classes=1001,
+                    family="edgetpu")
+
+
+# tensorflow/tpu condconv/efficientnet_condconv_builder.efficientnet_condconv: blocks_args
+CONDCONV_BLOCKS = (
+    "r1_k3_s11_e1_i32_o16_se0.25",
+    "r2_k3_s22_e6_i16_o24_se0.25",
+    "r2_k5_s22_e6_i24_o40_se0.25",
+    "r3_k3_s22_e6_i40_o80_se0.25",
+    "r3_k5_s11_e6_i80_o112_se0.25_cc",
+    "r4_k5_s22_e6_i112_o192_se0.25_cc",
+    "r1_k3_s11_e6_i192_o320_se0.25_cc",
+)
+
+
+# efficientnet_condconv: swish, SE, condconv_num_experts
+def _condconv(name: str, width: float, depth: float, res: int, dropout: float, experts: int) -> ArchSpec:
+    return ArchSpec(name=name, width=width, depth=depth, resolution=res, dropout=dropout,
+                    scope=f"efficientnet-{name}", block_strings=CONDCONV_BLOCKS,
+                    condconv_experts=experts, family="condconv")
 
 
 # tensorflow/tpu efficientnet_builder.efficientnet_params:
@@ -232,8 +320,26 @@ ARCHS: Dict[str, ArchSpec] = {
         _spec("l2", 4.3, 5.3, 800, 0.5),
         # The NoisyStudent L2 released at 475 px: same weights layout and scope as l2.
         _spec("l2-475", 4.3, 5.3, 475, 0.5, scope="efficientnet-l2"),
+        # lite/efficientnet_lite_builder.efficientnet_lite_params
+        _lite("lite0", 1.0, 1.0, 224, 0.2),
+        _lite("lite1", 1.0, 1.1, 240, 0.2),
+        _lite("lite2", 1.1, 1.2, 260, 0.3),
+        _lite("lite3", 1.2, 1.4, 280, 0.3),
+        _lite("lite4", 1.4, 1.8, 300, 0.3),
+        # edgetpu/efficientnet_edgetpu_builder.efficientnet_edgetpu_params
+        _edgetpu("S", 1.0, 1.0, 224, 0.2),
+        _edgetpu("M", 1.0, 1.1, 240, 0.2),
+        _edgetpu("L", 1.2, 1.4, 300, 0.3),
+        # condconv/efficientnet_condconv_builder.efficientnet_condconv_params
+        # (width, depth, resolution, dropout, condconv_num_experts)
+        _condconv("condconv-b0-4e", 1.0, 1.0, 224, 0.25, 4),
+        _condconv("condconv-b0-8e", 1.0, 1.0, 224, 0.25, 8),
+        _condconv("condconv-b0-8e-depth", 1.0, 1.1, 224, 0.25, 8),
     )
 }
+
+# architectures of the main family (the ones with several released flavors)
+MAIN_FAMILY = tuple(k for k, v in ARCHS.items() if v.family == "efficientnet")
 
 
 def get_arch(variant: str) -> ArchSpec:
@@ -260,16 +366,27 @@ def same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
 
 
 def count_params(spec: ArchSpec) -> int:
-    """Parameters of the inference model (BN moving statistics not counted)."""
+    """Parameters of the inference model (BN moving statistics not counted).
+
+    CondConv kernels count once per expert, plus the routing dense (kernel and bias).
+    """
     n = 3 * 3 * 3 * spec.stem_channels + 2 * spec.stem_channels
     for b in spec.blocks():
+        e = b.experts or 1
+        if b.condconv:
+            n += b.in_channels * b.experts + b.experts  # routing dense
+        if b.fused:
+            if b.has_expand:
+                n += b.kernel_size ** 2 * b.in_channels * b.mid_channels + 2 * b.mid_channels
+            n += b.mid_channels * b.out_channels + 2 * b.out_channels
+            continue
         if b.has_expand:
-            n += b.in_channels * b.mid_channels + 2 * b.mid_channels
-        n += b.kernel_size ** 2 * b.mid_channels + 2 * b.mid_channels
+            n += e * b.in_channels * b.mid_channels + 2 * b.mid_channels
+        n += e * b.kernel_size ** 2 * b.mid_channels + 2 * b.mid_channels
         if b.se_channels:
             n += b.mid_channels * b.se_channels + b.se_channels
             n += b.se_channels * b.mid_channels + b.mid_channels
-        n += b.mid_channels * b.out_channels + 2 * b.out_channels
+        n += e * b.mid_channels * b.out_channels + 2 * b.out_channels
     last = spec.blocks()[-1].out_channels
     n += last * spec.head_channels + 2 * spec.head_channels
     n += spec.head_channels * spec.num_classes + spec.num_classes
@@ -277,7 +394,10 @@ def count_params(spec: ArchSpec) -> int:
 
 
 def count_macs(spec: ArchSpec, resolution: Optional[int] = None) -> int:
-    """Multiply-adds of one forward pass (convs, SE and the classifier), as the paper counts FLOPs."""
+    """Multiply-adds of one forward pass (convs, SE, routing and the classifier), as the paper counts FLOPs.
+
+    A CondConv layer costs what one conv of its shape costs (plus the kernel mixing, not counted).
+    """
     size = resolution or spec.resolution
 
     def down(s: int, stride: int) -> int:
@@ -286,6 +406,14 @@ def count_macs(spec: ArchSpec, resolution: Optional[int] = None) -> int:
     size = down(size, 2)
     macs = size * size * 3 * 3 * 3 * spec.stem_channels
     for b in spec.blocks():
+        if b.condconv:
+            macs += b.in_channels * b.experts
+        if b.fused:
+            if b.has_expand:
+                macs += size * size * b.kernel_size ** 2 * b.in_channels * b.mid_channels
+            size = down(size, b.stride)
+            macs += size * size * b.mid_channels * b.out_channels
+            continue
         if b.has_expand:
             macs += size * size * b.in_channels * b.mid_channels
         size = down(size, b.stride)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import sys
@@ -20,14 +19,18 @@ def _convert_parser() -> argparse.ArgumentParser:
         prog="convert-effnet",
         description="Convert an official TensorFlow EfficientNet checkpoint into PyTorch weights.",
         epilog="Subcommands: convert-effnet verify --weights FILE --checkpoint PATH; "
-               "convert-effnet predict IMAGE... --weights FILE; convert-effnet evaluate DIR --weights FILE. "
+               "convert-effnet predict IMAGE... --weights FILE; convert-effnet evaluate DIR --weights FILE; "
+               "convert-effnet export --weights FILE --onnx OUT.onnx [--torchscript OUT.pt]. "
                "Without --checkpoint the official tarball is downloaded into $EFFNET_CACHE "
                "(default ~/.cache/effnet-convert).")
-    p.add_argument("--variant", help="b0..b8, l2, l2-475")
+    p.add_argument("--variant", help="b0..b8, l2, l2-475, lite0..lite4, edgetpu-s/m/l, condconv-b0-4e/-8e/-8e-depth")
     p.add_argument("--flavor", help="standard, aa, advprop, noisystudent, randaug, or a zoo model name")
     p.add_argument("--checkpoint", help="checkpoint prefix, a folder holding model.ckpt*, or the official .tar.gz")
     p.add_argument("--output-dir", default=".", help="where to write (default: current folder)")
     p.add_argument("--format", default="safetensors", choices=("safetensors", "pth", "both"))
+    p.add_argument("--layout", default="native",
+                   help="state_dict keys of the output: native (default, converter.load_model), "
+                        "timm (tf_efficientnet_*), mmpretrain (its EfficientNet zoo models)")
     p.add_argument("--no-ema", action="store_true", help="take the raw weights instead of their EMA twins")
     p.add_argument("--num-classes", type=int,
                    help="classes of the converted classifier; must agree with the checkpoint (default: read from it)")
@@ -107,15 +110,12 @@ def list_checkpoints(out=None) -> None:
     out.write("GFLOPs: multiply-adds of one image at the native resolution, computed from the architecture.\n")
 
 
-def _hash_checkpoint_files(prefix: str) -> str:
-    """sha256 over the .index file then each .data shard, in order."""
-    h = hashlib.sha256()
+def _hash_checkpoint_files(prefix: str):
+    """sha256 over the .index file then each .data shard, in order: computed beside the conversion."""
+    from .pipeline import Deferred, sha256_files
+
     files = [Path(prefix + ".index")] + sorted(Path(prefix).parent.glob(Path(prefix).name + ".data-*"))
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    return Deferred.run(sha256_files, files)
 
 
 def infer_variant(reader) -> str:
@@ -151,23 +151,43 @@ def _checkpoint_classes(reader, spec, args) -> int:
     return n
 
 
+def _open_source(path: str, args: argparse.Namespace):
+    """(reader, prefix) for --checkpoint: a tarball is read as a stream, without extracting it,
+    unless the TensorFlow side needs files (--verify, --reader tf); ``prefix`` is None then."""
+    from . import sources
+    from .readers import READER_ENV, open_reader
+
+    p = Path(path).expanduser()
+    kind = (args.reader or os.environ.get(READER_ENV) or "bundle").lower()
+    if p.is_file() and sources.is_tarball(p) and not args.verify and kind == "bundle":
+        from .tarball import TarballReader
+
+        return TarballReader(p), None
+    prefix = sources.resolve_checkpoint(path)
+    return open_reader(prefix, args.reader), prefix
+
+
 def run_convert(args: argparse.Namespace) -> int:
     from . import sources
     from .arch import get_arch
     from .convert import convert, output_paths
-    from .readers import open_reader
+    from .pipeline import Deferred
     from .zoo import find_checkpoint
 
     if not args.variant and not args.flavor and not args.checkpoint:
         raise ConversionError("--variant is required (e.g. convert-effnet --variant b4 --flavor advprop); see --list")
+    if args.checkpoint:
+        from .keras import is_keras_file, run_convert_keras
+
+        if is_keras_file(args.checkpoint):  # a keras.applications EfficientNet .h5 / .weights.h5
+            return run_convert_keras(args)
     if args.verify:  # before any download or conversion
         from .verify import require_tensorflow
 
         require_tensorflow()
     reader = prefix = None
     if args.checkpoint and not args.variant:
-        prefix = sources.resolve_checkpoint(args.checkpoint)
-        reader = open_reader(prefix, args.reader)
+        reader, prefix = _open_source(args.checkpoint, args)
         args.variant = infer_variant(reader)
         log.info("variant %s (from the checkpoint's scope)", args.variant)
     if args.checkpoint and not args.flavor:
@@ -175,8 +195,10 @@ def run_convert(args: argparse.Namespace) -> int:
     else:
         ckpt = find_checkpoint(args.variant, args.flavor)
     spec = get_arch(ckpt.variant)
+    from .mapping import check_variant, output_stem
 
-    fmt_paths = output_paths(Path(args.output_dir), ckpt.name, args.format)
+    check_variant(spec, args.layout)  # an unknown layout, or a variant its library lacks: before any download
+    fmt_paths = output_paths(Path(args.output_dir), output_stem(ckpt.name, args.layout), args.format)
     for p in fmt_paths:  # say so before downloading gigabytes
         if p.exists() and not args.force:
             raise ConversionError(f"{p} exists; pass --force to overwrite it")
@@ -184,22 +206,22 @@ def run_convert(args: argparse.Namespace) -> int:
     if args.checkpoint:
         src = Path(args.checkpoint)
         source = str(src.resolve()) if src.exists() else args.checkpoint
-        prefix = prefix or sources.resolve_checkpoint(args.checkpoint)
-        if src.is_file() and src.name.endswith((".tar.gz", ".tgz", ".tar")):
-            source_sha = sources.sha256_file(src)
+        if reader is None:
+            reader, prefix = _open_source(args.checkpoint, args)
+        if src.is_file() and sources.is_tarball(src):
+            source_sha = Deferred.run(sources.sha256_file, src)  # memoized: free when extraction hashed it
         else:
             source_sha = _hash_checkpoint_files(prefix)
     else:
         tarball = sources.fetch_checkpoint(ckpt, sha256=args.sha256, progress=not args.quiet)
         source = ckpt.download_url()
-        source_sha = sources.sha256_file(tarball)
-        prefix = sources.resolve_checkpoint(str(tarball))
+        source_sha = Deferred.run(sources.sha256_file, tarball)
+        reader, prefix = _open_source(str(tarball), args)
 
-    reader = reader or open_reader(prefix, args.reader)
     spec = spec.with_classes(_checkpoint_classes(reader, spec, args))
     cfg = ckpt.pretrained_cfg()
     cfg.update(source=source, source_sha256=source_sha)
-    result = convert(reader, spec, cfg, fmt_paths, use_ema=not args.no_ema, force=args.force,
+    result = convert(reader, spec, cfg, fmt_paths, layout=args.layout, use_ema=not args.no_ema, force=args.force,
                      allow_nonfinite=args.allow_nonfinite, progress=not args.quiet,
                      drop_background=args.drop_background)
     weights = "EMA" if result.selection.ema else "raw"
@@ -226,6 +248,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from . import predict
 
             return predict.main(argv)
+        if argv and argv[0] == "export":
+            from . import export
+
+            return export.main(argv[1:])
         if argv and argv[0] == "verify":
             from . import sources
 
@@ -235,6 +261,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.list:
             list_checkpoints()
             return 0
+        if args.all and args.layout != "native":
+            raise ConversionError("--all writes the native layout; convert one checkpoint at a time for --layout "
+                                  f"{args.layout}")
         if args.all:
             from .batch import run_all
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -14,11 +14,12 @@ from . import __version__
 from .arch import ArchSpec
 from .errors import ConversionError
 from .layout import tf_to_torch
-from .mapping import Entry, expand
+from .mapping import Entry, expand, is_classifier, resolve_condconv_names
 from .mappings.kinds import DENSE
-from .metadata import PTH_ATTRIBUTE, encode
+from .metadata import encode, pth_payload
 from .readers import CheckpointReader
-from .writer import STALE_TEMP_AGE_S, AtomicFile, remove_stale_temps, write_safetensors
+from .pipeline import Deferred, SyncingWriter, patch_header, prefetch
+from .writer import STALE_TEMP_AGE_S, AtomicFile, remove_stale_temps, safetensors_header, write_safetensors
 
 log = logging.getLogger("converter")
 
@@ -34,6 +35,7 @@ SKIP_RULES: Tuple[Tuple[str, "re.Pattern[str]"], ...] = (
 )
 
 FORMATS = ("safetensors", "pth")
+PREFETCH_DEPTH = 2  # tensors read and re-laid ahead of the writer (memory: a few tensors)
 _MAX_LISTED = 5
 
 
@@ -54,6 +56,7 @@ class Selection:
     ema: bool  # EMA twins were used (for every variable that has one)
     warnings: List[str] = field(default_factory=list)
     skipped: Dict[str, int] = field(default_factory=dict)
+    constants: List[Entry] = field(default_factory=list)  # tensors not read from the checkpoint (kinds.CONSTANTS)
 
 
 def _listing(items: Sequence[str]) -> str:
@@ -70,7 +73,7 @@ def checkpoint_num_classes(reader: CheckpointReader, spec: ArchSpec) -> Optional
     """Number of classes from the classifier's kernel in the checkpoint (None when absent)."""
     names = set(reader.names())
     for e in expand(spec):
-        if e.kind == DENSE and len(e.tf_shape) == 2:
+        if is_classifier(e) and len(e.tf_shape) == 2:
             for name in (e.tf_name + EMA_SUFFIX, e.tf_name):
                 if name in names:
                     return int(reader.shape(name)[-1])
@@ -112,10 +115,13 @@ def select(reader: CheckpointReader, spec: ArchSpec, layout: str = "native", use
             f"the checkpoint's classifier has {classes} classes but the model was asked for {spec.num_classes}"
             " (use --num-classes to match, or leave it out)")
 
-    entries = expand(spec, layout)
+    entries = resolve_condconv_names(expand(spec, layout), names)  # CondConv: both name forms
     consumed = set()
     missing, shape_errors, pairs, no_twin, no_raw = [], [], [], [], []
+    constants = [e for e in entries if e.const is not None]  # consume no checkpoint variable
     for e in entries:
+        if e.const is not None:
+            continue
         raw, twin = e.tf_name, e.tf_name + EMA_SUFFIX
         has_raw, has_twin = raw in name_set, twin in name_set
         consumed.update(n for n in (raw, twin) if n in name_set)
@@ -164,7 +170,7 @@ def select(reader: CheckpointReader, spec: ArchSpec, layout: str = "native", use
                         "(the official evaluation uses EMA weights; accuracy may be lower)")
     elif use_ema and no_twin:
         warnings.append(f"{len(no_twin)} variables have no EMA twin, their raw values are used: {_listing(no_twin)}")
-    return Selection(spec=spec, pairs=pairs, ema=ema_used, warnings=warnings, skipped=skipped)
+    return Selection(spec=spec, pairs=pairs, ema=ema_used, warnings=warnings, skipped=skipped, constants=constants)
 
 
 def output_shapes(selection: Selection, drop_background: bool = False) -> List[Tuple[str, Tuple[int, ...]]]:
@@ -172,10 +178,17 @@ def output_shapes(selection: Selection, drop_background: bool = False) -> List[T
     out = []
     for e, _ in selection.pairs:
         shape = e.shape
-        if drop_background and e.kind == DENSE:
+        if drop_background and is_classifier(e):
             shape = (shape[0] - 1,) + tuple(shape[1:])
         out.append((e.key, shape))
+    out += [(e.key, e.shape) for e in selection.constants]
     return out
+
+
+def output_specs(selection: Selection, drop_background: bool = False) -> List[Tuple[str, Tuple[int, ...], np.dtype]]:
+    """(key, PyTorch shape, dtype) of every output tensor, in write order."""
+    dtypes = {e.key: e.dtype for e in selection.constants}
+    return [(k, shape, np.dtype(dtypes.get(k, "float32"))) for k, shape in output_shapes(selection, drop_background)]
 
 
 def iter_tensors(reader: CheckpointReader, selection: Selection, allow_nonfinite: bool = False,
@@ -194,7 +207,7 @@ def iter_tensors(reader: CheckpointReader, selection: Selection, allow_nonfinite
             raise ConversionError(
                 f"{src} holds {bad} non-finite values (NaN/inf): refusing to convert; "
                 "pass --allow-nonfinite to convert anyway")
-        if drop_background and e.kind == DENSE:
+        if drop_background and is_classifier(e):
             value = value[..., 1:]  # TF layout: the class axis is last for kernel and bias
         out = tf_to_torch(value, e.kind)
         if out.shape != shape:  # the layout rule and the table disagree: a bug, not user input
@@ -202,6 +215,8 @@ def iter_tensors(reader: CheckpointReader, selection: Selection, allow_nonfinite
         if progress is not None:
             progress.update(1)
         yield e.key, out
+    for e in selection.constants:
+        yield e.key, np.array(e.const, dtype=e.dtype)
 
 
 def output_paths(output_dir: Path, stem: str, fmt: str) -> List[Path]:
@@ -247,26 +262,50 @@ def convert(reader: CheckpointReader, spec: ArchSpec, cfg: Dict[str, object], ou
                 converter_version=__version__)
     if drop_background:
         meta["background_dropped"] = "true"
-    encoded = encode(meta)
+    # values computed beside the conversion (the source's sha256): placeholders now, patched at the end
+    deferred = {k: v for k, v in meta.items() if isinstance(v, Deferred)}
+    encoded = encode({k: (v.placeholder if k in deferred else v) for k, v in meta.items()})
+    order = getattr(reader, "read_order", None)
+    if order is not None:  # a sequential source (a .tar.gz stream): read in its order
+        rank = {name: i for i, name in enumerate(order([src for _, src in selection.pairs]))}
+        selection = replace(selection, pairs=sorted(selection.pairs, key=lambda p: rank[p[1]]))
 
     outputs[0].parent.mkdir(parents=True, exist_ok=True)
     for p in outputs:  # temp files of writers killed earlier (dead PIDs, old enough)
         remove_stale_temps(p, min_age_s=STALE_TEMP_AGE_S)
     files = [AtomicFile(p) for p in outputs]
     bar = _progress_bar(len(selection.pairs), spec.name) if progress else None
+    tensors = None
     try:
-        tensors = iter_tensors(reader, selection, allow_nonfinite, bar, drop_background)
+        # reading + re-laying runs a few tensors ahead of the writer, in its own thread
+        tensors = prefetch(iter_tensors(reader, selection, allow_nonfinite, bar, drop_background),
+                           depth=PREFETCH_DEPTH)
         st = [f for f in files if f.path.suffix == ".safetensors"]
         pth = [f for f in files if f.path.suffix == ".pth"]
         if st:
-            specs = [(k, shape, np.dtype("float32")) for k, shape in output_shapes(selection, drop_background)]
+            specs = output_specs(selection, drop_background)
             with open(st[0].tmp, "wb") as fh:
-                write_safetensors(fh, specs, tensors, encoded)
+                out = SyncingWriter(fh)
+                try:
+                    write_safetensors(out, specs, tensors, encoded)
+                    out.finish()
+                except BaseException:
+                    out.abandon()
+                    raise
+        if deferred:
+            for k, d in deferred.items():
+                meta[k] = d.result()
+            if st:
+                head, _ = safetensors_header(specs, encoded)
+                patch_header(st[0].tmp, head, [(k, d.placeholder, meta[k]) for k, d in deferred.items()])
+            encoded = encode(meta)
         if pth:
             _write_pth(pth[0].tmp, st[0].tmp if st else None, tensors if not st else None, encoded)
         for f in files:
             f.commit()
     finally:
+        if tensors is not None:
+            tensors.close()
         if bar is not None:
             bar.close()
         for f in files:
@@ -289,8 +328,7 @@ def _write_pth(tmp: Path, safetensors_file: Optional[Path], tensors, encoded: Di
     else:
         for k, arr in tensors:
             sd[k] = torch.from_numpy(arr)
-    setattr(sd, PTH_ATTRIBUTE, dict(encoded))
-    torch.save(sd, tmp)
+    torch.save(pth_payload(sd, encoded), tmp)
 
 
 def _progress_bar(total: int, name: str):

@@ -10,7 +10,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 from .errors import ConversionError
-from .mappings.kinds import CONV, CONV_BIAS, DENSE, DWCONV
+from .mappings.kinds import CONDCONV, CONV, CONV_BIAS, DENSE, DWCONDCONV, DWCONV
 
 
 def torch_shape(kind: str, tf_shape: Sequence[int]) -> Tuple[int, ...]:
@@ -27,6 +27,8 @@ def torch_shape(kind: str, tf_shape: Sequence[int]) -> Tuple[int, ...]:
     if kind == DENSE and len(tf_shape) == 2:
         cin, cout = tf_shape
         return (cout, cin)
+    if kind in (CONDCONV, DWCONDCONV) and len(tf_shape) == 2:
+        return tf_shape  # [experts, flattened kernel], kept in TF order
     raise ConversionError(f"no layout rule for a {kind} variable of shape {list(tf_shape)}")
 
 
@@ -42,6 +44,8 @@ def tf_to_torch(array: np.ndarray, kind: str) -> np.ndarray:
         out = array.transpose(2, 3, 0, 1).reshape(c * m, 1, kh, kw)
     elif kind == DENSE and array.ndim == 2:
         out = array.T
+    elif kind in (CONDCONV, DWCONDCONV) and array.ndim == 2:
+        out = array  # [experts, flattened kernel], kept in TF order
     else:
         raise ConversionError(f"no layout rule for a {kind} variable of shape {list(array.shape)}")
     return np.ascontiguousarray(out)
@@ -58,6 +62,8 @@ def torch_to_tf(array: np.ndarray, kind: str, multiplier: int = 1) -> np.ndarray
         out = array.reshape(cm // multiplier, multiplier, kh, kw).transpose(2, 3, 0, 1)
     elif kind == DENSE and array.ndim == 2:
         out = array.T
+    elif kind in (CONDCONV, DWCONDCONV) and array.ndim == 2:
+        out = array
     else:
         raise ConversionError(f"no layout rule for a {kind} tensor of shape {list(array.shape)}")
     return np.ascontiguousarray(out)

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Dict, Tuple
 
 from .errors import ConversionError
-from .metadata import PTH_ATTRIBUTE, REQUIRED, decode
+from .metadata import REQUIRED, decode, pth_unpack
 from .writer import read_safetensors_metadata
 
 
@@ -29,7 +29,7 @@ def read_weights(path) -> Tuple[Dict[str, "object"], Dict[str, object]]:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:
             raise ConversionError(f"cannot read {path} as a PyTorch state_dict: {str(e).splitlines()[0][:200]}") from None
-        meta = getattr(sd, PTH_ATTRIBUTE, None) or {}
+        sd, meta = pth_unpack(sd)  # a plain state_dict, or mmengine's {"state_dict", "meta"} (mmpretrain layout)
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise ConversionError(f"{path} has no effnet-convert metadata ({', '.join(missing)} missing): "
@@ -38,12 +38,18 @@ def read_weights(path) -> Tuple[Dict[str, "object"], Dict[str, object]]:
 
 
 def load_model(path, device: str = "cpu"):
-    """The converted model in eval mode, weights loaded strictly, ``model.pretrained_cfg`` set."""
+    """The converted model in eval mode, weights loaded strictly, ``model.pretrained_cfg`` set.
+
+    A timm / mmpretrain layout file is re-keyed to the native model (mapping.to_native).
+    """
     from .model import build_model
 
     sd, cfg = read_weights(path)
-    if cfg.get("layout", "native") != "native":
-        raise ConversionError(f"{path} is in the {cfg['layout']} layout; load it with that library")
+    if cfg.get("layout", "native") != "native":  # timm / mmpretrain: the same tensors under other keys
+        from .arch import get_arch
+        from .mapping import to_native
+
+        sd = to_native(sd, get_arch(cfg["variant"]).with_classes(int(cfg["num_classes"])), cfg["layout"])
     model = build_model(cfg["variant"], num_classes=int(cfg["num_classes"]))
     try:
         model.load_state_dict(sd, strict=True)

@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple, Union
+import re
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from .arch import ArchSpec, Block, get_arch
 from .errors import ConversionError
 from .layout import torch_shape
-from .mappings.kinds import VARIABLES
+from .mappings.kinds import CONDCONV, CONSTANTS, DENSE, DWCONDCONV, VARIABLES
+
+# official variable names that hold a kernel (the row's whole shape)
+KERNEL_VARIABLES = ("kernel", "depthwise_kernel", "condconv_kernel", "depthwise_condconv_kernel")
 
 # layout name -> table module under converter.mappings
-LAYOUTS = {"native": "efficientnet"}
+LAYOUTS = {"native": "efficientnet", "timm": "timm", "mmpretrain": "mmpretrain"}
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,10 @@ class Entry:
     kind: str  # kind of the target module (mappings/kinds.py)
     tf_shape: Tuple[int, ...]
     shape: Tuple[int, ...]  # PyTorch shape
+    # a tensor not read from the checkpoint (kinds.CONSTANTS, e.g. BN num_batches_tracked):
+    # its value and dtype; tf_name is "" and it consumes no checkpoint variable
+    const: Optional[int] = None
+    dtype: str = "float32"
 
 
 def load_table(layout: str):
@@ -43,7 +51,7 @@ def _rows(rows, scope: str, fmt: Dict[str, int], dims: Dict[str, int]) -> List[E
             continue  # no squeeze-excitation in this block
         tf_kernel = _resolve(shape, dims)
         for tf_var, torch_var in VARIABLES[kind]:
-            tf_shape = tf_kernel if tf_var in ("kernel", "depthwise_kernel") else (tf_kernel[-1] if tf_var == "bias" else tf_kernel[0],)
+            tf_shape = tf_kernel if tf_var in KERNEL_VARIABLES else (tf_kernel[-1] if tf_var == "bias" else tf_kernel[0],)
             out.append(Entry(
                 tf_name=f"{scope}/{layer.format(**fmt)}/{tf_var}",
                 key=f"{module.format(**fmt)}.{torch_var}",
@@ -51,28 +59,173 @@ def _rows(rows, scope: str, fmt: Dict[str, int], dims: Dict[str, int]) -> List[E
                 tf_shape=tf_shape,
                 shape=torch_shape(kind, tf_shape),
             ))
+        for torch_var, value, dtype in CONSTANTS.get(kind, ()):
+            out.append(Entry(tf_name="", key=f"{module.format(**fmt)}.{torch_var}", kind=kind,
+                             tf_shape=(), shape=(), const=value, dtype=dtype))
     return out
 
 
 def block_dims(b: Block) -> Dict[str, int]:
+    k = b.kernel_size
     return {"in": b.in_channels, "mid": b.mid_channels, "out": b.out_channels,
-            "se": b.se_channels, "k": b.kernel_size}
+            "se": b.se_channels, "k": k,
+            # CondConv: experts and the flattened kernel sizes (kh*kw*in*out)
+            "experts": b.experts, "cc_expand": b.in_channels * b.mid_channels,
+            "cc_dw": k * k * b.mid_channels, "cc_project": b.mid_channels * b.out_channels}
+
+
+def is_classifier(e: Entry) -> bool:
+    """The classifier's variables (``scope/head/dense/...``), not a CondConv routing dense."""
+    return e.kind == DENSE and "/head/" in e.tf_name
+
+
+def _keras_name(base: str, n: int) -> str:
+    """Keras' unique layer names: base, base_1, base_2, ..."""
+    return base if n == 0 else f"{base}_{n}"
+
+
+def _block_rows(table, b: Block):
+    """The rule set of one block: MBConv / fused (EdgeTPU) / CondConv, with or without expand conv."""
+    if b.fused:
+        names = ("BLOCK_FUSED_EXPAND", "BLOCK_FUSED_NO_EXPAND")
+    elif b.condconv:
+        names = ("BLOCK_CONDCONV_EXPAND", "BLOCK_CONDCONV_NO_EXPAND")
+    else:
+        names = ("BLOCK_EXPAND", "BLOCK_NO_EXPAND")
+    name = names[0] if b.has_expand else names[1]
+    rows = getattr(table, name, None)
+    if rows is None:
+        what = "fused (EdgeTPU)" if b.fused else "CondConv" if b.condconv else "MBConv"
+        raise ConversionError(f"layout {getattr(table, 'LAYOUT', table.__name__)} has no rules for "
+                              f"{what} blocks ({name}); use --layout native")
+    return rows
+
+
+# condconv_layers kernels in a checkpoint: [scope/][model/]blocks_N/LAYER[_n]/VARIABLE
+_CONDCONV_NAME = re.compile(
+    r"^(?P<scope>[^/]+)/(?:model/)?blocks_(?P<i>\d+)/"
+    r"(?P<base>depthwise_cond_conv2d|cond_conv2d)(?:_(?P<n>\d+))?/"
+    r"(?P<var>depthwise_condconv_kernel|condconv_kernel)$")
+
+
+def resolve_condconv_names(entries: List[Entry], names: Sequence[str]) -> List[Entry]:
+    """``entries`` with each CondConv kernel's name replaced by the checkpoint's own.
+
+    The kernels' names carry model-wide Keras counters and, built with tf_keras, an extra
+    ``model/`` element (shared/reference/README.md, CondConv naming caveat); both forms are
+    accepted. Within a block, conditional kernels are matched by their order (the counter):
+    expand before project; the depthwise one alone. A block whose checkpoint kernels do not
+    pair up one to one raises ConversionError; a block without any is left to the missing-variable check.
+    """
+    targets = [e for e in entries if e.kind in (CONDCONV, DWCONDCONV)]
+    if not targets:
+        return entries
+    ema = "/ExponentialMovingAverage"
+    found: Dict[Tuple[str, int, str], Dict[str, int]] = {}
+    for name in names:
+        base = name[:-len(ema)] if name.endswith(ema) else name
+        m = _CONDCONV_NAME.match(base)
+        if m:
+            found.setdefault((m["scope"], int(m["i"]), m["var"]), {})[base] = int(m["n"] or 0)
+    wanted: Dict[Tuple[str, int, str], List[Entry]] = {}
+    for e in targets:
+        m = _CONDCONV_NAME.match(e.tf_name)
+        wanted.setdefault((m["scope"], int(m["i"]), m["var"]), []).append(e)
+    rename: Dict[str, str] = {}
+    for key, group in wanted.items():
+        have = found.get(key, {})
+        if not have:
+            continue  # reported as missing by the caller
+        ordered = sorted(have, key=lambda n: have[n])
+        counters = sorted(have.values())
+        if len(ordered) != len(group) or len(set(counters)) != len(counters):
+            raise ConversionError(
+                f"{key[0]}/blocks_{key[1]}: expected {len(group)} {key[2]} variable(s), the checkpoint has "
+                f"{len(ordered)} ({', '.join(ordered)}): not an official CondConv checkpoint of this variant")
+        rename.update({e.tf_name: n for e, n in zip(group, ordered)})
+    return [replace(e, tf_name=rename.get(e.tf_name, e.tf_name)) for e in entries]
 
 
 def expand(variant: Union[str, ArchSpec], layout: str = "native") -> List[Entry]:
     """Every (official variable -> state_dict key) of ``variant`` in ``layout``, in model order."""
     spec = variant if isinstance(variant, ArchSpec) else get_arch(variant)
     table = load_table(layout)
+    check_variant(spec, layout)
     blocks = spec.blocks()
     model_dims = {"stem": spec.stem_channels, "head": spec.head_channels,
                   "last": blocks[-1].out_channels, "classes": spec.num_classes}
-    entries = _rows(table.STEM, spec.scope, {}, model_dims)
+    groups = stride_groups(blocks)
+    model_fmt = {"head_group": max(groups.values(), default=(0, 0))[0] + 1}
+    entries = _rows(table.STEM, spec.scope, model_fmt, model_dims)
+    cc = 0  # CondConv blocks so far: the Keras layer counters are model-wide
     for b in blocks:
-        rows = table.BLOCK_EXPAND if b.has_expand else table.BLOCK_NO_EXPAND
-        fmt = {"i": b.index, "stage": b.stage, "j": b.index_in_stage}
+        rows = _block_rows(table, b)
+        fmt = {"i": b.index, "stage": b.stage, "j": b.index_in_stage,
+               "group": groups[b.index][0], "group_j": groups[b.index][1]}
+        if b.condconv:
+            # efficientnet_model.MBConvBlock._build creates three CondConv2D per block (fused,
+            # expand, project; only expand and project get variables) and one depthwise
+            fmt.update(cce=_keras_name("cond_conv2d", 3 * cc + 1), ccp=_keras_name("cond_conv2d", 3 * cc + 2),
+                       ccd=_keras_name("depthwise_cond_conv2d", cc))
+            cc += 1
         entries += _rows(rows, spec.scope, fmt, block_dims(b))
-    entries += _rows(table.HEAD, spec.scope, {}, model_dims)
+    entries += _rows(table.HEAD, spec.scope, model_fmt, model_dims)
     keys = [e.key for e in entries]
     if len(set(keys)) != len(keys):  # a table bug, not user input
         raise RuntimeError(f"mapping table {layout} maps two variables to one key")
     return entries
+
+
+def check_variant(spec: ArchSpec, layout: str) -> None:
+    """Refuse (ConversionError) a variant that ``layout``'s library has no model for.
+
+    A table may list ``VARIANTS`` (our variant name -> the library's model/arch name); a table
+    without that list (native) takes every variant.
+    """
+    variants = getattr(load_table(layout), "VARIANTS", None)
+    if variants is not None and spec.name not in variants:
+        raise ConversionError(f"layout {layout} has no model for variant {spec.name} (it has {', '.join(variants)}); "
+                              "use --layout native")
+
+
+def stride_groups(blocks: Sequence[Block]) -> Dict[int, Tuple[int, int]]:
+    """Block index -> (group, index in group): format fields ``group`` and ``group_j``.
+
+    Groups are numbered from 1 (0 is the stem): a new group starts at the first stage and at
+    every later stage whose first block has stride > 1; a stage starting with stride 1 joins
+    the group before it. (mmpretrain's EfficientNet ``model_scaling`` groups its
+    ``backbone.layers`` this way; ``head_group``, the model-level field, is the number of groups + 1.)
+    """
+    out: Dict[int, Tuple[int, int]] = {}
+    group, j = 0, 0
+    for b in blocks:
+        if b.index_in_stage == 0 and (group == 0 or b.stride != 1):
+            group, j = group + 1, 0
+        out[b.index] = (group, j)
+        j += 1
+    return out
+
+
+def to_native(state_dict: Dict[str, object], spec: ArchSpec, layout: str) -> Dict[str, object]:
+    """A ``layout`` state_dict re-keyed for the native model (constants such as num_batches_tracked dropped).
+
+    Both tables name the same official variables and the kinds lay tensors out the same way,
+    so each tensor moves as is. Raises ConversionError when the keys are not exactly the layout's.
+    """
+    if layout == "native":
+        return dict(state_dict)
+    entries = expand(spec, layout)
+    want = {e.key for e in entries}
+    missing, unexpected = sorted(want - set(state_dict)), sorted(set(state_dict) - want)
+    if missing or unexpected:
+        raise ConversionError(f"the weights do not fit the {layout} layout of {spec.name}: "
+                              f"{len(missing)} missing, {len(unexpected)} unexpected keys "
+                              f"({', '.join((missing + unexpected)[:3])})")
+    native = {e.tf_name: e.key for e in expand(spec, "native")}
+    return {native[e.tf_name]: state_dict[e.key] for e in entries if e.const is None}
+
+
+def output_stem(name: str, layout: str) -> str:
+    """File name stem of a conversion: ``efficientnet-b4_advprop`` (native) or ``efficientnet-b4_advprop.timm``."""
+    load_table(layout)  # an unknown layout: ConversionError
+    return name if layout == "native" else f"{name}.{layout}"

@@ -1,8 +1,8 @@
-"""Metadata stored inside converted files (safetensors ``__metadata__``; ``.pth`` attribute)."""
+"""Metadata stored inside converted files (safetensors ``__metadata__``; ``.pth`` attribute, or ``meta`` of mmengine's form)."""
 from __future__ import annotations
 
 import json
-from typing import Dict
+from typing import Dict, Tuple
 
 # keys whose values are JSON (lists, numbers, booleans); every other key is a plain string
 JSON_KEYS = ("input_size", "mean", "std", "crop_pct", "ema", "num_classes")
@@ -19,3 +19,25 @@ def encode(cfg: Dict[str, object]) -> Dict[str, str]:
 def decode(meta: Dict[str, str]) -> Dict[str, object]:
     """The inverse of :func:`encode` (mean/std come back as lists)."""
     return {k: json.loads(v) if k in JSON_KEYS else v for k, v in meta.items()}
+
+
+def pth_payload(state_dict, encoded: Dict[str, str]):
+    """What ``torch.save`` writes for a ``.pth`` output, in the form its layout's library reads.
+
+    Default: the state_dict itself, the metadata in its ``effnet_metadata`` attribute. A layout
+    whose table sets ``PTH_FORM = "mmengine"`` (mmpretrain) gets mmengine's checkpoint form,
+    ``{"state_dict": ..., "meta": metadata}``, which ``mmengine.runner.load_checkpoint`` reads.
+    """
+    from .mapping import load_table
+
+    if getattr(load_table(encoded.get("layout", "native")), "PTH_FORM", None) == "mmengine":
+        return {"meta": dict(encoded), "state_dict": state_dict}
+    setattr(state_dict, PTH_ATTRIBUTE, dict(encoded))
+    return state_dict
+
+
+def pth_unpack(obj) -> Tuple[Dict[str, object], Dict[str, str]]:
+    """(state_dict, encoded metadata or {}) of a loaded ``.pth`` in either form of :func:`pth_payload`."""
+    if isinstance(obj, dict) and set(obj) == {"meta", "state_dict"} and isinstance(obj["meta"], dict):
+        return obj["state_dict"], obj["meta"]
+    return obj, (getattr(obj, PTH_ATTRIBUTE, None) or {})

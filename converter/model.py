@@ -6,7 +6,7 @@ batch norm with epsilon 1e-3, swish, squeeze-excitation on the expanded channels
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,24 +35,52 @@ class BatchNorm2dTF(nn.BatchNorm2d):
 class Conv2dSame(nn.Conv2d):
     """nn.Conv2d with TensorFlow 'SAME' padding for whatever input size arrives.
 
-    Where the padding is symmetric it goes into the convolution itself; otherwise the extra
-    pixel goes bottom/right through one F.pad, exactly as tf.nn.conv2d pads.
+    The symmetric part of the padding goes into the convolution itself; the extra pixel
+    (bottom/right, as tf.nn.conv2d pads) goes through one F.pad.
+
+    Static padding: :meth:`set_input_size` computes both parts once for a known input size;
+    an input of that size then takes them as constants (no shape arithmetic per call, nothing
+    computed at run time in an exported graph); any other size takes the dynamic path, which
+    splits the padding the same way, so both give identical numbers.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  groups: int = 1, bias: bool = False):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0,
                          groups=groups, bias=bias)
+        # plain attributes (not buffers): the state_dict keys stay those of the mapping tables
+        self.static_hw: Tuple[int, int] = (-1, -1)  # the frozen input size; (-1, -1): none
+        self.static_padding: List[int] = [0, 0]  # symmetric part (rows, cols), into the conv
+        self.static_extra: List[int] = [0, 0, 0, 0]  # the rest (left, right, top, bottom), one F.pad
+        self.static_has_extra: bool = False
+
+    def same_pads(self, h: int, w: int) -> Tuple[List[int], List[int]]:
+        """TF 'SAME' padding for an ``h`` x ``w`` input: ([rows, cols] into the conv, [l, r, t, b] by F.pad)."""
+        top, bottom = same_padding(h, self.kernel_size[0], self.stride[0])
+        left, right = same_padding(w, self.kernel_size[1], self.stride[1])
+        ph, pw = min(top, bottom), min(left, right)
+        return [ph, pw], [left - pw, right - pw, top - ph, bottom - ph]
+
+    def set_input_size(self, h: int, w: int) -> Tuple[int, int]:
+        """Freeze the padding for an ``h`` x ``w`` input (-1, -1: none); returns the output size."""
+        if h < 0 or w < 0:
+            self.static_hw, self.static_padding = (-1, -1), [0, 0]
+            self.static_extra, self.static_has_extra = [0, 0, 0, 0], False
+            return (-1, -1)
+        padding, extra = self.same_pads(h, w)
+        self.static_hw, self.static_padding, self.static_extra = (int(h), int(w)), padding, extra
+        self.static_has_extra = any(v != 0 for v in extra)
+        return (-(-h // self.stride[0]), -(-w // self.stride[1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kh, kw = self.kernel_size
-        sh, sw = self.stride
-        top, bottom = same_padding(x.shape[-2], kh, sh)
-        left, right = same_padding(x.shape[-1], kw, sw)
-        if top == bottom and left == right:
-            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), 1, self.groups)
-        x = F.pad(x, (left, right, top, bottom))
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)
+        if x.shape[-2] == self.static_hw[0] and x.shape[-1] == self.static_hw[1]:
+            padding, extra, has_extra = self.static_padding, self.static_extra, self.static_has_extra
+        else:
+            padding, extra = self.same_pads(x.shape[-2], x.shape[-1])
+            has_extra = extra[0] != 0 or extra[1] != 0 or extra[2] != 0 or extra[3] != 0
+        if has_extra:
+            x = F.pad(x, extra)
+        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
 
 def make_activation(name: str) -> nn.Module:
@@ -63,6 +91,8 @@ def make_activation(name: str) -> nn.Module:
 
 class ConvBNAct(nn.Module):
     """Conv (SAME) -> BN -> activation: the stem and the head conv."""
+
+    BN_FUSION = (("conv", "bn"),)  # (conv, the BN applied right after it): what fuse_bn may fold
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, eps: float, act: str):
         super().__init__()
@@ -92,6 +122,8 @@ class SqueezeExcite(nn.Module):
 class MBConv(nn.Module):
     """efficientnet_model.MBConvBlock in eval mode (drop-connect is identity at inference)."""
 
+    BN_FUSION = (("expand_conv", "bn0"), ("dw_conv", "bn1"), ("project_conv", "bn2"))
+
     def __init__(self, b: Block, eps: float, act: str):
         super().__init__()
         self.residual = b.residual
@@ -119,6 +151,123 @@ class MBConv(nn.Module):
         return y
 
 
+class FusedMBConv(nn.Module):
+    """efficientnet_model.MBConvBlockWithoutDepthwise (EdgeTPU ``c1`` blocks) in eval mode.
+
+    A regular kxk expand conv (stride 1) -> BN -> act, then the 1x1 project conv carrying the
+    block's stride -> BN; no depthwise conv, no SE. Without expansion only the project conv.
+    """
+
+    BN_FUSION = (("expand_conv", "bn0"), ("project_conv", "bn1"))
+
+    def __init__(self, b: Block, eps: float, act: str):
+        super().__init__()
+        self.residual = b.residual
+        if b.has_expand:
+            self.expand_conv = Conv2dSame(b.in_channels, b.mid_channels, b.kernel_size, 1)
+            self.bn0 = BatchNorm2dTF(b.mid_channels, eps)
+        self.project_conv = Conv2dSame(b.mid_channels, b.out_channels, 1, b.stride)
+        self.bn1 = BatchNorm2dTF(b.out_channels, eps)
+        self.act = make_activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if hasattr(self, "expand_conv"):
+            y = self.act(self.bn0(self.expand_conv(y)))
+        y = self.bn1(self.project_conv(y))
+        if self.residual:
+            y = y + x
+        return y
+
+
+class CondConv2dSame(Conv2dSame):
+    """condconv_layers.CondConv2D / DepthwiseCondConv2D with TF 'SAME' padding.
+
+    ``weight`` is the official ``[experts, kh*kw*(in/groups)*out]`` kernel, flattened in TF order
+    (kh, kw, in, out), kept as is. Per example: kernel = routing_weights @ weight, reshaped;
+    the whole batch runs as one grouped convolution (one group per example), which computes
+    exactly what a loop over examples computes. ``groups == in == out``: the depthwise form.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, experts: int,
+                 stride: int = 1, groups: int = 1):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, groups=groups)
+        kh, kw = self.kernel_size
+        self.experts = experts
+        self.weight = nn.Parameter(torch.empty(experts, kh * kw * (in_channels // groups) * out_channels))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor, routing: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if x.shape[-2] == self.static_hw[0] and x.shape[-1] == self.static_hw[1]:
+            padding, extra, has_extra = self.static_padding, self.static_extra, self.static_has_extra
+        else:
+            padding, extra = self.same_pads(x.shape[-2], x.shape[-1])
+            has_extra = any(v != 0 for v in extra)
+        if has_extra:
+            x = F.pad(x, extra)
+        n, c, h, w = x.shape
+        kh, kw = self.kernel_size
+        cin_g, cout = self.in_channels // self.groups, self.out_channels
+        kernels = torch.matmul(routing, self.weight)  # [N, kh*kw*cin_g*cout], TF order
+        kernels = kernels.reshape(n, kh, kw, cin_g, cout).permute(0, 4, 3, 1, 2)
+        kernels = kernels.reshape(n * cout, cin_g, kh, kw)
+        y = F.conv2d(x.reshape(1, n * c, h, w), kernels, None, self.stride, padding, self.dilation,
+                     self.groups * n)
+        return y.reshape(n, cout, y.shape[-2], y.shape[-1])
+
+
+class CondConvMBConv(nn.Module):
+    """efficientnet_model.MBConvBlock with ``condconv`` (CondConv ``cc`` blocks) in eval mode.
+
+    Routing (shared by the block's conditional convs): global average pool of the block input
+    -> dense (with bias) -> sigmoid, one weight per expert and example. Expand, depthwise and
+    project convs are conditional; BNs and SE as in MBConv.
+    """
+
+    BN_FUSION = ()  # per-example kernels: nothing folded
+
+    def __init__(self, b: Block, eps: float, act: str):
+        super().__init__()
+        self.residual = b.residual
+        self.routing = nn.Linear(b.in_channels, b.experts)
+        if b.has_expand:
+            self.expand_conv = CondConv2dSame(b.in_channels, b.mid_channels, 1, b.experts)
+            self.bn0 = BatchNorm2dTF(b.mid_channels, eps)
+        self.dw_conv = CondConv2dSame(b.mid_channels, b.mid_channels, b.kernel_size, b.experts,
+                                      b.stride, groups=b.mid_channels)
+        self.bn1 = BatchNorm2dTF(b.mid_channels, eps)
+        self.se = SqueezeExcite(b.mid_channels, b.se_channels, act) if b.se_channels else None
+        self.project_conv = CondConv2dSame(b.mid_channels, b.out_channels, 1, b.experts)
+        self.bn2 = BatchNorm2dTF(b.out_channels, eps)
+        self.act = make_activation(act)
+
+    def routing_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, experts]: sigmoid(dense(mean over H, W of the block input))."""
+        return torch.sigmoid(self.routing(x.mean((2, 3))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.routing_weights(x)
+        y = x
+        if hasattr(self, "expand_conv"):
+            y = self.act(self.bn0(self.expand_conv(y, r)))
+        y = self.act(self.bn1(self.dw_conv(y, r)))
+        if self.se is not None:
+            y = self.se(y)
+        y = self.bn2(self.project_conv(y, r))
+        if self.residual:
+            y = y + x
+        return y
+
+
+def make_block(b: Block, eps: float, act: str) -> nn.Module:
+    """The module of one block: MBConv, FusedMBConv (EdgeTPU ``c1``) or CondConvMBConv (``cc``)."""
+    if b.fused:
+        return FusedMBConv(b, eps, act)
+    if b.condconv:
+        return CondConvMBConv(b, eps, act)
+    return MBConv(b, eps, act)
+
+
 class EfficientNet(nn.Module):
     """EfficientNet built from an ArchSpec; state_dict keys follow mappings/efficientnet.py."""
 
@@ -128,11 +277,27 @@ class EfficientNet(nn.Module):
         act, eps = spec.activation, spec.bn_eps
         blocks = spec.blocks()
         self.stem = ConvBNAct(3, spec.stem_channels, 3, 2, eps, act)
-        self.blocks = nn.Sequential(*[MBConv(b, eps, act) for b in blocks])
+        self.blocks = nn.Sequential(*[make_block(b, eps, act) for b in blocks])
         self.head = ConvBNAct(blocks[-1].out_channels, spec.head_channels, 1, 1, eps, act)
         self.dropout = nn.Dropout(spec.dropout)
         self.classifier = nn.Linear(spec.head_channels, spec.num_classes)
         self.pretrained_cfg: Dict[str, object] = {}
+        self.set_input_size(spec.resolution)  # static padding at the native size; others stay dynamic
+
+    def set_input_size(self, h: Optional[int], w: Optional[int] = None) -> "EfficientNet":
+        """Freeze every Conv2dSame's padding for ``h`` x ``w`` inputs (``w`` defaults to ``h``).
+
+        Other sizes still work (the dynamic path, identical numbers). ``None`` unfreezes all.
+        """
+        from .fast import set_input_size
+
+        return set_input_size(self, h, w)
+
+    def fuse_bn(self) -> "EfficientNet":
+        """Fold each batch norm into the conv before it (float64, then cast back); returns the model."""
+        from .fast import fuse_bn
+
+        return fuse_bn(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))
@@ -142,8 +307,12 @@ class EfficientNet(nn.Module):
         return self.classifier(self.dropout(x))
 
 
-def build_model(variant: Union[str, ArchSpec], num_classes: Optional[int] = 1000) -> EfficientNet:
-    """An EfficientNet for ``variant`` (``b0``..``b8``, ``l2``, ``l2-475``) with random weights."""
+def build_model(variant: Union[str, ArchSpec], num_classes: Optional[int] = None) -> EfficientNet:
+    """An EfficientNet for ``variant`` (``b0``..``b8``, ``l2``, ``l2-475``, ``lite0``..``lite4``,
+    ``edgetpu-s/m/l``, ``condconv-b0-4e``...) with random weights.
+
+    ``num_classes``: default the architecture's own (1000; 1001 for EdgeTPU).
+    """
     spec = variant if isinstance(variant, ArchSpec) else get_arch(variant)
     if num_classes is not None and num_classes != spec.num_classes:
         spec = spec.with_classes(num_classes)

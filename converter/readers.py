@@ -92,6 +92,10 @@ def open_reader(prefix: str, kind: Optional[str] = None) -> CheckpointReader:
     ``kind``: ``bundle`` (default: converter/bundle.py, no TensorFlow) or ``tf``
     (TensorFlow's own reader); ``$EFFNET_READER`` sets the default.
     """
+    from .keras import KerasH5Reader, is_keras_file
+
+    if is_keras_file(prefix):  # a keras.applications EfficientNet .h5: read under the official names
+        return KerasH5Reader(prefix)
     kind = (kind or os.environ.get(READER_ENV) or "bundle").lower()
     if kind == "bundle":
         from .bundle import BundleReader

@@ -144,6 +144,12 @@ def resolve_checkpoint(path: PathLike, extract_root: Optional[PathLike] = None) 
 
     if p.is_dir():
         return _resolve_folder(p)
+    from .keras import is_keras_file
+
+    if is_keras_file(p):
+        raise ConversionError(
+            f"{p} is a Keras HDF5 file, not a TensorFlow checkpoint: convert it with "
+            f"convert-effnet --checkpoint {p} (verification runs on TensorFlow checkpoints only)")
     if p.is_file() and (lower.endswith(_TAR_SUFFIXES) or (
             not lower.endswith(".index") and not _DATA_RE.match(name) and name != "checkpoint"
             and _looks_like_tar(p))):
@@ -173,6 +179,15 @@ def resolve_checkpoint(path: PathLike, extract_root: Optional[PathLike] = None) 
             f"(.../model.ckpt), a folder or a .tar.gz")
     _check_shards(prefix)
     return os.path.abspath(prefix)
+
+
+def is_tarball(path: PathLike) -> bool:
+    """Whether ``path`` is a tar archive (``.tar.gz``/``.tgz``/``.tar`` or tar content)."""
+    p = Path(path)
+    name = p.name.lower()
+    if not p.is_file() or name.endswith(".index") or _DATA_RE.match(p.name) or p.name == "checkpoint":
+        return False
+    return name.endswith(_TAR_SUFFIXES) or _looks_like_tar(p)
 
 
 def _looks_like_tar(p: Path) -> bool:

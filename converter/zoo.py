@@ -23,6 +23,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ADVPROP_MEAN = (0.5, 0.5, 0.5)
 ADVPROP_STD = (0.5, 0.5, 0.5)
 CROP_PADDING = 32  # tensorflow/tpu efficientnet preprocessing.py (pre-Nov 2021): CROP_PADDING = 32
+# Lite, EdgeTPU and CondConv: MEAN_RGB = [127.0]*3, STDDEV_RGB = [128.0]*3 on the 0-255 scale
+# (shared/reference/family.csv; tensorflow/tpu lite/efficientnet_lite_builder.py MEAN_RGB/STDDEV_RGB)
+FAMILY_MEAN = (127.0 / 255.0,) * 3
+FAMILY_STD = (128.0 / 255.0,) * 3
 
 FLAVORS = ("standard", "aa", "advprop", "noisystudent", "randaug")
 FLAVOR_ALIASES = {
@@ -54,6 +58,10 @@ class Checkpoint:
     flops_g: Optional[float]  # as the zoo page prints it (mmcv's counter); see arch.count_macs
     top1: float
     top5: Optional[float]
+    # beyond the main family: the tarball's path below the official base URL, and the
+    # normalization (0-1 scale) when it is not decided by the flavor
+    path: Optional[str] = None
+    norm: Optional[Tuple[Tuple[float, float, float], Tuple[float, float, float]]] = None
 
     @property
     def arch(self) -> ArchSpec:
@@ -78,14 +86,24 @@ class Checkpoint:
 
     @property
     def mean(self) -> Tuple[float, float, float]:
+        if self.norm:
+            return self.norm[0]
         return ADVPROP_MEAN if self.flavor == "advprop" else IMAGENET_MEAN
 
     @property
     def std(self) -> Tuple[float, float, float]:
+        if self.norm:
+            return self.norm[1]
         return ADVPROP_STD if self.flavor == "advprop" else IMAGENET_STD
 
     @property
+    def family(self) -> str:
+        return self.arch.family
+
+    @property
     def relative_path(self) -> str:
+        if self.path:
+            return self.path
         v = self.variant.replace("l2-475", "l2_475")
         return _PATHS[self.flavor].format(v=v)
 
@@ -157,6 +175,26 @@ efficientnet-l2_3rdparty-ra-noisystudent_in1k-475px,l2-475,noisystudent,480.31,4
     # B5 83.7% and B7 84.7% top-1 with RandAugment; no top-5 published).
     rows.append(Checkpoint("b5", "randaug", None, 30.39, None, 83.7, None))
     rows.append(Checkpoint("b7", "randaug", None, 66.35, None, 84.7, None))
+    # The rest of the family, one checkpoint each (flavor "standard"): model, params_m,
+    # madds_g, top1 and the path of the URL -- shared/reference/family.csv (tensorflow/tpu
+    # lite/README.md, edgetpu/README.md, condconv/README.md; no top-5 published)
+    family = """
+lite0,4.65,0.407,75.1,lite/efficientnet-lite0.tar.gz
+lite1,5.42,0.631,76.7,lite/efficientnet-lite1.tar.gz
+lite2,6.09,0.899,77.6,lite/efficientnet-lite2.tar.gz
+lite3,8.20,1.44,79.8,lite/efficientnet-lite3.tar.gz
+lite4,13.01,2.64,81.5,lite/efficientnet-lite4.tar.gz
+edgetpu-s,5.44,,77.23,efficientnet-edgetpu-S.tar.gz
+edgetpu-m,6.90,,78.69,efficientnet-edgetpu-M.tar.gz
+edgetpu-l,10.59,,80.62,efficientnet-edgetpu-L.tar.gz
+condconv-b0-4e,13.31,0.402,77.8,condconv/efficientnet-condconv-b0-4e.tar.gz
+condconv-b0-8e,24.01,0.413,78.3,condconv/efficientnet-condconv-b0-8e.tar.gz
+condconv-b0-8e-depth,39.72,0.614,79.5,condconv/efficientnet-condconv-b0-8e-depth.tar.gz
+"""
+    for line in family.strip().splitlines():
+        variant, params, madds, top1, path = line.split(",")
+        rows.append(Checkpoint(variant, "standard", None, float(params), float(madds) if madds else None,
+                               float(top1), None, path=path, norm=(FAMILY_MEAN, FAMILY_STD)))
     return rows
 
 

@@ -16,3 +16,23 @@ VARIABLES = {
          ("moving_mean", "running_mean"), ("moving_variance", "running_var")),
     DENSE: (("kernel", "weight"), ("bias", "bias")),
 }
+
+# CondConv (condconv_layers.CondConv2D / DepthwiseCondConv2D): the per-expert kernels, flattened
+# in TF order [experts, kh*kw*in*out] (depthwise: [experts, kh*kw*c*1]); the module
+# (model.CondConv2dSame) keeps that layout and reshapes the routed kernel itself.
+CONDCONV = "condconv"
+DWCONDCONV = "dwcondconv"
+VARIABLES[CONDCONV] = (("condconv_kernel", "weight"),)
+VARIABLES[DWCONDCONV] = (("depthwise_condconv_kernel", "weight"),)
+
+# BatchNorm2d of the libraries' models (timm, mmpretrain): the BN variables plus the
+# ``num_batches_tracked`` buffer their strict load_state_dict wants. It is no checkpoint variable:
+# CONSTANTS gives its value (an int64 scalar 0, the count of a module that never trained in
+# PyTorch; eval ignores it), written without reading anything from the checkpoint.
+BN_TRACKED = "bn_tracked"
+VARIABLES[BN_TRACKED] = VARIABLES[BN]
+
+# kind -> ((PyTorch tensor, value, numpy dtype name), ...): tensors not read from the checkpoint
+CONSTANTS = {
+    BN_TRACKED: (("num_batches_tracked", 0, "int64"),),
+}

@@ -8,8 +8,9 @@ kept in --workdir), then runs, each in its own process so peak RSS is that proce
   read      every model tensor read through the reader (no conversion, no output)
   cp        `cp` of the checkpoint's data file (the I/O floor)
   convert   convert-effnet on the checkpoint
-for each reader (--readers: TensorFlow's and the project's own tensor-bundle reader), and prints a
-table (seconds, peak RSS in MB, output size in MB, RSS / output size, time / cp time).
+for each reader (--readers: TensorFlow's and the project's own tensor-bundle reader), with --tarball
+also a conversion straight from a .tar.gz of the checkpoint (its read_s column: `tar xzf` of it), and
+prints a table (seconds, peak RSS in MB, output size in MB, RSS / output size, time / cp time).
 """
 from __future__ import annotations
 
@@ -54,6 +55,9 @@ def main(argv=None) -> int:
                    help="checkpoint contents (full: raw + EMA + RMSProp slots, as the releases)")
     p.add_argument("--readers", nargs="+", default=["tf", "bundle"], choices=("tf", "bundle"),
                    help="checkpoint readers to compare (default: both)")
+    p.add_argument("--tarball", action="store_true",
+                   help="also time converting straight from a .tar.gz of the checkpoint (reader 'tar.gz', "
+                        "streamed, nothing extracted) next to `tar xzf` of it")
     p.add_argument("--json", help="also write the rows as JSON here")
     args = p.parse_args(argv)
     work = Path(args.workdir)
@@ -82,6 +86,29 @@ def main(argv=None) -> int:
             size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
             rows.append(dict(variant=v, reader=reader, checkpoint_mb=round(data.stat().st_size / 2**20, 1),
                              read_s=round(t_read, 2), read_rss_mb=round(rss_read), cp_s=round(t_cp, 2),
+                             convert_s=round(t_conv, 2), convert_rss_mb=round(rss_conv),
+                             output_mb=round(size, 1), rss_over_output=round(rss_conv / size, 2),
+                             convert_over_cp=round(t_conv / max(t_cp, 1e-3), 1)))
+            shutil.rmtree(out, ignore_errors=True)
+        if args.tarball:
+            tarball = work / f"{v}-{args.mode}.tar.gz"
+            if not tarball.exists():
+                from converter.tfref.generate import make_tarball
+
+                make_tarball(str(prefix), str(tarball), f"efficientnet-{v}")
+            xdir = work / "x.tmp"
+            shutil.rmtree(xdir, ignore_errors=True)
+            xdir.mkdir()
+            t_x, _ = timed(["tar", "xzf", str(tarball), "-C", str(xdir)], env)
+            shutil.rmtree(xdir, ignore_errors=True)
+            out = work / f"out-{v}"
+            shutil.rmtree(out, ignore_errors=True)
+            t_conv, rss_conv = timed([sys.executable, "-m", "converter", "--variant", v, "--flavor", flavor,
+                                      "--checkpoint", str(tarball), "--output-dir", str(out), "--format",
+                                      args.format, "--quiet"], env)
+            size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
+            rows.append(dict(variant=v, reader="tar.gz stream", checkpoint_mb=round(tarball.stat().st_size / 2**20, 1),
+                             read_s=round(t_x, 2), read_rss_mb="(tar xzf)", cp_s=round(t_cp, 2),
                              convert_s=round(t_conv, 2), convert_rss_mb=round(rss_conv),
                              output_mb=round(size, 1), rss_over_output=round(rss_conv / size, 2),
                              convert_over_cp=round(t_conv / max(t_cp, 1e-3), 1)))

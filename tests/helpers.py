@@ -9,6 +9,85 @@ import numpy as np
 
 _CACHE: Dict[Tuple, Path] = {}
 
+# Where TensorFlow is missing (the no-TF environment runs the conversion tests too), checkpoints
+# are still written by TensorFlow: by this interpreter, which has it (tests/test_without_tensorflow.py).
+TF_PYTHON_ENV = "EFFNET_TF_PYTHON"
+STORE_ENV = "EFFNET_CHECKPOINT_STORE"
+
+
+def has_tensorflow() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def _in_tf_python(code: str, *args: str) -> None:
+    """Run ``code`` (argv: ``args``) in the TensorFlow interpreter named by $EFFNET_TF_PYTHON."""
+    import subprocess
+
+    python = os.environ.get(TF_PYTHON_ENV)
+    if not python:
+        raise RuntimeError(f"TensorFlow is not installed here and ${TF_PYTHON_ENV} names no interpreter that has it")
+    proc = subprocess.run([python, "-c", code, *args], capture_output=True, text=True, timeout=1800,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{python} failed: {proc.stderr[-3000:]}")
+
+
+_GENERATE = """
+import json, sys
+from converter.tfref.generate import generate_checkpoint
+kw = json.loads(sys.argv[2])
+generate_checkpoint(kw.pop("variant"), sys.argv[1], **kw)
+"""
+
+_WRITE = """
+import sys
+import numpy as np
+from converter.tfref.generate import write_checkpoint
+with np.load(sys.argv[2]) as z:
+    write_checkpoint(sys.argv[1], [(n, z[n]) for n in z.files])
+"""
+
+
+class _BundleValues:
+    """tf.train.load_checkpoint's reader methods over the project's reader (where TF is missing;
+    that reader is checked bit for bit against TensorFlow's in tests/test_bundle.py)."""
+
+    def __init__(self, prefix: str):
+        from converter.bundle import BundleReader
+
+        self._r = BundleReader(prefix)
+
+    def get_variable_to_shape_map(self):
+        return {n: list(self._r.shape(n)) for n in self._r.names()}
+
+    def get_tensor(self, name: str):
+        return self._r.read(name)
+
+
+def load_checkpoint(prefix):
+    """tf.train.load_checkpoint(prefix), or the same reading without TensorFlow."""
+    if has_tensorflow():
+        import tensorflow as tf
+
+        return tf.train.load_checkpoint(str(prefix))
+    return _BundleValues(str(prefix))
+
+
+def write_checkpoint(prefix, values: Dict[str, np.ndarray]) -> Path:
+    """Write ``name -> array`` as an official-layout checkpoint with TensorFlow's SaveV2."""
+    if has_tensorflow():
+        from converter.tfref.generate import write_checkpoint as write
+
+        write(str(prefix), sorted(values.items()))
+    else:
+        npz = Path(str(prefix) + ".values.npz")
+        np.savez(npz, **values)
+        _in_tf_python(_WRITE, str(prefix), str(npz))
+        npz.unlink()
+    return Path(prefix)
+
 
 def make_checkpoint(root: Path, variant: str, mode: str = "full", calibration_resolution=None,
                     slots: bool = True, num_classes: int = 1000, seed: int = 0,
@@ -23,12 +102,24 @@ def make_checkpoint(root: Path, variant: str, mode: str = "full", calibration_re
     norm = "advprop" if flavor == "advprop" else "imagenet"
     key = (variant, mode, calibration_resolution, slots, num_classes, seed, calibration_images, norm)
     if key not in _CACHE:
-        folder = root / "_".join(str(k) for k in key)
-        folder.mkdir(parents=True, exist_ok=True)
+        # $EFFNET_CHECKPOINT_STORE (set for the session by conftest.py) shares the checkpoints with the
+        # pytest run in the environment without TensorFlow (tests/test_without_tensorflow.py)
+        store = os.environ.get(STORE_ENV)
+        folder = (Path(store) if store else root) / "_".join(str(k) for k in key)
         prefix = folder / "model.ckpt"
-        generate_checkpoint(variant, str(prefix), mode=mode, seed=seed,
-                            calibration_resolution=calibration_resolution, num_classes=num_classes,
-                            slots=slots, calibration_images=calibration_images, mean=mean, std=std)
+        if store and (folder / ".complete").is_file():
+            _CACHE[key] = prefix
+            return prefix
+        folder.mkdir(parents=True, exist_ok=True)
+        kw = dict(mode=mode, seed=seed, calibration_resolution=calibration_resolution, num_classes=num_classes,
+                  slots=slots, calibration_images=calibration_images, mean=list(mean), std=list(std))
+        if has_tensorflow():
+            generate_checkpoint(variant, str(prefix), **kw)
+        else:
+            import json
+
+            _in_tf_python(_GENERATE, str(prefix), json.dumps(dict(kw, variant=variant)))
+        (folder / ".complete").touch()
         _CACHE[key] = prefix
     return _CACHE[key]
 

@@ -1,6 +1,7 @@
 """Architecture registry: block strings, scaling, parameter counts against the model-zoo table."""
 import csv
 import json
+import re
 
 import pytest
 
@@ -74,7 +75,8 @@ def test_registry_covers_model_zoo(reference_dir):
         assert c.zoo_name == r["model"]
         assert (c.params_m, c.top1, c.top5) == (float(r["params_m"]), float(r["top1"]), float(r["top5"]))
         assert find_checkpoint(None, r["model"]) == c  # zoo names work as --flavor
-    assert len(CHECKPOINTS) == 35
+    assert len([c for c in CHECKPOINTS if c.arch.family == "efficientnet"]) == 35
+    assert len(CHECKPOINTS) == 35 + 11  # + Lite0-4, EdgeTPU S/M/L, CondConv x3 (tests/test_family.py)
     ra = [c for c in CHECKPOINTS if c.flavor == "randaug"]
     assert sorted(c.variant for c in ra) == ["b5", "b7"]
     assert ra[0].url.endswith("randaug/efficientnet-b5-randaug.tar.gz")
@@ -117,7 +119,8 @@ def test_scaling_matches_inventory(reference_dir):
         inv = dict((n, s) for n, s in json.loads((reference_dir / "inventory" / f"{spec.scope}.json").read_text()))
         assert inv[f"{spec.scope}/stem/conv2d/kernel"] == [3, 3, 3, spec.stem_channels]
         assert inv[f"{spec.scope}/head/conv2d/kernel"][3] == spec.head_channels
-        nblocks = len({n.split("/")[1] for n in inv if "/blocks_" in n})
+        # CondConv kernels sit under an extra model/ element (model/blocks_N/...)
+        nblocks = len({re.search(r"/blocks_(\d+)/", n).group(1) for n in inv if "/blocks_" in n})
         assert nblocks == len(spec.blocks()), name
 
 

@@ -1,4 +1,5 @@
 """End-to-end conversion through the CLI on generated official-layout checkpoints."""
+import hashlib
 import json
 import os
 import shutil
@@ -16,9 +17,8 @@ from converter import load_model
 from converter.arch import ARCHS
 from converter.cli import main
 from converter.mapping import expand
-from helpers import BucketServer, make_checkpoint, torch_layout
+from helpers import BucketServer, load_checkpoint, make_checkpoint, torch_layout, write_checkpoint
 
-tf = pytest.importorskip("tensorflow")
 
 EMA = "/ExponentialMovingAverage"
 
@@ -29,13 +29,13 @@ def root(tmp_path_factory):
 
 
 def _source_values(prefix, names):
-    r = tf.train.load_checkpoint(str(prefix))
+    r = load_checkpoint(str(prefix))
     return {n: r.get_tensor(n) for n in names}
 
 
 def _check_values(out_file, prefix, variant, use_ema=True):
     """Every output tensor equals its official variable (EMA twin) in PyTorch layout."""
-    r = tf.train.load_checkpoint(str(prefix))
+    r = load_checkpoint(str(prefix))
     have = set(r.get_variable_to_shape_map())
     entries = expand(variant)
     with safe_open(str(out_file), framework="np") as f:
@@ -45,7 +45,8 @@ def _check_values(out_file, prefix, variant, use_ema=True):
             np.testing.assert_array_equal(f.get_tensor(e.key), torch_layout(e.tf_name, r.get_tensor(src)), err_msg=e.key)
 
 
-VARIANTS = [v for v in ARCHS if v != "l2-475"]
+# the main family; Lite, EdgeTPU and CondConv convert in tests/test_family.py
+VARIANTS = [v for v in ARCHS if v != "l2-475" and ARCHS[v].family == "efficientnet"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -86,7 +87,11 @@ def test_metadata_and_both_formats(root, tmp_path):
     assert json.loads(meta["mean"]) == [0.5, 0.5, 0.5] and json.loads(meta["std"]) == [0.5, 0.5, 0.5]
     assert json.loads(meta["input_size"]) == [3, 224, 224]
     assert abs(json.loads(meta["crop_pct"]) - 0.875) < 1e-12 and meta["interpolation"] == "bicubic"
-    assert len(meta["source_sha256"]) == 64
+    # sha256 of the .index then the data shard(s), hashed beside the conversion and patched in
+    files = [Path(str(prefix) + ".index")] + sorted(prefix.parent.glob(prefix.name + ".data-*"))
+    assert meta["source_sha256"] == hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+    for path in (st, pth):
+        assert load_model(path).pretrained_cfg["source_sha256"] == meta["source_sha256"]
     for path in (st, pth):
         m = load_model(path)
         assert not m.training
@@ -106,7 +111,7 @@ def test_no_ema_takes_raw_values(root, tmp_path):
     with safe_open(str(out), framework="np") as f:
         assert f.metadata()["ema"] == "false"
         # raw and EMA really differ, so this test can tell them apart
-        r = tf.train.load_checkpoint(str(prefix))
+        r = load_checkpoint(str(prefix))
         name = "efficientnet-b0/head/tpu_batch_normalization/moving_mean"
         assert not np.array_equal(r.get_tensor(name), r.get_tensor(name + EMA))
 
@@ -166,14 +171,11 @@ def test_truncated_data_file(root, tmp_path, capsys):
 
 def _rewrite(prefix, dest, edit):
     """Copy a checkpoint with edit(dict name->value) applied (written by TensorFlow)."""
-    r = tf.train.load_checkpoint(str(prefix))
+    r = load_checkpoint(str(prefix))
     values = {n: r.get_tensor(n) for n in r.get_variable_to_shape_map()}
     edit(values)
     dest.mkdir(parents=True)
-    names = sorted(values)
-    tf.raw_ops.SaveV2(prefix=str(dest / "model.ckpt"), tensor_names=names, shape_and_slices=[""] * len(names),
-                      tensors=[values[n] for n in names])
-    return dest / "model.ckpt"
+    return write_checkpoint(dest / "model.ckpt", values)
 
 
 def test_nonfinite_weights_refused_unless_allowed(root, tmp_path, capsys):
@@ -260,7 +262,7 @@ def test_list_and_module_entry_point():
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     rows = [l for l in lines if l.startswith("efficientnet-")]
-    assert len(rows) == 35
+    assert len(rows) == 35 + 11  # + Lite, EdgeTPU, CondConv (tests/test_family.py)
     b4 = next(l for l in rows if l.startswith("efficientnet-b4_advprop "))
     assert "19.34" in b4 and "380" in b4 and "83.25" in b4 and "advprop/efficientnet-b4.tar.gz" in b4
 
@@ -338,7 +340,7 @@ def test_own_checkpoint_other_class_count(root, tmp_path, capsys):
     m = load_model(out)
     assert m.pretrained_cfg["num_classes"] == 10
     assert m(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
-    r = tf.train.load_checkpoint(str(prefix))
+    r = load_checkpoint(str(prefix))
     k = r.get_tensor("efficientnet-b0/head/dense/kernel" + EMA)
     np.testing.assert_array_equal(m.classifier.weight.detach().numpy(), k.T)
     rc = main(["--variant", "b0", "--flavor", "aa", "--checkpoint", str(prefix), "--output-dir", str(tmp_path / "x"),
@@ -356,7 +358,7 @@ def test_drop_background_class(root, tmp_path, capsys):
                  "--drop-background", "--num-classes", "1000", "--quiet"]) == 0
     drop = load_model(tmp_path / "drop" / "efficientnet-b0_aa.safetensors")
     assert drop.pretrained_cfg["num_classes"] == 1000
-    r = tf.train.load_checkpoint(str(prefix))
+    r = load_checkpoint(str(prefix))
     k = r.get_tensor("efficientnet-b0/head/dense/kernel" + EMA)
     b = r.get_tensor("efficientnet-b0/head/dense/bias" + EMA)
     np.testing.assert_array_equal(drop.classifier.weight.detach().numpy(), k[:, 1:].T)

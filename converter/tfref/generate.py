@@ -21,7 +21,11 @@ Command line::
 
     python -m converter.tfref.generate --variant b0 --out DIR/model.ckpt [--mode full|ema-only|raw-only]
         [--seed N] [--calibrate-res R] [--calibrate-images N] [--num-classes N] [--no-slots]
-        [--advprop-norm] [--tarball PATH [--folder-name NAME]]
+        [--advprop-norm] [--condconv-names model|plain] [--tarball PATH [--folder-name NAME]]
+
+Lite, EdgeTPU and CondConv checkpoints are calibrated on (x - 127) / 128 inputs, EdgeTPU ones
+get 1001 classes; CondConv kernels are named in the inventory's form (``model/`` element) or,
+with ``--condconv-names plain``, without it.
 
 prints a one-line JSON summary.
 """
@@ -31,6 +35,7 @@ import argparse
 import io
 import json
 import os
+import re
 import sys
 import tarfile
 import time
@@ -57,6 +62,20 @@ _ALIGN = 64  # bytes; aligned arrays are fed to TensorFlow without a copy
 # by rel 1.1e-3 at scale 1 and 6.6e-6 at 0.2; logits on images other than the calibration
 # ones: std 1167 at scale 1, 4.9 at 0.2. 1.0 gives plain U(0.5, 1.5) everywhere.
 RESIDUAL_GAMMA_SCALE = 0.2
+# ReLU6 models (Lite): gammas of the BNs that feed an activation are scaled by this, so that
+# the clipping at 6 is active on a fair share of the activations (with U(0.5, 1.5) and
+# calibrated statistics almost nothing reaches 6, and ReLU would pass for ReLU6)
+RELU6_GAMMA_SCALE = 4.0
+# Lite, EdgeTPU, CondConv inputs: (x - 127) / 128 on the 0-255 scale (shared/reference/family.csv
+# mean_rgb/std_rgb); kept here, not imported, as tfref shares nothing but arch/errors/synthetic
+FAMILY_MEAN = (127.0 / 255.0,) * 3
+FAMILY_STD = (128.0 / 255.0,) * 3
+# CondConv routing dense kernels: U(-s/sqrt(in), s/sqrt(in)) (see _init_value)
+ROUTING_NAME = re.compile(r"/blocks_\d+/dense/kernel$")
+ROUTING_INIT_SCALE = 4.0
+# How generated checkpoints name the CondConv kernels (shared/reference/README.md caveat):
+# "model": scope/model/blocks_N/cond_conv2d_M/... (the inventory, tf_keras); "plain": without model/
+CONDCONV_FORMS = ("model", "plain")
 
 
 def plan(spec: ArchSpec) -> List[Tuple[str, Tuple[int, ...]]]:
@@ -78,10 +97,24 @@ def _aligned_copy(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _init_value(name: str, shape: Tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+def _init_value(name: str, shape: Tuple[int, ...], rng: np.random.Generator,
+                condconv_shape: Optional[Tuple[int, int, int, int]] = None) -> np.ndarray:
     a = _aligned_empty(shape)
     leaf = name.rsplit("/", 1)[-1]
-    if leaf in ("kernel", "depthwise_kernel") and len(shape) == 4:
+    if leaf in ("condconv_kernel", "depthwise_condconv_kernel") and condconv_shape and len(shape) == 2:
+        # condconv_layers.get_condconv_initializer: conv_kernel_initializer per expert,
+        # N(0, sqrt(2 / fan_out)) with the per-example kernel's fan_out = kh * kw * out
+        kh, kw, _, out = condconv_shape
+        rng.standard_normal(out=a, dtype=np.float32)
+        a *= np.float32(np.sqrt(2.0 / (kh * kw * out)))
+    elif leaf == "kernel" and len(shape) == 2 and ROUTING_NAME.search(name):
+        # CondConv routing dense: wider than dense_kernel_initializer so that the routing
+        # weights differ clearly between images (a kernel mixed up between examples shows)
+        r = np.float32(ROUTING_INIT_SCALE / np.sqrt(shape[0]))
+        rng.random(out=a, dtype=np.float32)
+        a *= 2 * r
+        a -= r
+    elif leaf in ("kernel", "depthwise_kernel") and len(shape) == 4:
         # efficientnet_model.conv_kernel_initializer (also the depthwise initializer):
         # N(0, sqrt(2 / fan_out)), fan_out = kh * kw * shape[3]
         kh, kw, _, out = shape
@@ -134,14 +167,24 @@ def residual_branch_gammas(spec: ArchSpec) -> List[str]:
     return [f"{reference.block_names(spec, b).bn2}/gamma" for b in spec.blocks() if b.residual]
 
 
+def activation_gammas(spec: ArchSpec) -> List[str]:
+    """Names of the gammas of every BN followed by the activation (all but the project BNs)."""
+    project = {reference.block_names(spec, b).bn2 for b in spec.blocks()}
+    return [f"{p}/gamma" for p in reference.bn_layers(spec) if p not in project]
+
+
 def _make_weights(spec, seed, calibration_resolution, calibration_images, mean, std,
                   residual_scale=RESIDUAL_GAMMA_SCALE):
     if not 0 < residual_scale <= 1:
         raise ConversionError(f"residual scale must be in (0, 1], got {residual_scale!r}")
     rng = np.random.default_rng([int(seed), 0])
-    values = {name: _init_value(name, shape, rng) for name, shape in plan(spec)}
+    cc_shapes = reference.condconv_kernel_shapes(spec)
+    values = {name: _init_value(name, shape, rng, cc_shapes.get(name)) for name, shape in plan(spec)}
     for name in residual_branch_gammas(spec):
         values[name] *= np.float32(residual_scale)
+    if spec.activation == "relu6":
+        for name in activation_gammas(spec):
+            values[name] *= np.float32(RELU6_GAMMA_SCALE)
     logit_std = None
     if calibration_resolution is not None:
         images = _calibration_images(calibration_resolution, calibration_images, mean, std)
@@ -246,18 +289,23 @@ def _write_checkpoint_file(prefix: str) -> str:
 
 def generate_checkpoint(variant: Union[str, ArchSpec], prefix: str, mode: str = "full", seed: int = 0,
                         calibration_resolution: Optional[int] = None, calibration_images: int = 8,
-                        num_classes: int = 1000, slots: bool = True,
+                        num_classes: Optional[int] = None, slots: bool = True,
                         mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                        residual_scale: float = RESIDUAL_GAMMA_SCALE) -> dict:
+                        residual_scale: float = RESIDUAL_GAMMA_SCALE, condconv_form: str = "model") -> dict:
     """Write an official-layout checkpoint for ``variant`` at ``prefix`` and return a summary dict.
 
     ``slots`` (RMSProp slots) only apply to mode "full". ``global_step`` is written in every mode.
     ``mean``/``std``: the normalization of the calibration images. ``residual_scale``: see
-    ``RESIDUAL_GAMMA_SCALE``.
+    ``RESIDUAL_GAMMA_SCALE``. ``condconv_form``: how CondConv kernels are named
+    (``CONDCONV_FORMS``).
     """
+    if condconv_form not in CONDCONV_FORMS:
+        raise ConversionError(f"unknown condconv name form {condconv_form!r}; known: {', '.join(CONDCONV_FORMS)}")
     t0 = time.perf_counter()
     if mode not in MODES:
         raise ConversionError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    if num_classes is None:  # the architecture's own (1000; 1001 for EdgeTPU)
+        num_classes = (variant if isinstance(variant, ArchSpec) else get_arch(variant)).num_classes
     if int(num_classes) != num_classes or num_classes < 1:
         raise ConversionError(f"num_classes must be a positive integer, got {num_classes!r}")
     if int(calibration_images) != calibration_images or calibration_images < 1:
@@ -284,11 +332,14 @@ def generate_checkpoint(variant: Union[str, ArchSpec], prefix: str, mode: str = 
     entries: List[Tuple[str, np.ndarray]] = []
     params = 0
     for name, shape in plan(spec):
+        orig = name
         value = good[name]
         if not is_moving_stat(name):
             params += value.size
+        if condconv_form == "plain" and name.endswith("condconv_kernel"):
+            name = name.replace(f"{spec.scope}/model/", f"{spec.scope}/", 1)
         if mode == "full":
-            entries.append((name, raw.pop(name)))
+            entries.append((name, raw.pop(orig)))
             entries.append((f"{name}/{EMA_SUFFIX}", value))
             if slots and not is_moving_stat(name):
                 entries.extend((f"{name}/{k}", _slot(k, shape, slot_rng)) for k in SLOT_SUFFIXES)
@@ -347,19 +398,21 @@ def make_tarball(prefix: str, tar_path: str, folder_name: str, compresslevel: in
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m converter.tfref.generate",
                                 description="Write a random-weight checkpoint in the official EfficientNet layout.")
-    p.add_argument("--variant", required=True, help="b0..b8, l2, l2-475")
+    p.add_argument("--variant", required=True, help="b0..b8, l2, l2-475, lite0..lite4, edgetpu-s/m/l, condconv-b0-4e/-8e/-8e-depth")
     p.add_argument("--out", required=True, help="checkpoint prefix, e.g. DIR/model.ckpt")
     p.add_argument("--mode", choices=MODES, default="full")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calibrate-res", type=int, default=None,
                    help="calibrate the BN statistics on synthetic images of this size")
     p.add_argument("--calibrate-images", type=int, default=8)
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--num-classes", type=int, default=None, help="default: the architecture's (1001: EdgeTPU)")
     p.add_argument("--no-slots", action="store_true", help="no RMSProp slots (mode full)")
     p.add_argument("--advprop-norm", action="store_true",
                    help="calibrate on x*2/255-1 inputs (AdvProp) instead of ImageNet mean/std")
     p.add_argument("--residual-scale", type=float, default=RESIDUAL_GAMMA_SCALE,
                    help="scale of the residual branches' last BN gamma (1: plain U(0.5, 1.5))")
+    p.add_argument("--condconv-names", choices=CONDCONV_FORMS, default="model",
+                   help="CondConv kernel names: with the tf_keras model/ element (default) or without")
     p.add_argument("--tarball", default=None, help="also pack the checkpoint into this .tar.gz")
     p.add_argument("--folder-name", default=None, help="folder inside the tarball (default: from --tarball)")
     return p
@@ -371,11 +424,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     mean, std = (ADVPROP_MEAN, ADVPROP_STD) if args.advprop_norm else (IMAGENET_MEAN, IMAGENET_STD)
     try:
+        if not args.advprop_norm and get_arch(args.variant).family != "efficientnet":
+            mean, std = FAMILY_MEAN, FAMILY_STD
+    except ConversionError as e:
+        print(f"error: {reference._one_line(e)}", file=sys.stderr)
+        return e.exit_code
+    try:
         info = generate_checkpoint(args.variant, args.out, mode=args.mode, seed=args.seed,
                                    calibration_resolution=args.calibrate_res,
                                    calibration_images=args.calibrate_images,
                                    num_classes=args.num_classes, slots=not args.no_slots,
-                                   mean=mean, std=std, residual_scale=args.residual_scale)
+                                   mean=mean, std=std, residual_scale=args.residual_scale,
+                                   condconv_form=args.condconv_names)
         if args.tarball:
             folder = args.folder_name or os.path.basename(args.tarball).split(".tar")[0]
             info["tarball"] = make_tarball(args.out, args.tarball, folder)

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -61,45 +62,114 @@ def _tf():
 
 @dataclass(frozen=True)
 class BlockNames:
-    """Official variable-scope prefixes of one MBConv block (``scope/blocks_N/...``).
+    """Official variable-scope prefixes of one block (``scope/blocks_N/...``).
 
-    The Keras layers are named in creation order (efficientnet_model.MBConvBlock._build):
+    The layers are named in creation order (efficientnet_model.MBConvBlock._build):
     with an expand conv the convs are conv2d (expand), conv2d_1 (project) and the BNs
     tpu_batch_normalization{,_1,_2}; without one (expand ratio 1) conv2d is the project conv
-    and the BNs are tpu_batch_normalization{,_1}.
+    and the BNs are tpu_batch_normalization{,_1}. Fused blocks (MBConvBlockWithoutDepthwise,
+    EdgeTPU): conv2d (kxk expand), conv2d_1 (strided 1x1 project), BNs tpu_batch_normalization{,_1};
+    ``depthwise``/``bn1`` are None and ``bn2`` is the project's BN. CondConv blocks: ``routing``
+    is the sigmoid dense, and expand/depthwise/project name the conditional layers
+    (``model/blocks_N/cond_conv2d_M``, ``.../depthwise_cond_conv2d_M``: Keras counters over the
+    whole model, see ``condconv_aliases`` for checkpoints that name them otherwise).
     """
 
     expand: Optional[str]
     bn0: Optional[str]
-    depthwise: str
-    bn1: str
+    depthwise: Optional[str]
+    bn1: Optional[str]
     se_reduce: Optional[str]
     se_expand: Optional[str]
     project: str
     bn2: str
+    routing: Optional[str] = None
+
+
+def _counter_name(base: str, n: int) -> str:
+    return base if n == 0 else f"{base}_{n}"
 
 
 def block_names(spec: ArchSpec, block: Block) -> BlockNames:
     """Official name prefixes of ``block`` in ``spec``."""
     p = f"{spec.scope}/blocks_{block.index}"
     se = bool(block.se_channels)
+    if block.fused:
+        if block.has_expand:
+            return BlockNames(expand=f"{p}/conv2d", bn0=f"{p}/{BN_NAME}", depthwise=None, bn1=None,
+                              se_reduce=None, se_expand=None, project=f"{p}/conv2d_1", bn2=f"{p}/{BN_NAME}_1")
+        return BlockNames(expand=None, bn0=None, depthwise=None, bn1=None, se_reduce=None, se_expand=None,
+                          project=f"{p}/conv2d", bn2=f"{p}/{BN_NAME}")
+    se_reduce = f"{p}/se/conv2d" if se else None
+    se_expand = f"{p}/se/conv2d_1" if se else None
+    if block.condconv:
+        # MBConvBlock._build with condconv: CondConv2D fused (no variables: unused), expand,
+        # project per block, one DepthwiseCondConv2D; Keras counts them over the whole model
+        k = sum(1 for b in spec.blocks()[:block.index] if b.condconv)
+        m = f"{spec.scope}/model/blocks_{block.index}"
+        bn = [f"{p}/{BN_NAME}", f"{p}/{BN_NAME}_1", f"{p}/{BN_NAME}_2"]
+        if not block.has_expand:
+            bn = [None] + bn[:2]
+        return BlockNames(
+            expand=f"{m}/{_counter_name('cond_conv2d', 3 * k + 1)}" if block.has_expand else None,
+            bn0=bn[0], depthwise=f"{m}/{_counter_name('depthwise_cond_conv2d', k)}", bn1=bn[1],
+            se_reduce=se_reduce, se_expand=se_expand,
+            project=f"{m}/{_counter_name('cond_conv2d', 3 * k + 2)}", bn2=bn[2], routing=f"{p}/dense")
     if block.has_expand:
         return BlockNames(
             expand=f"{p}/conv2d", bn0=f"{p}/{BN_NAME}",
             depthwise=f"{p}/depthwise_conv2d", bn1=f"{p}/{BN_NAME}_1",
-            se_reduce=f"{p}/se/conv2d" if se else None,
-            se_expand=f"{p}/se/conv2d_1" if se else None,
+            se_reduce=se_reduce, se_expand=se_expand,
             project=f"{p}/conv2d_1", bn2=f"{p}/{BN_NAME}_2")
     return BlockNames(
         expand=None, bn0=None,
         depthwise=f"{p}/depthwise_conv2d", bn1=f"{p}/{BN_NAME}",
-        se_reduce=f"{p}/se/conv2d" if se else None,
-        se_expand=f"{p}/se/conv2d_1" if se else None,
+        se_reduce=se_reduce, se_expand=se_expand,
         project=f"{p}/conv2d", bn2=f"{p}/{BN_NAME}_1")
 
 
+def _kernel_vars(b: Block, n: BlockNames) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
+    """{role: (variable name, TF shape)} of the block's expand / depthwise / project kernels."""
+    k = b.kernel_size
+    out: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
+    if b.fused:
+        if n.expand:
+            out["expand"] = (f"{n.expand}/kernel", (k, k, b.in_channels, b.mid_channels))
+        out["project"] = (f"{n.project}/kernel", (1, 1, b.mid_channels, b.out_channels))
+        return out
+    if b.condconv:
+        e = b.experts
+        if n.expand:
+            out["expand"] = (f"{n.expand}/condconv_kernel", (e, b.in_channels * b.mid_channels))
+        out["depthwise"] = (f"{n.depthwise}/depthwise_condconv_kernel", (e, k * k * b.mid_channels))
+        out["project"] = (f"{n.project}/condconv_kernel", (e, b.mid_channels * b.out_channels))
+        return out
+    if n.expand:
+        out["expand"] = (f"{n.expand}/kernel", (1, 1, b.in_channels, b.mid_channels))
+    out["depthwise"] = (f"{n.depthwise}/depthwise_kernel", (k, k, b.mid_channels, 1))
+    out["project"] = (f"{n.project}/kernel", (1, 1, b.mid_channels, b.out_channels))
+    return out
+
+
+def condconv_kernel_shapes(spec: ArchSpec) -> Dict[str, Tuple[int, int, int, int]]:
+    """{condconv kernel variable: its per-example kernel shape (kh, kw, in, out)} (condconv_layers:
+    depthwise kernels are (kh, kw, channels, 1))."""
+    out: Dict[str, Tuple[int, int, int, int]] = {}
+    for b in spec.blocks():
+        if b.condconv:
+            kv = _kernel_vars(b, block_names(spec, b))
+            if "expand" in kv:
+                out[kv["expand"][0]] = (1, 1, b.in_channels, b.mid_channels)
+            out[kv["depthwise"][0]] = (b.kernel_size, b.kernel_size, b.mid_channels, 1)
+            out[kv["project"][0]] = (1, 1, b.mid_channels, b.out_channels)
+    return out
+
+
 def variables(spec: ArchSpec) -> List[Tuple[str, Tuple[int, ...]]]:
-    """The model's variables ``[(official name, TF shape)]`` in the official creation order."""
+    """The model's variables ``[(official name, TF shape)]`` in the official creation order.
+
+    CondConv kernels appear in the tf_keras form of the names (``scope/model/blocks_N/...``).
+    """
     out: List[Tuple[str, Tuple[int, ...]]] = []
 
     def bn(prefix: str, c: int) -> None:
@@ -112,18 +182,22 @@ def variables(spec: ArchSpec) -> List[Tuple[str, Tuple[int, ...]]]:
     blocks = spec.blocks()
     for b in blocks:
         n = block_names(spec, b)
-        k = b.kernel_size
+        kv = _kernel_vars(b, n)
+        if n.routing:
+            out.append((f"{n.routing}/kernel", (b.in_channels, b.experts)))
+            out.append((f"{n.routing}/bias", (b.experts,)))
         if n.expand:
-            out.append((f"{n.expand}/kernel", (1, 1, b.in_channels, b.mid_channels)))
+            out.append(kv["expand"])
             bn(n.bn0, b.mid_channels)
-        out.append((f"{n.depthwise}/depthwise_kernel", (k, k, b.mid_channels, 1)))
-        bn(n.bn1, b.mid_channels)
+        if n.depthwise:
+            out.append(kv["depthwise"])
+            bn(n.bn1, b.mid_channels)
         if n.se_reduce:
             out.append((f"{n.se_reduce}/kernel", (1, 1, b.mid_channels, b.se_channels)))
             out.append((f"{n.se_reduce}/bias", (b.se_channels,)))
             out.append((f"{n.se_expand}/kernel", (1, 1, b.se_channels, b.mid_channels)))
             out.append((f"{n.se_expand}/bias", (b.mid_channels,)))
-        out.append((f"{n.project}/kernel", (1, 1, b.mid_channels, b.out_channels)))
+        out.append(kv["project"])
         bn(n.bn2, b.out_channels)
     head = spec.head_channels
     out.append((f"{s}/head/conv2d/kernel", (1, 1, blocks[-1].out_channels, head)))
@@ -131,6 +205,47 @@ def variables(spec: ArchSpec) -> List[Tuple[str, Tuple[int, ...]]]:
     out.append((f"{s}/head/dense/kernel", (head, spec.num_classes)))
     out.append((f"{s}/head/dense/bias", (spec.num_classes,)))
     return out
+
+
+# condconv_layers kernels in a checkpoint: scope/[model/]blocks_N/[depthwise_]cond_conv2d[_M]/VAR
+_CC_PATTERN = re.compile(r"^(.+?)/(?:model/)?blocks_(\d+)/(?:depthwise_)?cond_conv2d(?:_(\d+))?/"
+                         r"((?:depthwise_)?condconv_kernel)$")
+
+
+def condconv_aliases(spec: ArchSpec, available: Iterable[str]) -> Dict[str, str]:
+    """{name in ``variables(spec)``: the checkpoint's own name} for the CondConv kernels.
+
+    The released checkpoints' exact kernel names could not be checked (shared/reference/README.md):
+    they may or may not carry the ``model/`` element, and their counters depend on how the
+    official code created its layers. So within each block the checkpoint's kernels of one
+    kind (``condconv_kernel`` / ``depthwise_condconv_kernel``) are taken in counter order
+    (expand before project) and must pair up one to one with the expected ones; anything else
+    raises ConversionError. Names not found at all are left alone (reported when read).
+    """
+    suffix = "/" + EMA_SUFFIX
+    groups: Dict[Tuple[str, int, str], Dict[str, int]] = {}
+    for name in available:
+        base = name[:-len(suffix)] if name.endswith(suffix) else name
+        m = _CC_PATTERN.match(base)
+        if m:
+            groups.setdefault((m.group(1), int(m.group(2)), m.group(4)), {})[base] = int(m.group(3) or 0)
+    aliases: Dict[str, str] = {}
+    for b in spec.blocks():
+        if not b.condconv:
+            continue
+        kv = _kernel_vars(b, block_names(spec, b))
+        for var in ("condconv_kernel", "depthwise_condconv_kernel"):
+            want = [kv[r][0] for r in ("expand", "depthwise", "project") if r in kv and kv[r][0].endswith("/" + var)]
+            have = groups.get((spec.scope, b.index, var), {})
+            if not have:
+                continue
+            ordered = sorted(have, key=have.__getitem__)
+            if len(ordered) != len(want) or len(set(have.values())) != len(have):
+                raise ConversionError(
+                    f"{spec.scope}/blocks_{b.index}: expected {len(want)} {var} variable(s), the checkpoint "
+                    f"has {len(ordered)} ({', '.join(ordered)})")
+            aliases.update(zip(want, ordered))
+    return aliases
 
 
 def bn_layers(spec: ArchSpec) -> List[str]:
@@ -262,9 +377,12 @@ def load_weights(spec: ArchSpec, get: Getter, device: Optional[str] = None,
     dt = _check_dtype(dtype)
     dev = _device_name(device)
     tensors: Dict[str, object] = {}
+    # a checkpoint's own CondConv kernel names (either form) for the ones variables() lists
+    aliases = condconv_aliases(spec, get.shapes) if isinstance(getattr(get, "shapes", None), dict) else {}
     with tf.device(dev):
         for name, shape in variables(spec):
-            tensors[name] = tf.identity(tf.convert_to_tensor(_fetch(get, name, shape).astype(dt, copy=False)))
+            value = _fetch(get, aliases.get(name, name), shape)
+            tensors[name] = tf.identity(tf.convert_to_tensor(value.astype(dt, copy=False)))
     return LoadedWeights(spec, tensors, dev, dt)
 
 
@@ -281,6 +399,18 @@ def _swish(x):
     return x * tf.sigmoid(x)  # tf.nn.swish, the official relu_fn default
 
 
+def _activation(name: str):
+    """GlobalParams.relu_fn: tf.nn.swish (default, CondConv), tf.nn.relu (EdgeTPU), tf.nn.relu6 (Lite)."""
+    tf = _tf()
+    if name == "swish":
+        return _swish
+    if name == "relu":
+        return tf.nn.relu
+    if name == "relu6":
+        return tf.nn.relu6
+    raise ConversionError(f"unknown activation {name!r}")
+
+
 def _bn_inference(x, gamma, beta, mean, var, eps: float):
     # utils.TpuBatchNormalization is a Keras BatchNormalization with fused=False: in inference
     # it calls tf.nn.batch_normalization(x, moving_mean, moving_variance, beta, gamma, eps).
@@ -288,40 +418,83 @@ def _bn_inference(x, gamma, beta, mean, var, eps: float):
     return tf.nn.batch_normalization(x, mean, var, beta, gamma, eps)
 
 
+def _condconv(x, routing, experts, kernel_shape, stride: int, depthwise: bool):
+    """condconv_layers.CondConv2D / DepthwiseCondConv2D.call: kernels = routing @ experts, then
+    one convolution per example with its own kernel reshaped to ``kernel_shape``."""
+    tf = _tf()
+    kernels = tf.matmul(routing, experts)
+    outs = []
+    for i in range(int(x.shape[0])):
+        kernel = tf.reshape(kernels[i], kernel_shape)
+        xi = x[i:i + 1]
+        if depthwise:
+            outs.append(tf.nn.depthwise_conv2d(xi, kernel, strides=[1, stride, stride, 1], padding="SAME"))
+        else:
+            outs.append(tf.nn.conv2d(xi, kernel, strides=[1, stride, stride, 1], padding="SAME"))
+    return tf.concat(outs, axis=0)
+
+
 def _walk(spec: ArchSpec, w: Callable[[str], object], x, bn: Callable[[str, object], object],
           trace: Optional[Trace] = None):
     """One eval-mode pass; ``w(name)`` gives a variable, ``bn(prefix, x)`` applies one BN."""
     tf = _tf()
     s = spec.scope
+    act = _activation(spec.activation)
+    cc_shapes = condconv_kernel_shapes(spec) if spec.condconv_experts else {}
 
     def emit(name: str, t) -> None:
         if trace is not None:
             trace(name, t.numpy())
 
     x = _conv(x, w(f"{s}/stem/conv2d/kernel"), 2)
-    x = _swish(bn(f"{s}/stem/{BN_NAME}", x))
+    x = act(bn(f"{s}/stem/{BN_NAME}", x))
     emit(f"{s}/stem", x)
     for b in spec.blocks():
         n = block_names(spec, b)
+        kv = _kernel_vars(b, n)
         inputs = x
-        if n.expand:
-            x = _swish(bn(n.bn0, _conv(x, w(f"{n.expand}/kernel"), 1)))
-        x = tf.nn.depthwise_conv2d(x, w(f"{n.depthwise}/depthwise_kernel"),
-                                   strides=[1, b.stride, b.stride, 1], padding="SAME")
-        x = _swish(bn(n.bn1, x))
-        if n.se_reduce:
-            se = tf.reduce_mean(x, [1, 2], keepdims=True)
-            se = tf.nn.bias_add(_conv(se, w(f"{n.se_reduce}/kernel"), 1), w(f"{n.se_reduce}/bias"))
-            se = _swish(se)
-            se = tf.nn.bias_add(_conv(se, w(f"{n.se_expand}/kernel"), 1), w(f"{n.se_expand}/bias"))
-            x = tf.sigmoid(se) * x
-        x = bn(n.bn2, _conv(x, w(f"{n.project}/kernel"), 1))
+        if b.fused:
+            # efficientnet_model.MBConvBlockWithoutDepthwise.call
+            if n.expand:
+                x = act(bn(n.bn0, _conv(x, w(kv["expand"][0]), 1)))
+            x = bn(n.bn2, _conv(x, w(kv["project"][0]), b.stride))
+        else:
+            if b.condconv:
+                # MBConvBlock.call: GlobalAveragePooling2D of the block input -> Dense(sigmoid)
+                pooled = tf.reduce_mean(inputs, [1, 2])
+                routing = tf.sigmoid(tf.matmul(pooled, w(f"{n.routing}/kernel")) + w(f"{n.routing}/bias"))
+
+                def conv(t, role, stride):
+                    name = kv[role][0]
+                    return _condconv(t, routing, w(name), cc_shapes[name], stride, role == "depthwise")
+            else:
+                def conv(t, role, stride):
+                    if role == "depthwise":
+                        return tf.nn.depthwise_conv2d(t, w(kv[role][0]), strides=[1, stride, stride, 1],
+                                                      padding="SAME")
+                    return _conv(t, w(kv[role][0]), stride)
+            if n.expand:
+                x = act(bn(n.bn0, conv(x, "expand", 1)))
+            x = act(bn(n.bn1, conv(x, "depthwise", b.stride)))
+            if n.se_reduce:
+                se = tf.reduce_mean(x, [1, 2], keepdims=True)
+                se = tf.nn.bias_add(_conv(se, w(f"{n.se_reduce}/kernel"), 1), w(f"{n.se_reduce}/bias"))
+                se = act(se)
+                se = tf.nn.bias_add(_conv(se, w(f"{n.se_expand}/kernel"), 1), w(f"{n.se_expand}/bias"))
+                x = tf.sigmoid(se) * x
+            x = bn(n.bn2, conv(x, "project", 1))
         if b.residual:
             x = x + inputs
         emit(f"{s}/blocks_{b.index}", x)
     x = _conv(x, w(f"{s}/head/conv2d/kernel"), 1)
-    x = _swish(bn(f"{s}/head/{BN_NAME}", x))
-    x = tf.reduce_mean(x, [1, 2])  # GlobalAveragePooling2D
+    x = act(bn(f"{s}/head/{BN_NAME}", x))
+    if spec.local_pooling:
+        # efficientnet_model.Model.call with local_pooling: avg_pool over the whole map, squeeze
+        x = tf.nn.avg_pool(x, ksize=[1, int(x.shape[1]), int(x.shape[2]), 1], strides=[1, 1, 1, 1],
+                           padding="VALID")
+        x = tf.squeeze(x, [1, 2])
+    else:
+        x = tf.reduce_mean(x, [1, 2])  # GlobalAveragePooling2D
     emit(f"{s}/head/pooled", x)
     return tf.matmul(x, w(f"{s}/head/dense/kernel")) + w(f"{s}/head/dense/bias")
 
@@ -446,7 +619,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m converter.tfref.reference",
         description="TensorFlow reference logits of an official-layout EfficientNet checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint prefix (DIR/model.ckpt) or folder")
-    p.add_argument("--variant", required=True, help="b0..b8, l2, l2-475")
+    p.add_argument("--variant", required=True, help="b0..b8, l2, l2-475, lite0..lite4, edgetpu-s/m/l, condconv-b0-4e/-8e/-8e-depth")
     p.add_argument("--images", required=True, help=".npz with key 'images' (normalized NHWC float32)")
     p.add_argument("--out", required=True, help=".npz to write: logits, seconds, device")
     p.add_argument("--no-ema", action="store_true", help="read raw variables, not the EMA twins")

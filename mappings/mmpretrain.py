@@ -1,0 +1,57 @@
+"""Layout 'mmpretrain': mmpretrain 1.2's ``ImageClassifier`` with the ``EfficientNet`` backbone.
+
+Same row format as mappings/efficientnet.py. mmpretrain/models/backbones/efficientnet.py builds
+``backbone.layers``: 0 the stem ConvModule, then one ``Sequential`` of ``InvertedResidual`` per
+group of official stages (``model_scaling`` merges a stage whose first block has stride 1 into
+the one before it: format fields ``group``/``group_j``), then the head ConvModule
+(``head_group``). Every conv is a ConvModule (``.conv`` and, but in the SE, ``.bn``); the
+tf-ported zoo configs use ``Conv2dAdaptivePadding`` (TF 'SAME') and BN eps 1e-3. The
+classifier is ``LinearClsHead``'s ``head.fc``. BatchNorm2d carries ``num_batches_tracked``.
+"""
+from .kinds import BN_TRACKED, CONV, CONV_BIAS, DENSE, DWCONV
+
+LAYOUT = "mmpretrain"
+
+# our variant -> mmpretrain's EfficientNet arch (EfficientNet.arch_settings); the 475 px L2
+# release has the L2 architecture (zoo name efficientnet-l2_3rdparty-ra-noisystudent_in1k-475px)
+VARIANTS = {**{f"b{n}": f"b{n}" for n in range(9)}, "l2": "l2", "l2-475": "l2"}
+
+# the .pth form mmengine.runner.load_checkpoint / mmpretrain.get_model(name, pretrained=path)
+# reads: {"state_dict": ..., "meta": ...}
+PTH_FORM = "mmengine"
+
+STEM = (
+    # official layer                     module                          kind        TF kernel shape
+    ("stem/conv2d",                      "backbone.layers.0.conv",       CONV,       (3, 3, 3, "stem")),
+    ("stem/tpu_batch_normalization",     "backbone.layers.0.bn",         BN_TRACKED, ("stem",)),
+)
+
+_B = "backbone.layers.{group}.{group_j}"
+
+# InvertedResidual with expand_conv (mid_channels != in_channels)
+BLOCK_EXPAND = (
+    ("blocks_{i}/conv2d",                    _B + ".expand_conv.conv",     CONV,       (1, 1, "in", "mid")),
+    ("blocks_{i}/tpu_batch_normalization",   _B + ".expand_conv.bn",       BN_TRACKED, ("mid",)),
+    ("blocks_{i}/depthwise_conv2d",          _B + ".depthwise_conv.conv",  DWCONV,     ("k", "k", "mid", 1)),
+    ("blocks_{i}/tpu_batch_normalization_1", _B + ".depthwise_conv.bn",    BN_TRACKED, ("mid",)),
+    ("blocks_{i}/se/conv2d",                 _B + ".se.conv1.conv",        CONV_BIAS,  (1, 1, "mid", "se")),
+    ("blocks_{i}/se/conv2d_1",               _B + ".se.conv2.conv",        CONV_BIAS,  (1, 1, "se", "mid")),
+    ("blocks_{i}/conv2d_1",                  _B + ".linear_conv.conv",     CONV,       (1, 1, "mid", "out")),
+    ("blocks_{i}/tpu_batch_normalization_2", _B + ".linear_conv.bn",       BN_TRACKED, ("out",)),
+)
+
+# InvertedResidual without expand_conv (expand ratio 1)
+BLOCK_NO_EXPAND = (
+    ("blocks_{i}/depthwise_conv2d",          _B + ".depthwise_conv.conv",  DWCONV,     ("k", "k", "mid", 1)),
+    ("blocks_{i}/tpu_batch_normalization",   _B + ".depthwise_conv.bn",    BN_TRACKED, ("mid",)),
+    ("blocks_{i}/se/conv2d",                 _B + ".se.conv1.conv",        CONV_BIAS,  (1, 1, "mid", "se")),
+    ("blocks_{i}/se/conv2d_1",               _B + ".se.conv2.conv",        CONV_BIAS,  (1, 1, "se", "mid")),
+    ("blocks_{i}/conv2d",                    _B + ".linear_conv.conv",     CONV,       (1, 1, "mid", "out")),
+    ("blocks_{i}/tpu_batch_normalization_1", _B + ".linear_conv.bn",       BN_TRACKED, ("out",)),
+)
+
+HEAD = (
+    ("head/conv2d",                      "backbone.layers.{head_group}.conv", CONV,       (1, 1, "last", "head")),
+    ("head/tpu_batch_normalization",     "backbone.layers.{head_group}.bn",   BN_TRACKED, ("head",)),
+    ("head/dense",                       "head.fc",                           DENSE,      ("head", "classes")),
+)
