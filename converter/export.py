@@ -145,22 +145,29 @@ def export_onnx(model: torch.nn.Module, out: Path, input_size, batch_size: int =
         opts.log_severity_level = 3
         sess = ort.InferenceSession(str(f.tmp), opts, providers=["CPUExecutionProvider"])
         batches = [x] + ([check_inputs(batch_size + 2, input_size, seed=1)] if dynamic_batch else [])
-        errors = []
-        for xb in batches:
-            with torch.no_grad():
-                ref = ref_model(xb.to(next(ref_model.parameters()).device)).float().cpu().numpy()
-            got = sess.run(["logits"], {"images": xb.numpy()})[0]
-            if got.shape != ref.shape:
-                raise ConversionError(f"ONNX Runtime gives logits of shape {got.shape}, PyTorch {ref.shape}")
-            errors.append(rel_error(got, ref))
-        if max(errors) > MAX_REL_ERROR or not np.isfinite(max(errors)):
-            raise ConversionError(f"ONNX Runtime logits differ from PyTorch's: relative error {max(errors):.2e} "
-                                  f"> {MAX_REL_ERROR:g}; nothing written")
+        errors = _check_logits(ref_model, batches, lambda xb: sess.run(["logits"], {"images": xb.numpy()})[0],
+                               "ONNX Runtime")
         f.commit()
     finally:
         f.discard()
     return {"path": str(out), "format": "onnx", "rel_error": max(errors), "batches": [int(b.shape[0]) for b in batches],
             "input_size": list(input_size), "dynamic_batch": dynamic_batch, "opset": opset, "fused": fuse}
+
+
+def _check_logits(ref_model: torch.nn.Module, batches, run, what: str) -> List[float]:
+    """Relative error of ``run(batch)`` against the PyTorch model per batch; raises past ``MAX_REL_ERROR``."""
+    errors = []
+    for xb in batches:
+        with torch.no_grad():
+            ref = ref_model(xb.to(next(ref_model.parameters()).device)).float().cpu().numpy()
+            got = run(xb)
+        if got.shape != ref.shape:
+            raise ConversionError(f"{what} gives logits of shape {got.shape}, PyTorch {ref.shape}")
+        errors.append(rel_error(got, ref))
+    if max(errors) > MAX_REL_ERROR or not np.isfinite(max(errors)):
+        raise ConversionError(f"{what} logits differ from PyTorch's: relative error {max(errors):.2e} "
+                              f"> {MAX_REL_ERROR:g}; nothing written")
+    return errors
 
 
 def export_torchscript(model: torch.nn.Module, out: Path, input_size, batch_size: int = 1,
@@ -187,17 +194,8 @@ def export_torchscript(model: torch.nn.Module, out: Path, input_size, batch_size
             torch.jit.save(scripted, str(f.tmp))
             loaded = torch.jit.load(str(f.tmp), map_location="cpu")
         odd = (input_size[0] + 1) | 1, (input_size[1] + 1) | 1
-        errors = []
-        for xb in (check_inputs(batch_size, input_size), check_inputs(batch_size + 1, odd, seed=1)):
-            with torch.no_grad():
-                ref = ref_model(xb.to(next(ref_model.parameters()).device)).float().cpu().numpy()
-                got = loaded(xb).numpy()
-            if got.shape != ref.shape:
-                raise ConversionError(f"the TorchScript model gives logits of shape {got.shape}, PyTorch {ref.shape}")
-            errors.append(rel_error(got, ref))
-        if max(errors) > MAX_REL_ERROR or not np.isfinite(max(errors)):
-            raise ConversionError(f"TorchScript logits differ from PyTorch's: relative error {max(errors):.2e} "
-                                  f"> {MAX_REL_ERROR:g}; nothing written")
+        batches = [check_inputs(batch_size, input_size), check_inputs(batch_size + 1, odd, seed=1)]
+        errors = _check_logits(ref_model, batches, lambda xb: loaded(xb).numpy(), "TorchScript")
         f.commit()
     finally:
         f.discard()
