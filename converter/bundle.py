@@ -596,6 +596,11 @@ class BundleReader:
                                   f"(pass the checkpoint prefix, e.g. DIR/model.ckpt)") from None
         except OSError as e:
             raise ConversionError(f"cannot read checkpoint index {self._index_path}: {e.strerror or e}") from None
+        self._load_index(data)
+        self._check_data_files()
+
+    def _load_index(self, data: bytes) -> None:
+        """Parse the index bytes into the tensor entries; any problem is one ConversionError."""
         try:
             self._entries, self._num_shards = self._parse(data)
         except _Corrupt as e:
@@ -603,7 +608,6 @@ class BundleReader:
         except (IndexError, struct.error, ValueError, OverflowError) as e:  # safety net
             raise ConversionError(f"checkpoint index {self._index_path}: corrupt ({type(e).__name__}: {e})") from None
         self._names = sorted(self._entries)
-        self._check_data_files()
 
     # parsing
 

@@ -19,7 +19,7 @@ from .mappings.kinds import DENSE
 from .metadata import encode, pth_payload
 from .readers import CheckpointReader
 from .pipeline import Deferred, SyncingWriter, patch_header, prefetch
-from .writer import STALE_TEMP_AGE_S, AtomicFile, remove_stale_temps, safetensors_header, write_safetensors
+from .writer import STALE_TEMP_AGE_S, AtomicFile, remove_stale_temps, write_safetensors
 
 log = logging.getLogger("converter")
 
@@ -287,7 +287,7 @@ def convert(reader: CheckpointReader, spec: ArchSpec, cfg: Dict[str, object], ou
             with open(st[0].tmp, "wb") as fh:
                 out = SyncingWriter(fh)
                 try:
-                    write_safetensors(out, specs, tensors, encoded)
+                    head = write_safetensors(out, specs, tensors, encoded)
                     out.finish()
                 except BaseException:
                     out.abandon()
@@ -296,7 +296,6 @@ def convert(reader: CheckpointReader, spec: ArchSpec, cfg: Dict[str, object], ou
             for k, d in deferred.items():
                 meta[k] = d.result()
             if st:
-                head, _ = safetensors_header(specs, encoded)
                 patch_header(st[0].tmp, head, [(k, d.placeholder, meta[k]) for k, d in deferred.items()])
             encoded = encode(meta)
         if pth:

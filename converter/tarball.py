@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .bundle import BundleReader, _Corrupt, data_filename
+from .bundle import BundleReader, data_filename
 from .errors import ConversionError
 
 _SEP = "!/"  # tarball!/member in names shown to the user
@@ -40,13 +40,7 @@ class TarballReader(BundleReader):
         self.prefix = f"{self.tarball}{_SEP}{inner}"
         self._inner_prefix = inner
         self._index_path = f"{self.tarball}{_SEP}{index_name}"
-        try:
-            self._entries, self._num_shards = self._parse(data)
-        except _Corrupt as e:
-            raise ConversionError(f"checkpoint index {self._index_path}: {e}") from None
-        except (IndexError, ValueError, OverflowError) as e:  # safety net
-            raise ConversionError(f"checkpoint index {self._index_path}: corrupt ({type(e).__name__}: {e})") from None
-        self._names = sorted(self._entries)
+        self._load_index(data)  # data members are checked as the stream reaches them
 
     # ------------------------------------------------------------------ finding the index
 
@@ -79,14 +73,10 @@ class TarballReader(BundleReader):
                     indexes.append((member.name, f.read() if f is not None else b""))
                     if not any(_is_data_member(n, member.name) for n in self._seen):
                         break  # index before its data: the data follows, read it in the same order
-        except ConversionError:
-            stream.close()
-            raise
         except _TAR_ERRORS as e:
-            stream.close()
             raise self._corrupt(e) from None
-        # Only an index found before any data lets us stop early; otherwise the scan ran to the end
-        stream.close()
+        finally:
+            stream.close()
         if not indexes:
             raise ConversionError(f"tarball {self.tarball} holds no TensorFlow checkpoint (no .index member); "
                                   f"use the official checkpoint tarball")
@@ -95,9 +85,6 @@ class TarballReader(BundleReader):
             raise ConversionError(f"tarball {self.tarball} holds {len(indexes)} checkpoints ({names}); "
                                   f"extract it and pass the prefix you want as --checkpoint")
         return indexes[0]
-
-    def _check_data_files(self) -> None:  # sizes are checked as the stream reaches each member
-        return None
 
     # ------------------------------------------------------------------ reading
 
@@ -169,17 +156,6 @@ class TarballReader(BundleReader):
                 pass
         self._stream = self._member_file = self._member_name = None
         self._pos = 0
-
-    def read(self, name: str):
-        """One tensor (crc32c checked); a truncated member is one clear error."""
-        try:
-            return super().read(name)
-        except ConversionError as e:
-            if "ends inside" in str(e):  # BundleReader's EOF message names a file path; say tarball
-                self._close_stream()
-                raise ConversionError(f"{self.tarball} ends inside {name}: truncated tarball? "
-                                      f"delete it and download it again") from None
-            raise
 
     def close(self) -> None:
         """Close the archive stream."""

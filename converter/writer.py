@@ -132,10 +132,11 @@ def safetensors_header(specs: Sequence[Tuple[str, Tuple[int, ...], np.dtype]],
 
 
 def write_safetensors(out, specs: Sequence[Tuple[str, Tuple[int, ...], np.dtype]],
-                      arrays: Iterable[Tuple[str, np.ndarray]], metadata: Dict[str, str]) -> None:
+                      arrays: Iterable[Tuple[str, np.ndarray]], metadata: Dict[str, str]) -> bytes:
     """Stream tensors into an open binary file: header first, then each tensor as it arrives.
 
     ``arrays`` must yield (key, array) in ``specs`` order; only one tensor is held at a time.
+    Returns the header bytes written (size prefix included).
     """
     head, offsets = safetensors_header(specs, metadata)
     out.write(head)
@@ -148,6 +149,7 @@ def write_safetensors(out, specs: Sequence[Tuple[str, Tuple[int, ...], np.dtype]
         count += 1
     if count != len(specs):
         raise RuntimeError(f"writer got {count} tensors, expected {len(specs)}")
+    return head
 
 
 def read_safetensors_metadata(path: Path) -> Dict[str, str]:
