@@ -30,7 +30,8 @@ def _convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="safetensors", choices=("safetensors", "pth", "both"))
     p.add_argument("--layout", default="native",
                    help="state_dict keys of the output: native (default, converter.load_model), "
-                        "timm (tf_efficientnet_*), mmpretrain (its EfficientNet zoo models)")
+                        "timm (tf_efficientnet_*, the family too: lite*, es/em/el, cc_*), "
+                        "mmpretrain (its EfficientNet: b0-b8, l2, EdgeTPU es/em)")
     p.add_argument("--no-ema", action="store_true", help="take the raw weights instead of their EMA twins")
     p.add_argument("--num-classes", type=int,
                    help="classes of the converted classifier; must agree with the checkpoint (default: read from it)")

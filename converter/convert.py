@@ -14,7 +14,7 @@ from . import __version__
 from .arch import ArchSpec
 from .errors import ConversionError
 from .layout import tf_to_torch
-from .mapping import Entry, expand, is_classifier, resolve_condconv_names
+from .mapping import Entry, expand, is_classifier, layout_caveat, resolve_condconv_names
 from .mappings.kinds import DENSE
 from .metadata import encode, pth_payload
 from .readers import CheckpointReader
@@ -209,7 +209,7 @@ def iter_tensors(reader: CheckpointReader, selection: Selection, allow_nonfinite
                 "pass --allow-nonfinite to convert anyway")
         if drop_background and is_classifier(e):
             value = value[..., 1:]  # TF layout: the class axis is last for kernel and bias
-        out = tf_to_torch(value, e.kind)
+        out = tf_to_torch(value, e.kind, e.kernel)
         if out.shape != shape:  # the layout rule and the table disagree: a bug, not user input
             raise RuntimeError(f"{src}: layout gave {out.shape}, table expects {shape}")
         if progress is not None:
@@ -262,6 +262,10 @@ def convert(reader: CheckpointReader, spec: ArchSpec, cfg: Dict[str, object], ou
                 converter_version=__version__)
     if drop_background:
         meta["background_dropped"] = "true"
+    caveat = layout_caveat(spec, layout)
+    if caveat:  # the library's model computes differently from the official one (mapping.layout_caveat)
+        log.warning("warning: %s", caveat)
+        meta["layout_caveat"] = caveat
     # values computed beside the conversion (the source's sha256): placeholders now, patched at the end
     deferred = {k: v for k, v in meta.items() if isinstance(v, Deferred)}
     encoded = encode({k: (v.placeholder if k in deferred else v) for k, v in meta.items()})

@@ -6,10 +6,12 @@ import re
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
+
 from .arch import ArchSpec, Block, get_arch
 from .errors import ConversionError
-from .layout import torch_shape
-from .mappings.kinds import CONDCONV, CONSTANTS, DENSE, DWCONDCONV, VARIABLES
+from .layout import relayout, same_layout, torch_shape
+from .mappings.kinds import CONSTANTS, DENSE, FLATTENED, VARIABLES
 
 # official variable names that hold a kernel (the row's whole shape)
 KERNEL_VARIABLES = ("kernel", "depthwise_kernel", "condconv_kernel", "depthwise_condconv_kernel")
@@ -31,6 +33,9 @@ class Entry:
     # its value and dtype; tf_name is "" and it consumes no checkpoint variable
     const: Optional[int] = None
     dtype: str = "float32"
+    # CondConv (kinds.FLATTENED): each expert's kernel shape (kh, kw, in, out) within tf_shape
+    # [experts, kh*kw*in*out]; () otherwise
+    kernel: Tuple[int, ...] = ()
 
 
 def load_table(layout: str):
@@ -50,6 +55,10 @@ def _rows(rows, scope: str, fmt: Dict[str, int], dims: Dict[str, int]) -> List[E
         if "se" in shape and not dims.get("se"):
             continue  # no squeeze-excitation in this block
         tf_kernel = _resolve(shape, dims)
+        kernel: Tuple[int, ...] = ()
+        if kind in FLATTENED:  # row shape (experts, kh, kw, in, out); the variable [experts, kh*kw*in*out]
+            kernel = tf_kernel[1:]
+            tf_kernel = (tf_kernel[0], int(np.prod(kernel)))
         for tf_var, torch_var in VARIABLES[kind]:
             tf_shape = tf_kernel if tf_var in KERNEL_VARIABLES else (tf_kernel[-1] if tf_var == "bias" else tf_kernel[0],)
             out.append(Entry(
@@ -58,6 +67,7 @@ def _rows(rows, scope: str, fmt: Dict[str, int], dims: Dict[str, int]) -> List[E
                 kind=kind,
                 tf_shape=tf_shape,
                 shape=torch_shape(kind, tf_shape),
+                kernel=kernel if tf_var in KERNEL_VARIABLES else (),
             ))
         for torch_var, value, dtype in CONSTANTS.get(kind, ()):
             out.append(Entry(tf_name="", key=f"{module.format(**fmt)}.{torch_var}", kind=kind,
@@ -68,10 +78,7 @@ def _rows(rows, scope: str, fmt: Dict[str, int], dims: Dict[str, int]) -> List[E
 def block_dims(b: Block) -> Dict[str, int]:
     k = b.kernel_size
     return {"in": b.in_channels, "mid": b.mid_channels, "out": b.out_channels,
-            "se": b.se_channels, "k": k,
-            # CondConv: experts and the flattened kernel sizes (kh*kw*in*out)
-            "experts": b.experts, "cc_expand": b.in_channels * b.mid_channels,
-            "cc_dw": k * k * b.mid_channels, "cc_project": b.mid_channels * b.out_channels}
+            "se": b.se_channels, "k": k, "experts": b.experts}
 
 
 def is_classifier(e: Entry) -> bool:
@@ -117,7 +124,7 @@ def resolve_condconv_names(entries: List[Entry], names: Sequence[str]) -> List[E
     expand before project; the depthwise one alone. A block whose checkpoint kernels do not
     pair up one to one raises ConversionError; a block without any is left to the missing-variable check.
     """
-    targets = [e for e in entries if e.kind in (CONDCONV, DWCONDCONV)]
+    targets = [e for e in entries if e.kind in FLATTENED]
     if not targets:
         return entries
     ema = "/ExponentialMovingAverage"
@@ -179,10 +186,15 @@ def expand(variant: Union[str, ArchSpec], layout: str = "native") -> List[Entry]
 def check_variant(spec: ArchSpec, layout: str) -> None:
     """Refuse (ConversionError) a variant that ``layout``'s library has no model for.
 
-    A table may list ``VARIANTS`` (our variant name -> the library's model/arch name); a table
-    without that list (native) takes every variant.
+    A table may list ``VARIANTS`` (our variant name -> the library's model/arch name; a table
+    without that list, native, takes every variant) and ``NOT_OFFICIAL`` (variant -> why the
+    library's model of that name cannot hold the official weights).
     """
-    variants = getattr(load_table(layout), "VARIANTS", None)
+    table = load_table(layout)
+    why = getattr(table, "NOT_OFFICIAL", {}).get(spec.name)
+    if why:
+        raise ConversionError(f"layout {layout} has no model for variant {spec.name}: {why}; use --layout native")
+    variants = getattr(table, "VARIANTS", None)
     if variants is not None and spec.name not in variants:
         raise ConversionError(f"layout {layout} has no model for variant {spec.name} (it has {', '.join(variants)}); "
                               "use --layout native")
@@ -209,8 +221,9 @@ def stride_groups(blocks: Sequence[Block]) -> Dict[int, Tuple[int, int]]:
 def to_native(state_dict: Dict[str, object], spec: ArchSpec, layout: str) -> Dict[str, object]:
     """A ``layout`` state_dict re-keyed for the native model (constants such as num_batches_tracked dropped).
 
-    Both tables name the same official variables and the kinds lay tensors out the same way,
-    so each tensor moves as is. Raises ConversionError when the keys are not exactly the layout's.
+    Both tables name the same official variables; a tensor moves as is where both kinds lay it
+    out the same way and is re-laid otherwise (timm's CondConv kernels). Raises ConversionError
+    when the keys are not exactly the layout's.
     """
     if layout == "native":
         return dict(state_dict)
@@ -221,11 +234,56 @@ def to_native(state_dict: Dict[str, object], spec: ArchSpec, layout: str) -> Dic
         raise ConversionError(f"the weights do not fit the {layout} layout of {spec.name}: "
                               f"{len(missing)} missing, {len(unexpected)} unexpected keys "
                               f"({', '.join((missing + unexpected)[:3])})")
-    native = {e.tf_name: e.key for e in expand(spec, "native")}
-    return {native[e.tf_name]: state_dict[e.key] for e in entries if e.const is None}
+    native = {e.tf_name: e for e in expand(spec, "native")}
+    out = {}
+    for e in entries:
+        if e.const is not None:
+            continue
+        n, t = native[e.tf_name], state_dict[e.key]
+        if not same_layout(e.kind, n.kind):
+            import torch
+
+            t = torch.from_numpy(relayout(t.detach().cpu().numpy(), e.kind, n.kind, e.kernel))
+        out[n.key] = t
+    return out
 
 
 def output_stem(name: str, layout: str) -> str:
     """File name stem of a conversion: ``efficientnet-b4_advprop`` (native) or ``efficientnet-b4_advprop.timm``."""
     load_table(layout)  # an unknown layout: ConversionError
     return name if layout == "native" else f"{name}.{layout}"
+
+
+def fused_stride_exact(spec: ArchSpec, size: int) -> bool:
+    """Whether a fused block strided on its kxk conv equals the official one (strided 1x1) at input ``size``.
+
+    With TF 'SAME' padding a stride-2 kxk conv over an odd input centres its outputs on the
+    even pixels, as the official stride-1 kxk conv + stride-2 1x1 conv does; over an even input
+    the kxk conv is padded only at the end and centres them on the odd pixels instead.
+    """
+    size_here = -(-size // 2)  # after the stem's stride-2 conv
+    for b in spec.blocks():
+        if b.fused and b.stride > 1 and size_here % 2 == 0:
+            return False
+        size_here = -(-size_here // b.stride)
+    return True
+
+
+def layout_caveat(spec: ArchSpec, layout: str) -> Optional[str]:
+    """One line on where ``layout``'s library computes differently from the official model, or None.
+
+    The weights are exact in every layout; a library whose fused block strides its kxk conv
+    (table attribute ``FUSED_STRIDE_ON = "kxk"``) gives the official logits only at input sizes
+    where every strided fused block sees an odd input (:func:`fused_stride_exact`).
+    """
+    table = load_table(layout)
+    if getattr(table, "FUSED_STRIDE_ON", "1x1") != "kxk" or not any(b.fused and b.stride > 1 for b in spec.blocks()):
+        return None
+    res = spec.resolution
+    near = sorted((s for s in range(max(res - 16, 1), res + 17) if fused_stride_exact(spec, s)),
+                  key=lambda s: (abs(s - res), s))[:4]
+    model = getattr(table, "VARIANTS", {}).get(spec.name, spec.name)
+    return (f"{layout}'s {model} strides its fused blocks' kxk conv, the official model the 1x1 project conv: "
+            f"its logits equal the official ones only at input sizes where the strided fused blocks see odd "
+            f"inputs (e.g. {', '.join(map(str, sorted(near)))}; not {res}); the weights are exact, "
+            f"--layout native computes as the official model at every size")

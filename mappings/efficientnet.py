@@ -5,8 +5,9 @@ layer kind, TensorFlow kernel shape in symbols). Kinds decide which variables a 
 how each is laid out (converter/layout.py); symbols are filled from the block being expanded:
   in, mid, out, se, k  (a block)     stem, head, last, classes  (the whole model)
 A row whose shape uses ``se`` exists only in blocks with squeeze-excitation.
-CondConv rows also use  experts, cc_expand, cc_dw, cc_project  (flattened kernel sizes) and the
-layer names  cce, ccd, ccp  (the model-wide Keras counters, filled by converter.mapping.expand).
+CondConv rows also use  experts  and the layer names  cce, ccd, ccp  (the model-wide Keras
+counters, filled by converter.mapping.expand); their shape is (experts, kh, kw, in, out): the
+variable is [experts, kh*kw*in*out] (kinds.FLATTENED).
 """
 from .kinds import BN, CONDCONV, CONV, CONV_BIAS, DENSE, DWCONDCONV, DWCONV
 
@@ -60,23 +61,23 @@ BLOCK_FUSED_NO_EXPAND = (
 # converter.mapping.resolve_condconv_names matches a checkpoint's by block and order.
 BLOCK_CONDCONV_EXPAND = (
     ("blocks_{i}/dense",                     "blocks.{i}.routing",      DENSE,     ("in", "experts")),
-    ("model/blocks_{i}/{cce}",               "blocks.{i}.expand_conv",  CONDCONV,  ("experts", "cc_expand")),
+    ("model/blocks_{i}/{cce}",               "blocks.{i}.expand_conv",  CONDCONV,  ("experts", 1, 1, "in", "mid")),
     ("blocks_{i}/tpu_batch_normalization",   "blocks.{i}.bn0",          BN,        ("mid",)),
-    ("model/blocks_{i}/{ccd}",               "blocks.{i}.dw_conv",      DWCONDCONV, ("experts", "cc_dw")),
+    ("model/blocks_{i}/{ccd}",               "blocks.{i}.dw_conv",      DWCONDCONV, ("experts", "k", "k", "mid", 1)),
     ("blocks_{i}/tpu_batch_normalization_1", "blocks.{i}.bn1",          BN,        ("mid",)),
     ("blocks_{i}/se/conv2d",                 "blocks.{i}.se.reduce",    CONV_BIAS, (1, 1, "mid", "se")),
     ("blocks_{i}/se/conv2d_1",               "blocks.{i}.se.expand",    CONV_BIAS, (1, 1, "se", "mid")),
-    ("model/blocks_{i}/{ccp}",               "blocks.{i}.project_conv", CONDCONV,  ("experts", "cc_project")),
+    ("model/blocks_{i}/{ccp}",               "blocks.{i}.project_conv", CONDCONV,  ("experts", 1, 1, "mid", "out")),
     ("blocks_{i}/tpu_batch_normalization_2", "blocks.{i}.bn2",          BN,        ("out",)),
 )
 
 BLOCK_CONDCONV_NO_EXPAND = (
     ("blocks_{i}/dense",                     "blocks.{i}.routing",      DENSE,     ("in", "experts")),
-    ("model/blocks_{i}/{ccd}",               "blocks.{i}.dw_conv",      DWCONDCONV, ("experts", "cc_dw")),
+    ("model/blocks_{i}/{ccd}",               "blocks.{i}.dw_conv",      DWCONDCONV, ("experts", "k", "k", "mid", 1)),
     ("blocks_{i}/tpu_batch_normalization",   "blocks.{i}.bn1",          BN,        ("mid",)),
     ("blocks_{i}/se/conv2d",                 "blocks.{i}.se.reduce",    CONV_BIAS, (1, 1, "mid", "se")),
     ("blocks_{i}/se/conv2d_1",               "blocks.{i}.se.expand",    CONV_BIAS, (1, 1, "se", "mid")),
-    ("model/blocks_{i}/{ccp}",               "blocks.{i}.project_conv", CONDCONV,  ("experts", "cc_project")),
+    ("model/blocks_{i}/{ccp}",               "blocks.{i}.project_conv", CONDCONV,  ("experts", 1, 1, "mid", "out")),
     ("blocks_{i}/tpu_batch_normalization_1", "blocks.{i}.bn2",          BN,        ("out",)),
 )
 

@@ -25,6 +25,19 @@ DWCONDCONV = "dwcondconv"
 VARIABLES[CONDCONV] = (("condconv_kernel", "weight"),)
 VARIABLES[DWCONDCONV] = (("depthwise_condconv_kernel", "weight"),)
 
+# timm's CondConv2d (timm/layers/cond_conv2d.py): the same [experts, kh*kw*in*out] variables, each
+# expert's kernel flattened in PyTorch order (out, in/groups, kh, kw) instead: it computes
+# ``(routing @ weight).view(B * out, in // groups, kh, kw)``.
+CONDCONV_OIHW = "condconv_oihw"
+DWCONDCONV_OIHW = "dwcondconv_oihw"
+VARIABLES[CONDCONV_OIHW] = VARIABLES[CONDCONV]
+VARIABLES[DWCONDCONV_OIHW] = VARIABLES[DWCONDCONV]
+
+# kinds whose variable holds per-expert kernels flattened to [experts, kh*kw*in*out]: a table row
+# gives their shape as (experts, kh, kw, in, out) (the unflattened kernel: converter/layout.py
+# needs it to re-order the flattened axis)
+FLATTENED = (CONDCONV, DWCONDCONV, CONDCONV_OIHW, DWCONDCONV_OIHW)
+
 # BatchNorm2d of the libraries' models (timm, mmpretrain): the BN variables plus the
 # ``num_batches_tracked`` buffer their strict load_state_dict wants. It is no checkpoint variable:
 # CONSTANTS gives its value (an int64 scalar 0, the count of a module that never trained in

@@ -14,7 +14,18 @@ LAYOUT = "mmpretrain"
 
 # our variant -> mmpretrain's EfficientNet arch (EfficientNet.arch_settings); the 475 px L2
 # release has the L2 architecture (zoo name efficientnet-l2_3rdparty-ra-noisystudent_in1k-475px)
-VARIANTS = {**{f"b{n}": f"b{n}" for n in range(9)}, "l2": "l2", "l2-475": "l2"}
+VARIANTS = {**{f"b{n}": f"b{n}" for n in range(9)}, "l2": "l2", "l2-475": "l2",
+            "edgetpu-s": "es", "edgetpu-m": "em"}
+
+# variants whose name the library has but whose model does not hold the official weights
+NOT_OFFICIAL = {
+    "edgetpu-l": "mmpretrain's arch el gives the first block 120 channels (3 x its 40-channel stem) where the "
+                 "official EdgeTPU-L has 128 (4 x 32 input filters), so the official weights do not fit it",
+}
+
+# mmpretrain's EdgeResidual puts a fused block's stride on its kxk conv (conv1), the official
+# block on the 1x1 project conv: converter.mapping.layout_caveat
+FUSED_STRIDE_ON = "kxk"
 
 # the .pth form mmengine.runner.load_checkpoint / mmpretrain.get_model(name, pretrained=path)
 # reads: {"state_dict": ..., "meta": ...}
@@ -48,6 +59,14 @@ BLOCK_NO_EXPAND = (
     ("blocks_{i}/se/conv2d_1",               _B + ".se.conv2.conv",        CONV_BIAS,  (1, 1, "se", "mid")),
     ("blocks_{i}/conv2d",                    _B + ".linear_conv.conv",     CONV,       (1, 1, "mid", "out")),
     ("blocks_{i}/tpu_batch_normalization_1", _B + ".linear_conv.bn",       BN_TRACKED, ("out",)),
+)
+
+# EdgeResidual (arch es/em/el, block_type 1): conv1 the kxk expand ConvModule, conv2 the 1x1 project
+BLOCK_FUSED_EXPAND = (
+    ("blocks_{i}/conv2d",                    _B + ".conv1.conv",           CONV,       ("k", "k", "in", "mid")),
+    ("blocks_{i}/tpu_batch_normalization",   _B + ".conv1.bn",             BN_TRACKED, ("mid",)),
+    ("blocks_{i}/conv2d_1",                  _B + ".conv2.conv",           CONV,       (1, 1, "mid", "out")),
+    ("blocks_{i}/tpu_batch_normalization_1", _B + ".conv2.bn",             BN_TRACKED, ("out",)),
 )
 
 HEAD = (

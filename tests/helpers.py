@@ -170,3 +170,51 @@ class BucketServer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# ---- the real timm / mmpretrain, run in their own environment (tests/libs_check.py) ----
+
+LIBS_CHECK = Path(__file__).resolve().parent / "libs_check.py"
+
+
+def libs_python() -> str:
+    """$EFFNET_LIBS_PYTHON (``make libs-env``); skips the test where it is not set."""
+    import pytest
+
+    exe = os.environ.get("EFFNET_LIBS_PYTHON")
+    if not exe:
+        pytest.skip("EFFNET_LIBS_PYTHON is not set (make libs-env builds .venv-libs with timm and mmpretrain; "
+                    "make test sets it)")
+    if not os.access(exe, os.X_OK):
+        pytest.fail(f"EFFNET_LIBS_PYTHON={exe} is not an executable")
+    return exe
+
+
+def libs(*args: str, check: bool = True):
+    """Run tests/libs_check.py ``args`` in the libs environment (a CompletedProcess)."""
+    import subprocess
+
+    import pytest
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.run([libs_python(), str(LIBS_CHECK), *args], capture_output=True, text=True, env=env,
+                       timeout=1800)
+    if check and p.returncode != 0:
+        pytest.fail(f"libs_check {args[0]} failed ({p.returncode}): {p.stderr[-3000:]}")
+    return p
+
+
+def lib_logits(tmp_path: Path, jobs):
+    """Run ``jobs`` ((library, model name, classes, file, inputs .npz), ...) in the libs environment.
+
+    Returns (logits by job index, per-job info): each job loads its file strictly and runs on
+    its inputs' ``x`` (NCHW).
+    """
+    import json
+
+    jobs_file, out = tmp_path / "jobs.json", tmp_path / "lib-logits.npz"
+    jobs_file.write_text(json.dumps([{"library": lib, "model": m, "num_classes": n, "file": str(f), "inputs": str(x)}
+                                     for lib, m, n, f, x in jobs]))
+    p = libs("logits", "--jobs", str(jobs_file), "--inputs", str(jobs[0][4]), "--out", str(out))
+    info = json.loads(p.stdout.strip().splitlines()[-1])["results"]
+    return dict(np.load(out)), info

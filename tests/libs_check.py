@@ -6,13 +6,14 @@ nothing of the test suite and only reads the files it is given. Prints one JSON 
     libs_check.py keys VARIANT...
         {"timm": {variant: [[key, shape], ...]}, "mmpretrain": {...}}: the state_dict keys and
         shapes of timm.create_model("tf_efficientnet_*") and mmpretrain.get_model(zoo name),
-        built on the meta device (no weights allocated)
+        built on the meta device (no weights allocated); a variant a library has no model for
+        is left out of that library's dict
     libs_check.py logits --jobs JOBS.json --inputs X.npz --out Y.npz
         JOBS.json: [{"library": "timm"|"mmpretrain"|"mmpretrain-get_model", "model": NAME,
-        "num_classes": N, "file": PATH}, ...]; each job loads its file strictly into a fresh
+        "num_classes": N, "file": PATH[, "inputs": X2.npz]}, ...]; each job loads its file strictly into a fresh
         model NAME (timm model name or mmpretrain zoo name; mmpretrain .pth files through
         mmengine.runner.load_checkpoint(strict=True); "mmpretrain-get_model" through
-        get_model(NAME, pretrained=PATH)), runs it on X.npz["x"] and saves the logits as
+        get_model(NAME, pretrained=PATH)), runs it on X.npz["x"] (or its own inputs) and saves the logits as
         Y.npz[str(index)]; a job that fails reports {"ok": false, "error": ...}
 """
 from __future__ import annotations
@@ -30,8 +31,15 @@ warnings.filterwarnings("ignore")
 
 # our variant -> timm model / an mmpretrain zoo name with that arch (any flavor: same model)
 TIMM = {**{f"b{n}": f"tf_efficientnet_b{n}" for n in range(9)}, "l2": "tf_efficientnet_l2",
-        "l2-475": "tf_efficientnet_l2"}
-MMPRETRAIN_ARCH = {**{f"b{n}": f"b{n}" for n in range(9)}, "l2": "l2", "l2-475": "l2"}
+        "l2-475": "tf_efficientnet_l2",
+        **{f"lite{n}": f"tf_efficientnet_lite{n}" for n in range(5)},
+        "edgetpu-s": "tf_efficientnet_es", "edgetpu-m": "tf_efficientnet_em", "edgetpu-l": "tf_efficientnet_el",
+        "condconv-b0-4e": "tf_efficientnet_cc_b0_4e", "condconv-b0-8e": "tf_efficientnet_cc_b0_8e",
+        "condconv-b0-8e-depth": "tf_efficientnet_cc_b1_8e"}
+MMPRETRAIN_ARCH = {**{f"b{n}": f"b{n}" for n in range(9)}, "l2": "l2", "l2-475": "l2",
+                   "edgetpu-s": "es", "edgetpu-m": "em", "edgetpu-l": "el"}
+# the official EdgeTPU checkpoints classify 1001 classes (index 0: background; family.csv)
+CLASSES = {"edgetpu-s": 1001, "edgetpu-m": 1001, "edgetpu-l": 1001}
 
 
 @contextlib.contextmanager
@@ -51,7 +59,22 @@ def _params_on_meta():
         torch.nn.Module.register_parameter = orig
 
 
-def _mm_zoo_name(arch: str) -> str:
+# mmpretrain archs without a zoo model: the model of its config
+# configs/_base_/models/efficientnet_es.py / _em.py (el by analogy; its head is 1280 * 1.2 wide)
+MM_CONFIG_ONLY = {"es": 1280, "em": 1280, "el": 1536}
+
+
+def _mm_zoo_name(arch: str):
+    """A model mmpretrain.get_model builds for ``arch``: a zoo name, or (EdgeTPU) a Config like its config files."""
+    if arch in MM_CONFIG_ONLY:
+        from mmengine.config import Config
+
+        return Config(dict(model=dict(
+            type="ImageClassifier",
+            backbone=dict(type="EfficientNet", arch=arch, act_cfg=dict(type="ReLU")),
+            neck=dict(type="GlobalAveragePooling"),
+            head=dict(type="LinearClsHead", num_classes=1000, in_channels=MM_CONFIG_ONLY[arch],
+                      loss=dict(type="CrossEntropyLoss", loss_weight=1.0), topk=(1, 5)))))
     from mmpretrain import list_models
 
     names = sorted(list_models(f"efficientnet-{arch}_*"))
@@ -67,17 +90,22 @@ def keys(variants):
     out = {"timm": {}, "mmpretrain": {}}
     seen = {}  # model name -> its list (l2 and l2-475 are one model)
     for v in variants:
-        if TIMM[v] not in seen:
-            with torch.device("meta"):
-                m = timm.create_model(TIMM[v], pretrained=False)
-            seen[TIMM[v]] = [[k, list(t.shape)] for k, t in m.state_dict().items()]
-        out["timm"][v] = seen[TIMM[v]]
-        name = _mm_zoo_name(MMPRETRAIN_ARCH[v])
-        if name not in seen:
-            with _params_on_meta():
-                m = get_model(name, pretrained=False)
-            seen[name] = [[k, list(t.shape)] for k, t in m.state_dict().items()]
-        out["mmpretrain"][v] = seen[name]
+        classes = CLASSES.get(v, 1000)
+        if v in TIMM:
+            if (TIMM[v], classes) not in seen:
+                with torch.device("meta"):
+                    m = timm.create_model(TIMM[v], pretrained=False, num_classes=classes)
+                seen[TIMM[v], classes] = [[k, list(t.shape)] for k, t in m.state_dict().items()]
+            out["timm"][v] = seen[TIMM[v], classes]
+        if v in MMPRETRAIN_ARCH:
+            name = _mm_zoo_name(MMPRETRAIN_ARCH[v])
+            key = (MMPRETRAIN_ARCH[v], classes)
+            if key not in seen:
+                kw = {} if classes == 1000 else {"head": dict(num_classes=classes)}
+                with _params_on_meta():
+                    m = get_model(name, pretrained=False, **kw)
+                seen[key] = [[k, list(t.shape)] for k, t in m.state_dict().items()]
+            out["mmpretrain"][v] = seen[key]
     return out
 
 
@@ -100,8 +128,13 @@ def _timm_model(name, num_classes, path):
     return model, {}
 
 
+def _mm_name(name):
+    """A zoo name, or ``arch:ARCH`` for the model of mmpretrain's config of that arch (EdgeTPU)."""
+    return _mm_zoo_name(name[5:]) if name.startswith("arch:") else name
+
+
 def _mm_model(name, num_classes, path):
-    """mmpretrain zoo model ``name`` with the file's weights, loaded strictly.
+    """mmpretrain zoo model ``name`` (or ``arch:ARCH``) with the file's weights, loaded strictly.
 
     safetensors: load_state_dict(strict=True); .pth: mmengine.runner.load_checkpoint(strict=True),
     the reader of get_model(name, pretrained=path).
@@ -109,7 +142,7 @@ def _mm_model(name, num_classes, path):
     from mmpretrain import get_model
 
     kw = {} if num_classes == 1000 else {"head": dict(num_classes=num_classes)}
-    model = get_model(name, pretrained=False, **kw)
+    model = get_model(_mm_name(name), pretrained=False, **kw)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -126,7 +159,7 @@ def _mm_get_model(name, num_classes, path):
     from mmpretrain import get_model
 
     kw = {} if num_classes == 1000 else {"head": dict(num_classes=num_classes)}
-    return get_model(name, pretrained=path, **kw), {}
+    return get_model(_mm_name(name), pretrained=path, **kw), {}
 
 
 BUILDERS = {"timm": _timm_model, "mmpretrain": _mm_model, "mmpretrain-get_model": _mm_get_model}
@@ -138,9 +171,10 @@ def run(jobs_file, inputs, out):
     Logits go to ``out`` under the job's index; a job that fails (a strict load refusing the
     file) reports its error instead and the others still run.
     """
-    x = torch.from_numpy(np.load(inputs)["x"])
+    x_default = torch.from_numpy(np.load(inputs)["x"])
     results, logits = [], {}
     for i, job in enumerate(json.load(open(jobs_file))):
+        x = torch.from_numpy(np.load(job["inputs"])["x"]) if job.get("inputs") else x_default
         try:
             model, info = BUILDERS[job["library"]](job["model"], int(job.get("num_classes", 1000)), job["file"])
             model.eval()

@@ -484,3 +484,220 @@ def _converted_weights(variant):
         if v == variant:
             return prefix.parent.parent / f"out-{variant}-{form}" / f"{find_checkpoint(variant).name}.safetensors"
     raise AssertionError(f"no converted {variant}")
+
+
+# ---- library layouts: timm for all 11, mmpretrain for EdgeTPU S/M ----------------------------
+
+# the library models (independent of converter/mappings)
+TIMM_MODEL = {**{f"lite{n}": f"tf_efficientnet_lite{n}" for n in range(5)},
+              "edgetpu-s": "tf_efficientnet_es", "edgetpu-m": "tf_efficientnet_em", "edgetpu-l": "tf_efficientnet_el",
+              "condconv-b0-4e": "tf_efficientnet_cc_b0_4e", "condconv-b0-8e": "tf_efficientnet_cc_b0_8e",
+              "condconv-b0-8e-depth": "tf_efficientnet_cc_b1_8e"}
+MM_ARCH = {"edgetpu-s": "es", "edgetpu-m": "em"}
+# the libraries' EdgeResidual strides the fused block's 3x3 conv, the official block its 1x1 project
+# conv: with 'SAME' padding both sample the same pixels only where those blocks see odd inputs, i.e.
+# (stem stride 2, fused blocks at strides 4 and 8) sizes 8k+1 and 8k+2; 97 is one, 96 is not
+LIB_RES = {v: (97 if v.startswith("edgetpu") else PARITY_RES[v]) for v in FAMILY}
+EVEN_RES = 96
+LIB_MAX_REL_ERROR = 1e-5
+
+
+def _seeded_images(res, n, seed):
+    from converter.synthetic import normalize, synthetic_images
+
+    return normalize(synthetic_images(res, n, seed=seed), FAMILY_MEAN, FAMILY_STD)
+
+
+def _nchw(images):
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+
+
+def test_fused_stride_exact_sizes():
+    from converter.mapping import fused_stride_exact
+
+    spec = get_arch("edgetpu-s")
+    assert [s for s in range(90, 140) if fused_stride_exact(spec, s)] == [s for s in range(90, 140) if s % 8 in (1, 2)]
+    assert all(fused_stride_exact(get_arch(v), 224) for v in ("lite0", "condconv-b0-4e", "b0"))  # no fused blocks
+
+
+def test_family_tables_equal_library_state_dicts():
+    """Every family table against timm's (and mmpretrain's EdgeTPU) real state_dict: keys, shapes, order."""
+    from helpers import libs
+
+    lib = json.loads(libs("keys", *FAMILY).stdout.strip().splitlines()[-1])
+    assert sorted(lib["timm"]) == sorted(FAMILY)
+    for v in FAMILY:
+        assert [(e.key, e.shape) for e in expand(v, "timm")] == [(k, tuple(s)) for k, s in lib["timm"][v]], v
+    for v in MM_ARCH:
+        assert [(e.key, e.shape) for e in expand(v, "mmpretrain")] == [(k, tuple(s)) for k, s in lib["mmpretrain"][v]]
+    # why edgetpu-l is refused for mmpretrain: its el's first block is 120 wide, the official one 128
+    ours = {e.key: e.shape for e in expand("edgetpu-l", "timm")}
+    el = {k: tuple(s) for k, s in lib["mmpretrain"]["edgetpu-l"]}
+    assert el["backbone.layers.1.0.conv1.conv.weight"] == (120, 40, 3, 3)
+    assert ours["blocks.0.0.conv_exp.weight"] == (128, 40, 3, 3)
+    with pytest.raises(ConversionError, match="edgetpu-l: mmpretrain's arch el"):
+        expand("edgetpu-l", "mmpretrain")
+
+
+def test_timm_condconv_kernels_in_timm_order():
+    """timm's CondConv2d rows are each expert's OIHW kernel flattened: an independent re-lay of the TF variable."""
+    from converter.layout import relayout, tf_to_torch, torch_to_tf
+    from converter.mappings.kinds import CONDCONV, CONDCONV_OIHW, DWCONDCONV, DWCONDCONV_OIHW
+
+    rng = np.random.default_rng(0)
+    for kind, native, kernel in ((CONDCONV_OIHW, CONDCONV, (1, 1, 6, 10)), (DWCONDCONV_OIHW, DWCONDCONV, (5, 5, 7, 1)),
+                                 (CONDCONV_OIHW, CONDCONV, (3, 3, 4, 5))):
+        tf_var = rng.standard_normal((4, int(np.prod(kernel)))).astype(np.float32)
+        kh, kw, cin, cout = kernel
+        want = np.stack([
+            (w.reshape(kernel).transpose(2, 3, 0, 1).reshape(cin * cout, 1, kh, kw) if kind == DWCONDCONV_OIHW
+             else w.reshape(kernel).transpose(3, 2, 0, 1)).reshape(-1) for w in tf_var])
+        got = tf_to_torch(tf_var, kind, kernel)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(torch_to_tf(got, kind, kernel=kernel), tf_var)
+        np.testing.assert_array_equal(relayout(got, kind, native, kernel), tf_var)  # native keeps TF order
+    with pytest.raises(ConversionError, match="does not hold kernels"):
+        tf_to_torch(np.zeros((4, 10), np.float32), CONDCONV_OIHW, (1, 1, 3, 3))
+
+
+@pytest.fixture(scope="module")
+def lib_converted(converted, root):
+    """variant -> {layout: converted file} for timm (all) and mmpretrain (EdgeTPU S/M)."""
+    out = {}
+    for v in FAMILY:
+        prefix = converted(v)[0]
+        d = root / f"lib-{v}"
+        out[v] = {"timm": _convert(prefix, v, d, "--layout", "timm").with_name(
+            f"{find_checkpoint(v).name}.timm.safetensors")}
+        if v in MM_ARCH:
+            _convert(prefix, v, d, "--layout", "mmpretrain", "--format", "pth")
+            out[v]["mmpretrain"] = d / f"{find_checkpoint(v).name}.mmpretrain.pth"
+        assert all(f.is_file() for f in out[v].values()), out[v]
+    return out
+
+
+def test_family_libraries_load_strictly_same_logits(converted, lib_converted, root, tmp_path, monkeypatch):
+    """timm (all 11) and mmpretrain (EdgeTPU S/M) load the files strictly and give the official logits.
+
+    CondConv with a batch of 2 (per-example routing) and of 1; EdgeTPU at a size where the
+    libraries' fused blocks sample the official pixels (97) and, documented caveat, at one where
+    they do not (96): the weights are the same, the libraries' logits move.
+    """
+    from helpers import lib_logits
+
+    import converter.mappings.timm as timm_table
+
+    jobs, refs = [], []
+
+    def add(lib, model, classes, f, images, ref, what):
+        x = tmp_path / f"x{len(jobs)}.npz"
+        np.savez(x, x=_nchw(images))
+        jobs.append((lib, model, classes, f, x))
+        refs.append((ref, what))
+
+    for v in FAMILY:
+        _, model, _ = converted(v)
+        classes = get_arch(v).num_classes
+        images = calibration_images(LIB_RES[v], N_IMAGES, FAMILY_MEAN, FAMILY_STD)
+        ref = _torch_logits(model, images)
+        for layout, f in lib_converted[v].items():
+            # our own loader maps the file back to the native model: the same logits, bit for bit
+            np.testing.assert_array_equal(_torch_logits(load_model(f), images), ref)
+            if layout == "timm":
+                add("timm", TIMM_MODEL[v], classes, f, images, ref, f"timm {v}")
+            else:
+                add("mmpretrain", f"arch:{MM_ARCH[v]}", classes, f, images, ref, f"mmpretrain {v}")
+    _, cc_model, _ = converted("condconv-b0-4e")
+    one = _seeded_images(LIB_RES["condconv-b0-4e"], 1, seed=5)
+    add("timm", TIMM_MODEL["condconv-b0-4e"], 1000, lib_converted["condconv-b0-4e"]["timm"], one,
+        _torch_logits(cc_model, one), "timm condconv-b0-4e batch 1")
+    exact = len(jobs)
+    # the caveat: at an even size the libraries' EdgeTPU computes differently
+    _, es_model, _ = converted("edgetpu-s")
+    even = calibration_images(EVEN_RES, N_IMAGES, FAMILY_MEAN, FAMILY_STD)
+    for layout, f in lib_converted["edgetpu-s"].items():
+        name = TIMM_MODEL["edgetpu-s"] if layout == "timm" else "arch:es"
+        add(layout, name, 1001, f, even, _torch_logits(es_model, even), f"{layout} edgetpu-s at {EVEN_RES}")
+    # negative: timm's CondConv kernels left in TF order (the native kind) load strictly, compute wrong
+    from converter.mappings.kinds import CONDCONV, DWCONDCONV
+
+    monkeypatch.setattr(timm_table, "BLOCK_CONDCONV_EXPAND", tuple(
+        r[:2] + ({"condconv_oihw": CONDCONV, "dwcondconv_oihw": DWCONDCONV}.get(r[2], r[2]),) + r[3:]
+        for r in timm_table.BLOCK_CONDCONV_EXPAND))
+    wrong = _convert(converted("condconv-b0-4e")[0], "condconv-b0-4e", tmp_path / "wrong", "--layout", "timm")
+    monkeypatch.undo()
+    wrong = wrong.with_name(wrong.name.replace(".safetensors", ".timm.safetensors"))
+    images = calibration_images(LIB_RES["condconv-b0-4e"], N_IMAGES, FAMILY_MEAN, FAMILY_STD)
+    add("timm", TIMM_MODEL["condconv-b0-4e"], 1000, wrong, images, _torch_logits(cc_model, images),
+        "timm condconv-b0-4e, kernels in TF order")
+
+    logits, info = lib_logits(tmp_path, jobs)
+    assert all(r["ok"] for r in info), [(j[:2], r) for j, r in zip(jobs, info) if not r["ok"]]
+    for i, (ref, what) in enumerate(refs):
+        got = logits[str(i)]
+        assert got.shape == ref.shape, what
+        rel = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+        print(f"{what}: relative error {rel:.2e} vs the native model")
+        if i < exact:
+            assert rel <= LIB_MAX_REL_ERROR and (got.argmax(1) == ref.argmax(1)).all(), (what, rel)
+        else:
+            assert rel > 1e-3, (what, rel)  # the caveat holds; the TF-order kernels are wrong
+
+
+def test_edgetpu_timm_exact_against_tensorflow(converted, lib_converted, root, tmp_path):
+    """The official logits themselves (the TensorFlow reference) from timm's tf_efficientnet_es at 97."""
+    from helpers import lib_logits
+
+    prefix, _, _ = converted("edgetpu-s")
+    images = _seeded_images(LIB_RES["edgetpu-s"], N_IMAGES, seed=3)
+    tf_logits = reference.forward(get_arch("edgetpu-s"), reference.read_checkpoint_getter(str(prefix)), images,
+                                  batch_size=N_IMAGES, device="cpu")
+    x = tmp_path / "x.npz"
+    np.savez(x, x=_nchw(images))
+    logits, info = lib_logits(tmp_path, [("timm", "tf_efficientnet_es", 1001, lib_converted["edgetpu-s"]["timm"], x)])
+    assert info[0]["ok"], info
+    m = compare(tf_logits, logits["0"])
+    print("timm tf_efficientnet_es vs TensorFlow at 97:", m)
+    assert judge(m) == [] and m["rel_error"] <= MAX_REL_ERROR and m["top1_agreement"] == 1.0
+
+
+def test_cli_timm_edgetpu_caveat_and_verify(converted, tmp_path, capsys):
+    """--layout timm for EdgeTPU: one warning line (also in the metadata), and --verify passes (the weights are exact)."""
+    from converter.loading import read_weights
+
+    prefix, _, _ = converted("edgetpu-s")
+    capsys.readouterr()
+    rc = main(["--variant", "edgetpu-s", "--checkpoint", str(prefix), "--output-dir", str(tmp_path), "--quiet",
+               "--layout", "timm", "--verify", "--device", "cpu", "--num-images", str(N_IMAGES),
+               "--resolution", str(PARITY_RES["edgetpu-s"])])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    warn = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warn) == 1 and "tf_efficientnet_es strides its fused blocks' kxk conv" in warn[0], err
+    assert "217, 218, 225, 226; not 224" in warn[0]
+    f = tmp_path / "efficientnet-edgetpu-s_standard.timm.safetensors"
+    _, meta = read_weights(f)
+    assert meta["layout"] == "timm" and meta["layout_caveat"] == warn[0][len("warning: "):]
+    assert json.loads(f.with_name("efficientnet-edgetpu-s_standard.timm.verify.json").read_text())["passed"]
+    # no caveat where the library computes as the official model
+    assert main(["--variant", "lite0", "--checkpoint", str(converted("lite0")[0]), "--output-dir", str(tmp_path),
+                 "--quiet", "--layout", "timm"]) == 0
+    assert "warning:" not in capsys.readouterr().err
+    assert "layout_caveat" not in read_weights(tmp_path / "efficientnet-lite0_standard.timm.safetensors")[1]
+
+
+def test_timm_drop_background_loads_into_the_default_model(converted, tmp_path):
+    """--drop-background: timm's default 1000-class tf_efficientnet_es takes the file; logits = the 1001's [1:]."""
+    from helpers import lib_logits
+
+    prefix, model, _ = converted("edgetpu-m")
+    f = _convert(prefix, "edgetpu-m", tmp_path, "--layout", "timm", "--drop-background")
+    f = f.with_name(f.name.replace(".safetensors", ".timm.safetensors"))
+    images = calibration_images(LIB_RES["edgetpu-m"], N_IMAGES, FAMILY_MEAN, FAMILY_STD)
+    x = tmp_path / "x.npz"
+    np.savez(x, x=_nchw(images))
+    logits, info = lib_logits(tmp_path, [("timm", "tf_efficientnet_em", 1000, f, x)])
+    assert info[0]["ok"], info
+    ref = _torch_logits(model, images)[:, 1:]
+    rel = float(np.linalg.norm(logits["0"] - ref) / np.linalg.norm(ref))
+    assert rel <= LIB_MAX_REL_ERROR, rel

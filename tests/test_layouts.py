@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -22,33 +21,12 @@ from converter.errors import ConversionError
 from converter.loading import load_model, read_weights
 from converter.mapping import LAYOUTS, expand, stride_groups, to_native
 from converter.mappings.kinds import BN, BN_TRACKED
-from helpers import make_checkpoint
+from helpers import lib_logits, libs, libs_python, make_checkpoint
 
-HERE = Path(__file__).resolve().parent
-LIBS_CHECK = HERE / "libs_check.py"
 MAIN_FAMILY = ["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "l2", "l2-475"]
 LIB_LAYOUTS = ("timm", "mmpretrain")
 MAX_REL_ERROR = 1e-5
 RES = 64  # input size of the logits checks (any size works: TF 'SAME' padding in all three models)
-
-
-def _libs_python() -> str:
-    exe = os.environ.get("EFFNET_LIBS_PYTHON")
-    if not exe:
-        pytest.skip("EFFNET_LIBS_PYTHON is not set (make libs-env builds .venv-libs with timm and mmpretrain; "
-                    "make test sets it)")
-    if not os.access(exe, os.X_OK):
-        pytest.fail(f"EFFNET_LIBS_PYTHON={exe} is not an executable")
-    return exe
-
-
-def _libs(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    p = subprocess.run([_libs_python(), str(LIBS_CHECK), *args], capture_output=True, text=True, env=env,
-                       timeout=900)
-    if check and p.returncode != 0:
-        pytest.fail(f"libs_check {args[0]} failed ({p.returncode}): {p.stderr[-3000:]}")
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +37,7 @@ def root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lib_keys():
     """{library: {variant: [[key, shape], ...]}} of the real models, every variant, computed once."""
-    p = _libs("keys", *MAIN_FAMILY)
+    p = libs("keys", *MAIN_FAMILY)
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
@@ -115,17 +93,23 @@ def test_unknown_layout_is_one_line_error(root, tmp_path, capsys):
         expand("b0", "tf_efficientnet")
 
 
-@pytest.mark.parametrize("layout", LIB_LAYOUTS)
-def test_variant_without_library_model_is_one_line_error(layout, tmp_path, capsys):
-    lacking = [v for v in ARCHS if v not in MAIN_FAMILY]
-    assert lacking  # lite, EdgeTPU, CondConv: no tf_efficientnet_{v} / mmpretrain arch in scope
+def test_variant_without_library_model_is_one_line_error(tmp_path, capsys):
+    """timm has every variant; mmpretrain lacks Lite and CondConv, and its el does not hold EdgeTPU-L's weights."""
+    for v in ARCHS:
+        expand(v, "timm")
+    lacking = [v for v in ARCHS if v.startswith(("lite", "condconv"))]
     for v in lacking:
-        with pytest.raises(ConversionError, match=f"layout {layout} has no model for variant {v}"):
-            expand(v, layout)
-    rc = main(["--variant", "lite0", "--checkpoint", str(tmp_path / "model.ckpt"), "--output-dir", str(tmp_path),
-               "--layout", layout, "--quiet"])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and "\n" not in err and f"layout {layout} has no model for variant lite0" in err, err
+        with pytest.raises(ConversionError, match=f"layout mmpretrain has no model for variant {v} "):
+            expand(v, "mmpretrain")
+    with pytest.raises(ConversionError, match="variant edgetpu-l: mmpretrain's arch el gives the first block 120 "
+                                              "channels .* 128"):
+        expand("edgetpu-l", "mmpretrain")
+    for v in ("lite0", "edgetpu-l"):  # refused before the checkpoint is even looked at
+        rc = main(["--variant", v, "--checkpoint", str(tmp_path / "model.ckpt"), "--output-dir", str(tmp_path),
+                   "--layout", "mmpretrain", "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and "\n" not in err and f"layout mmpretrain has no model for variant {v}" in err, err
+    assert not list(tmp_path.iterdir())
 
 
 class _DictReader:
@@ -198,13 +182,8 @@ def _native_logits(path, x):
 
 
 def _lib_logits(tmp_path, jobs, x_path):
-    """Run ``jobs`` ([library, model name, classes, file]) in the libs venv: (logits by job index, per-job info)."""
-    jobs_file, out = tmp_path / "jobs.json", tmp_path / "lib-logits.npz"
-    jobs_file.write_text(json.dumps([{"library": lib, "model": m, "num_classes": n, "file": str(f)}
-                                     for lib, m, n, f in jobs]))
-    p = _libs("logits", "--jobs", str(jobs_file), "--inputs", str(x_path), "--out", str(out))
-    info = json.loads(p.stdout.strip().splitlines()[-1])["results"]
-    return dict(np.load(out)), info
+    """Run ``jobs`` ([library, model name, classes, file]) on ``x_path`` in the libs venv."""
+    return lib_logits(tmp_path, [(*job, x_path) for job in jobs])
 
 
 def _assert_same(got, ref, what):
@@ -223,7 +202,7 @@ CASES = [  # variant, flavor, classes, mmpretrain zoo name (get_model): b0 with 
 
 @pytest.mark.parametrize("variant,flavor,classes,zoo", CASES, ids=[c[0] for c in CASES])
 def test_library_loads_strictly_same_logits(root, tmp_path, variant, flavor, classes, zoo):
-    _libs_python()
+    libs_python()
     prefix = make_checkpoint(root, variant, calibration_resolution=RES, num_classes=classes, flavor=flavor)
     name = f"efficientnet-{variant}_{flavor}"
     _convert(prefix, variant, flavor, tmp_path, "native", fmt="safetensors")
@@ -256,7 +235,7 @@ def test_library_loads_strictly_same_logits(root, tmp_path, variant, flavor, cla
 
 def test_l2_475_timm(root, tmp_path):
     """The largest model (NoisyStudent L2, EMA-only), 475 px release name, in timm's tf_efficientnet_l2."""
-    _libs_python()
+    libs_python()
     prefix = make_checkpoint(root, "l2", mode="ema-only", slots=False)
     _convert(prefix, "l2-475", None, tmp_path, "timm", fmt="safetensors")
     timm_file = tmp_path / "efficientnet-l2-475_noisystudent.timm.safetensors"
@@ -280,7 +259,7 @@ def _swap_rows(rows, a, b):
 
 
 def test_wrong_row_fails_logits_or_strict_load(root, tmp_path, monkeypatch):
-    _libs_python()
+    libs_python()
     import converter.mappings.timm as table
 
     prefix = make_checkpoint(root, "b0", calibration_resolution=RES)
