@@ -32,9 +32,10 @@ class CheckpointReader(Protocol):
 
 
 def _quiet_tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .tfimport import import_tensorflow
+
     try:
-        import tensorflow as tf  # noqa: WPS433
+        tf = import_tensorflow()
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ConversionError(
             f"--reader tf needs TensorFlow ({e}): pip install 'effnet-convert[verify]' "

@@ -607,6 +607,8 @@ def test_family_libraries_load_strictly_same_logits(converted, lib_converted, ro
                 add("timm", TIMM_MODEL[v], classes, f, images, ref, f"timm {v}")
             else:
                 add("mmpretrain", f"arch:{MM_ARCH[v]}", classes, f, images, ref, f"mmpretrain {v}")
+                # what its users call: get_model(the arch's config, pretrained=file)
+                add("mmpretrain-get_model", f"arch:{MM_ARCH[v]}", classes, f, images, ref, f"mmpretrain get_model {v}")
     _, cc_model, _ = converted("condconv-b0-4e")
     one = _seeded_images(LIB_RES["condconv-b0-4e"], 1, seed=5)
     add("timm", TIMM_MODEL["condconv-b0-4e"], 1000, lib_converted["condconv-b0-4e"]["timm"], one,

@@ -11,7 +11,6 @@ then the flavor's mean/std. Other formats: decoded, then the same crop and resiz
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
@@ -21,10 +20,9 @@ CROP_PADDING = 32  # tensorflow/tpu efficientnet preprocessing.py: CROP_PADDING 
 
 
 def _tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from ..tfimport import import_tensorflow
 
-    return tf
+    return import_tensorflow()
 
 
 def crop_window(height: int, width: int, resolution: int, crop_pct: Optional[float] = None):

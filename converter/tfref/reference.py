@@ -49,7 +49,9 @@ def _tf():
     """Import TensorFlow once; the reference computes in strict float32 (no TF32 on GPUs)."""
     global _TF
     if _TF is None:
-        import tensorflow as tf
+        from ..tfimport import import_tensorflow
+
+        tf = import_tensorflow()
 
         # Ampere+ GPUs would otherwise run convs/matmuls in TF32 (10-bit mantissa).
         tf.config.experimental.enable_tensor_float_32_execution(False)
