@@ -46,9 +46,13 @@ convert:            ## make convert VARIANT=b4 FLAVOR=advprop [OUT=converted]
 # `make -j4 all` is safe (downloads and extractions lock their cache entries).
 ZOO := $(shell $(PYTHON) -c 'from converter.zoo import CHECKPOINTS; print(" ".join(c.name for c in CHECKPOINTS if c.zoo_name))' 2>/dev/null)
 ALL_OUTPUTS := $(patsubst %,$(OUT)/%.safetensors,$(ZOO))
+# The rest of the family (11: Lite0-4, EdgeTPU S/M/L, CondConv), one checkpoint each
+FAMILY := $(shell $(PYTHON) -c 'from converter.arch import get_arch; from converter.zoo import CHECKPOINTS; print(" ".join(c.name for c in CHECKPOINTS if get_arch(c.variant).family != "efficientnet"))' 2>/dev/null)
+FAMILY_OUTPUTS := $(patsubst %,$(OUT)/%.safetensors,$(FAMILY))
 
-.PHONY: all parity
+.PHONY: all family parity
 all: $(ALL_OUTPUTS)
+family: $(FAMILY_OUTPUTS)  ## make family OUT=zoo -j4: convert + verify the 11 family checkpoints
 
 # efficientnet-b4_advprop -> --variant b4 --flavor advprop; a file that fails verification ends as *.failed
 $(OUT)/efficientnet-%.safetensors:

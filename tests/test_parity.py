@@ -201,6 +201,29 @@ def test_make_all_converts_and_verifies_in_parallel(root, tmp_path):
         assert proc.returncode == 0
 
 
+def test_makefile_targets_name_every_checkpoint():
+    """`make all` covers the 33 zoo checkpoints, `make family` the 11 others, each as --variant/--flavor."""
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from converter.arch import get_arch
+    from converter.zoo import CHECKPOINTS
+
+    if shutil.which("make") is None:
+        pytest.fail("make is needed")
+    repo = Path(__file__).resolve().parents[1]
+    for target, want in (("all", [c for c in CHECKPOINTS if c.zoo_name]),
+                         ("family", [c for c in CHECKPOINTS if get_arch(c.variant).family != "efficientnet"])):
+        proc = subprocess.run(["make", "-n", "-s", "-C", str(repo), target, "OUT=zoo-dry-run"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        got = re.findall(r"convert-effnet --variant (\S+) --flavor (\S+)", proc.stdout)
+        assert sorted(got) == sorted((c.variant, c.flavor) for c in want), target
+    assert len([c for c in CHECKPOINTS if c.zoo_name]) == 33
+
+
 def test_verify_after_drop_background(root, tmp_path):
     prefix = make_checkpoint(root, "b0", calibration_resolution=224, num_classes=1001, slots=False)
     assert main(["--variant", "b0", "--flavor", "aa", "--checkpoint", str(prefix), "--output-dir", str(tmp_path),
