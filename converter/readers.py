@@ -32,7 +32,7 @@ class CheckpointReader(Protocol):
 
 
 def _quiet_tensorflow():
-    from .tfimport import import_tensorflow
+    from .tfref.tfimport import import_tensorflow
 
     try:
         tf = import_tensorflow()

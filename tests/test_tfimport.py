@@ -1,4 +1,4 @@
-"""converter.tfimport: TensorFlow's start-up lines kept off stderr, anything else kept."""
+"""converter.tfref.tfimport: TensorFlow's start-up lines kept off stderr, anything else kept."""
 import os
 import subprocess
 import sys
@@ -25,7 +25,7 @@ def test_startup_noise_dropped_other_lines_kept(tmp_path):
     """A stand-in ``tensorflow`` writes both known start-up lines and a real one to fd 2 at import."""
     (tmp_path / "tensorflow").mkdir()
     (tmp_path / "tensorflow" / "__init__.py").write_text(_FAKE_TF)
-    r = _run("from converter.tfimport import import_tensorflow\n"
+    r = _run("from converter.tfref.tfimport import import_tensorflow\n"
              "tf = import_tensorflow(); assert tf.LOADED; import sys; print('after', file=sys.stderr)",
              path_first=str(tmp_path))
     assert r.returncode == 0, r.stderr
@@ -33,7 +33,7 @@ def test_startup_noise_dropped_other_lines_kept(tmp_path):
 
 
 def test_real_tensorflow_import_is_quiet():
-    r = _run("from converter.tfimport import import_tensorflow\n"
+    r = _run("from converter.tfref.tfimport import import_tensorflow\n"
              "tf = import_tensorflow(); print(tf.constant(2.0).numpy())")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "2.0"

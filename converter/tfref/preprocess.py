@@ -20,7 +20,7 @@ CROP_PADDING = 32  # tensorflow/tpu efficientnet preprocessing.py: CROP_PADDING 
 
 
 def _tf():
-    from ..tfimport import import_tensorflow
+    from .tfimport import import_tensorflow
 
     return import_tensorflow()
 

@@ -49,7 +49,7 @@ def _tf():
     """Import TensorFlow once; the reference computes in strict float32 (no TF32 on GPUs)."""
     global _TF
     if _TF is None:
-        from ..tfimport import import_tensorflow
+        from .tfimport import import_tensorflow
 
         tf = import_tensorflow()
 
