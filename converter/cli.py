@@ -35,8 +35,12 @@ def _convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="take the raw weights instead of their EMA twins")
     p.add_argument("--num-classes", type=int,
                    help="classes of the converted classifier; must agree with the checkpoint (default: read from it)")
-    p.add_argument("--drop-background", action="store_true",
-                   help="1001-class checkpoints: drop the background class (index 0) for ImageNet's 1000")
+    bg = p.add_mutually_exclusive_group()
+    bg.add_argument("--drop-background", action="store_true", default=None,
+                    help="1001-class checkpoints: drop the background class (index 0) for ImageNet's 1000 "
+                         "(default for --layout timm/mmpretrain, whose models have 1000 classes)")
+    bg.add_argument("--keep-background", dest="drop_background", action="store_false",
+                    help="1001-class checkpoints: keep all 1001 outputs (default for --layout native)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--allow-nonfinite", action="store_true", help="convert even if weights hold NaN/inf")
     p.add_argument("--sha256", help="expected sha256 of the downloaded tarball")
@@ -143,6 +147,14 @@ def _checkpoint_classes(reader, spec, args) -> int:
     n = checkpoint_num_classes(reader, spec)
     if n is None:  # no classifier found: the totality check reports it
         return args.num_classes or spec.num_classes
+    if args.drop_background is None:  # neither flag: the library layouts drop it, native keeps it
+        args.drop_background = n == 1001 and args.layout != "native" and args.num_classes != n
+        if args.drop_background:
+            from .mapping import load_table
+
+            model = getattr(load_table(args.layout), "VARIANTS", {}).get(spec.name, spec.name)
+            log.warning("note: %s's %s has ImageNet's 1000 classes: the checkpoint's background class (output 0) "
+                        "is dropped; --keep-background keeps all 1001", args.layout, model)
     out = n - 1 if args.drop_background else n
     if args.num_classes is not None and args.num_classes != out:
         extra = " after --drop-background" if args.drop_background else ""

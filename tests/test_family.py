@@ -597,9 +597,10 @@ def test_family_libraries_load_strictly_same_logits(converted, lib_converted, ro
 
     for v in FAMILY:
         _, model, _ = converted(v)
-        classes = get_arch(v).num_classes
         images = calibration_images(LIB_RES[v], N_IMAGES, FAMILY_MEAN, FAMILY_STD)
-        ref = _torch_logits(model, images)
+        # EdgeTPU: the library layouts drop the background class by default (their models have 1000)
+        ref = _torch_logits(model, images)[:, -1000:]
+        classes = 1000
         for layout, f in lib_converted[v].items():
             # our own loader maps the file back to the native model: the same logits, bit for bit
             np.testing.assert_array_equal(_torch_logits(load_model(f), images), ref)
@@ -619,7 +620,7 @@ def test_family_libraries_load_strictly_same_logits(converted, lib_converted, ro
     even = calibration_images(EVEN_RES, N_IMAGES, FAMILY_MEAN, FAMILY_STD)
     for layout, f in lib_converted["edgetpu-s"].items():
         name = TIMM_MODEL["edgetpu-s"] if layout == "timm" else "arch:es"
-        add(layout, name, 1001, f, even, _torch_logits(es_model, even), f"{layout} edgetpu-s at {EVEN_RES}")
+        add(layout, name, 1000, f, even, _torch_logits(es_model, even)[:, 1:], f"{layout} edgetpu-s at {EVEN_RES}")
     # negative: timm's CondConv kernels left in TF order (the native kind) load strictly, compute wrong
     from converter.mappings.kinds import CONDCONV, DWCONDCONV
 
@@ -656,9 +657,9 @@ def test_edgetpu_timm_exact_against_tensorflow(converted, lib_converted, root, t
                                   batch_size=N_IMAGES, device="cpu")
     x = tmp_path / "x.npz"
     np.savez(x, x=_nchw(images))
-    logits, info = lib_logits(tmp_path, [("timm", "tf_efficientnet_es", 1001, lib_converted["edgetpu-s"]["timm"], x)])
+    logits, info = lib_logits(tmp_path, [("timm", "tf_efficientnet_es", 1000, lib_converted["edgetpu-s"]["timm"], x)])
     assert info[0]["ok"], info
-    m = compare(tf_logits, logits["0"])
+    m = compare(tf_logits[:, 1:], logits["0"])
     print("timm tf_efficientnet_es vs TensorFlow at 97:", m)
     assert judge(m) == [] and m["rel_error"] <= MAX_REL_ERROR and m["top1_agreement"] == 1.0
 
@@ -688,18 +689,36 @@ def test_cli_timm_edgetpu_caveat_and_verify(converted, tmp_path, capsys):
     assert "layout_caveat" not in read_weights(tmp_path / "efficientnet-lite0_standard.timm.safetensors")[1]
 
 
-def test_timm_drop_background_loads_into_the_default_model(converted, tmp_path):
-    """--drop-background: timm's default 1000-class tf_efficientnet_es takes the file; logits = the 1001's [1:]."""
+def test_library_layouts_background_class(converted, tmp_path, capsys):
+    """EdgeTPU in timm: by default the background class goes (timm's tf_efficientnet_em has 1000 classes, one
+    note line says so); --keep-background keeps 1001 (timm model built with num_classes=1001)."""
+    from converter.loading import read_weights
     from helpers import lib_logits
 
     prefix, model, _ = converted("edgetpu-m")
-    f = _convert(prefix, "edgetpu-m", tmp_path, "--layout", "timm", "--drop-background")
-    f = f.with_name(f.name.replace(".safetensors", ".timm.safetensors"))
+    capsys.readouterr()
+    default = _convert(prefix, "edgetpu-m", tmp_path / "default", "--layout", "timm")
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert notes == ["note: timm's tf_efficientnet_em has ImageNet's 1000 classes: the checkpoint's background class "
+                     "(output 0) is dropped; --keep-background keeps all 1001"], err
+    kept = _convert(prefix, "edgetpu-m", tmp_path / "kept", "--layout", "timm", "--keep-background")
+    assert "note:" not in capsys.readouterr().err
+    default, kept = (f.with_name(f.name.replace(".safetensors", ".timm.safetensors")) for f in (default, kept))
+    assert read_weights(default)[1]["num_classes"] == 1000 and read_weights(default)[1]["background_dropped"] == "true"
+    assert read_weights(kept)[1]["num_classes"] == 1001 and "background_dropped" not in read_weights(kept)[1]
+    # native keeps it unless asked; both flags together are refused
+    native = _convert(prefix, "edgetpu-m", tmp_path / "native")
+    assert read_weights(native)[1]["num_classes"] == 1001
+    with pytest.raises(SystemExit):
+        main(["--variant", "edgetpu-m", "--checkpoint", str(prefix), "--drop-background", "--keep-background"])
     images = calibration_images(LIB_RES["edgetpu-m"], N_IMAGES, FAMILY_MEAN, FAMILY_STD)
     x = tmp_path / "x.npz"
     np.savez(x, x=_nchw(images))
-    logits, info = lib_logits(tmp_path, [("timm", "tf_efficientnet_em", 1000, f, x)])
-    assert info[0]["ok"], info
-    ref = _torch_logits(model, images)[:, 1:]
-    rel = float(np.linalg.norm(logits["0"] - ref) / np.linalg.norm(ref))
-    assert rel <= LIB_MAX_REL_ERROR, rel
+    logits, info = lib_logits(tmp_path, [("timm", "tf_efficientnet_em", 1000, default, x),
+                                         ("timm", "tf_efficientnet_em", 1001, kept, x)])
+    assert all(r["ok"] for r in info), info
+    ref = _torch_logits(model, images)
+    for got, want in ((logits["0"], ref[:, 1:]), (logits["1"], ref)):
+        rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+        assert got.shape == want.shape and rel <= LIB_MAX_REL_ERROR, rel
