@@ -150,11 +150,10 @@ def _checkpoint_classes(reader, spec, args) -> int:
     if args.drop_background is None:  # neither flag: the library layouts drop it, native keeps it
         args.drop_background = n == 1001 and args.layout != "native" and args.num_classes != n
         if args.drop_background:
-            from .mapping import load_table
+            from .mapping import library_model
 
-            model = getattr(load_table(args.layout), "VARIANTS", {}).get(spec.name, spec.name)
             log.warning("note: %s's %s has ImageNet's 1000 classes: the checkpoint's background class (output 0) "
-                        "is dropped; --keep-background keeps all 1001", args.layout, model)
+                        "is dropped; --keep-background keeps all 1001", args.layout, library_model(spec, args.layout))
     out = n - 1 if args.drop_background else n
     if args.num_classes is not None and args.num_classes != out:
         extra = " after --drop-background" if args.drop_background else ""

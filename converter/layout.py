@@ -39,12 +39,13 @@ def torch_shape(kind: str, tf_shape: Sequence[int]) -> Tuple[int, ...]:
     raise ConversionError(f"no layout rule for a {kind} variable of shape {list(tf_shape)}")
 
 
-def _experts(array: np.ndarray, kernel: Sequence[int]) -> np.ndarray:
-    """[experts, kh*kw*in*out] -> [experts, kh, kw, in, out] (a ConversionError if they do not fit)."""
+def _kernel(array: np.ndarray, kernel: Sequence[int]) -> Tuple[int, int, int, int]:
+    """``kernel`` as (kh, kw, in, out), checked to fill a row of the [experts, kh*kw*in*out] ``array``."""
     if len(kernel) != 4 or array.shape[1] != int(np.prod(kernel)):
         raise ConversionError(f"a CondConv variable of shape {list(array.shape)} does not hold kernels "
                               f"of shape {list(kernel)}")
-    return array.reshape(array.shape[0], *kernel)
+    kh, kw, cin, cout = (int(d) for d in kernel)
+    return kh, kw, cin, cout
 
 
 def tf_to_torch(array: np.ndarray, kind: str, kernel: Sequence[int] = ()) -> np.ndarray:
@@ -63,9 +64,9 @@ def tf_to_torch(array: np.ndarray, kind: str, kernel: Sequence[int] = ()) -> np.
     elif rule == "experts_tf" and array.ndim == 2:
         out = array  # [experts, flattened kernel], kept in TF order (model.CondConv2dSame)
     elif rule == "experts_oihw" and array.ndim == 2:  # per expert HWIO -> OIHW, flattened again
-        out = _experts(array, kernel).transpose(0, 4, 3, 1, 2).reshape(array.shape)
+        out = array.reshape(-1, *_kernel(array, kernel)).transpose(0, 4, 3, 1, 2).reshape(array.shape)
     elif rule == "experts_dw_oihw" and array.ndim == 2:  # per expert (kh, kw, c, m) -> (c*m, 1, kh, kw)
-        out = _experts(array, kernel).transpose(0, 3, 4, 1, 2).reshape(array.shape)
+        out = array.reshape(-1, *_kernel(array, kernel)).transpose(0, 3, 4, 1, 2).reshape(array.shape)
     else:
         raise ConversionError(f"no layout rule for a {kind} variable of shape {list(array.shape)}")
     return np.ascontiguousarray(out)
@@ -86,10 +87,10 @@ def torch_to_tf(array: np.ndarray, kind: str, multiplier: int = 1, kernel: Seque
     elif rule == "experts_tf" and array.ndim == 2:
         out = array
     elif rule == "experts_oihw" and array.ndim == 2:
-        kh, kw, cin, cout = _experts(array, kernel).shape[1:]
+        kh, kw, cin, cout = _kernel(array, kernel)
         out = array.reshape(-1, cout, cin, kh, kw).transpose(0, 3, 4, 2, 1).reshape(array.shape)
     elif rule == "experts_dw_oihw" and array.ndim == 2:
-        kh, kw, c, m = _experts(array, kernel).shape[1:]
+        kh, kw, c, m = _kernel(array, kernel)
         out = array.reshape(-1, c, m, kh, kw).transpose(0, 3, 4, 1, 2).reshape(array.shape)
     else:
         raise ConversionError(f"no layout rule for a {kind} tensor of shape {list(array.shape)}")

@@ -183,6 +183,11 @@ def expand(variant: Union[str, ArchSpec], layout: str = "native") -> List[Entry]
     return entries
 
 
+def library_model(spec: ArchSpec, layout: str) -> str:
+    """The name of ``spec``'s model in ``layout``'s library (its table's ``VARIANTS``; else the variant)."""
+    return getattr(load_table(layout), "VARIANTS", {}).get(spec.name, spec.name)
+
+
 def check_variant(spec: ArchSpec, layout: str) -> None:
     """Refuse (ConversionError) a variant that ``layout``'s library has no model for.
 
@@ -282,8 +287,7 @@ def layout_caveat(spec: ArchSpec, layout: str) -> Optional[str]:
     res = spec.resolution
     near = sorted((s for s in range(max(res - 16, 1), res + 17) if fused_stride_exact(spec, s)),
                   key=lambda s: (abs(s - res), s))[:4]
-    model = getattr(table, "VARIANTS", {}).get(spec.name, spec.name)
-    return (f"{layout}'s {model} strides its fused blocks' kxk conv, the official model the 1x1 project conv: "
+    return (f"{layout}'s {library_model(spec, layout)} strides its fused blocks' kxk conv, the official model the 1x1 project conv: "
             f"its logits equal the official ones only at input sizes where the strided fused blocks see odd "
             f"inputs (e.g. {', '.join(map(str, sorted(near)))}; not {res}); the weights are exact, "
             f"--layout native computes as the official model at every size")

@@ -223,10 +223,14 @@ def _checkpoint(root, variant, form="model"):
     return _CKPTS[key]
 
 
-def _convert(prefix, variant, out, *extra):
-    args = ["--variant", variant, "--checkpoint", str(prefix), "--output-dir", str(out), "--quiet", "--force"]
+def _convert(prefix, variant, out, *extra, layout="native", fmt="safetensors"):
+    """Convert with the CLI; the path of the file written."""
+    from converter.mapping import output_stem
+
+    args = ["--variant", variant, "--checkpoint", str(prefix), "--output-dir", str(out), "--quiet", "--force",
+            "--layout", layout, "--format", fmt]
     assert main(args + list(extra)) == 0
-    return out / f"{find_checkpoint(variant).name}.safetensors"
+    return out / f"{output_stem(find_checkpoint(variant).name, layout)}.{fmt}"
 
 
 def _images(variant):
@@ -567,11 +571,9 @@ def lib_converted(converted, root):
     for v in FAMILY:
         prefix = converted(v)[0]
         d = root / f"lib-{v}"
-        out[v] = {"timm": _convert(prefix, v, d, "--layout", "timm").with_name(
-            f"{find_checkpoint(v).name}.timm.safetensors")}
+        out[v] = {"timm": _convert(prefix, v, d, layout="timm")}
         if v in MM_ARCH:
-            _convert(prefix, v, d, "--layout", "mmpretrain", "--format", "pth")
-            out[v]["mmpretrain"] = d / f"{find_checkpoint(v).name}.mmpretrain.pth"
+            out[v]["mmpretrain"] = _convert(prefix, v, d, layout="mmpretrain", fmt="pth")
         assert all(f.is_file() for f in out[v].values()), out[v]
     return out
 
@@ -627,9 +629,8 @@ def test_family_libraries_load_strictly_same_logits(converted, lib_converted, ro
     monkeypatch.setattr(timm_table, "BLOCK_CONDCONV_EXPAND", tuple(
         r[:2] + ({"condconv_oihw": CONDCONV, "dwcondconv_oihw": DWCONDCONV}.get(r[2], r[2]),) + r[3:]
         for r in timm_table.BLOCK_CONDCONV_EXPAND))
-    wrong = _convert(converted("condconv-b0-4e")[0], "condconv-b0-4e", tmp_path / "wrong", "--layout", "timm")
+    wrong = _convert(converted("condconv-b0-4e")[0], "condconv-b0-4e", tmp_path / "wrong", layout="timm")
     monkeypatch.undo()
-    wrong = wrong.with_name(wrong.name.replace(".safetensors", ".timm.safetensors"))
     images = calibration_images(LIB_RES["condconv-b0-4e"], N_IMAGES, FAMILY_MEAN, FAMILY_STD)
     add("timm", TIMM_MODEL["condconv-b0-4e"], 1000, wrong, images, _torch_logits(cc_model, images),
         "timm condconv-b0-4e, kernels in TF order")
@@ -697,14 +698,13 @@ def test_library_layouts_background_class(converted, tmp_path, capsys):
 
     prefix, model, _ = converted("edgetpu-m")
     capsys.readouterr()
-    default = _convert(prefix, "edgetpu-m", tmp_path / "default", "--layout", "timm")
+    default = _convert(prefix, "edgetpu-m", tmp_path / "default", layout="timm")
     err = capsys.readouterr().err
     notes = [line for line in err.splitlines() if line.startswith("note:")]
     assert notes == ["note: timm's tf_efficientnet_em has ImageNet's 1000 classes: the checkpoint's background class "
                      "(output 0) is dropped; --keep-background keeps all 1001"], err
-    kept = _convert(prefix, "edgetpu-m", tmp_path / "kept", "--layout", "timm", "--keep-background")
+    kept = _convert(prefix, "edgetpu-m", tmp_path / "kept", "--keep-background", layout="timm")
     assert "note:" not in capsys.readouterr().err
-    default, kept = (f.with_name(f.name.replace(".safetensors", ".timm.safetensors")) for f in (default, kept))
     assert read_weights(default)[1]["num_classes"] == 1000 and read_weights(default)[1]["background_dropped"] == "true"
     assert read_weights(kept)[1]["num_classes"] == 1001 and "background_dropped" not in read_weights(kept)[1]
     # native keeps it unless asked; both flags together are refused
