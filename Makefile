@@ -1,6 +1,20 @@
 # effnet-convert: set-up, tests, conversions.
-PYTHON ?= python3
+# The Python everything installs into and runs in (scripts/pick_python.py): an active virtual
+# environment; else $(VENV) when it exists, or when $(BASE_PYTHON) is externally managed (PEP 668:
+# Debian's and Ubuntu's system Python; `make install` creates it); else $(BASE_PYTHON) itself
+# (pyenv, conda: CI). PYTHON=... on the command line overrides the choice.
+BASE_PYTHON ?= python3
+VENV ?= .venv
+PICK_ARGS ?=
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell $(BASE_PYTHON) scripts/pick_python.py $(VENV) $(PICK_ARGS) 2>/dev/null || echo $(BASE_PYTHON))
+endif
 PIP ?= $(PYTHON) -m pip
+CONVERT ?= $(PYTHON) -m converter
+# A CPU-only machine: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu takes torch's CPU
+# build (no CUDA libraries, ~3 GB less); the version stays requirements-core.txt's pin
+TORCH_INDEX ?=
+TORCH_PIN := $(shell grep -E '^torch==' requirements-core.txt)
 OUT ?= converted
 VARIANT ?= b0
 FLAVOR ?=
@@ -9,8 +23,11 @@ PYTEST_ARGS ?=
 .PHONY: install install-test test convert parity notf-env libs-env
 
 install:            ## convert-effnet ready (runtime dependencies + the package, editable)
-	$(PIP) install -q -r requirements.txt
+	@$(if $(filter $(origin PYTHON),command line),true,$(BASE_PYTHON) scripts/pick_python.py $(VENV) --create $(PICK_ARGS) >/dev/null)
+	$(if $(TORCH_INDEX),$(PIP) install -q "$(TORCH_PIN)" --index-url $(TORCH_INDEX))
+	$(PIP) install -q -r requirements.txt "setuptools>=64" wheel
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+	@echo "installed for $(PYTHON); run: $(dir $(PYTHON))convert-effnet --help"
 
 install-test: install
 	$(PIP) install -q -r requirements-test.txt
@@ -19,7 +36,7 @@ install-test: install
 NOTF_VENV ?= .venv-notf
 notf-env:
 	test -x $(NOTF_VENV)/bin/python || $(PYTHON) -m venv $(NOTF_VENV)
-	$(NOTF_VENV)/bin/python -m pip install -q -r requirements-core.txt $$(grep -E '^pytest==' requirements-test.txt)
+	$(NOTF_VENV)/bin/python -m pip install -q -r requirements-core.txt $$(grep -E '^pytest==' requirements-test.txt) "setuptools>=64" wheel
 	$(NOTF_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 
 # A third environment with the libraries whose layouts --layout writes (timm, mmpretrain): the
@@ -30,17 +47,17 @@ LIBS_VENV ?= .venv-libs
 libs-env: $(LIBS_VENV)/.built
 $(LIBS_VENV)/.built: requirements-libs.txt requirements-libs-nodeps.txt
 	test -x $(LIBS_VENV)/bin/python || $(PYTHON) -m venv $(LIBS_VENV)
-	$(LIBS_VENV)/bin/python -m pip install -q -r requirements-libs.txt
+	$(LIBS_VENV)/bin/python -m pip install -q -r requirements-libs.txt "setuptools>=64" wheel
 	$(LIBS_VENV)/bin/python -m pip install -q --no-deps -r requirements-libs-nodeps.txt
 	$(LIBS_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
-	$(LIBS_VENV)/bin/python -c "import timm, mmpretrain, mmengine.runner"
+	$(LIBS_VENV)/bin/python -c "import timm, mmpretrain, mmengine.runner, transformers"
 	touch $@
 
 test: install-test notf-env libs-env  ## the test suite CI runs (no network, no GPU needed)
 	EFFNET_NOTF_PYTHON=$(abspath $(NOTF_VENV))/bin/python EFFNET_LIBS_PYTHON=$(abspath $(LIBS_VENV))/bin/python $(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 convert:            ## make convert VARIANT=b4 FLAVOR=advprop [OUT=converted]
-	convert-effnet --variant $(VARIANT) $(if $(FLAVOR),--flavor $(FLAVOR)) --output-dir $(OUT)
+	$(CONVERT) --variant $(VARIANT) $(if $(FLAVOR),--flavor $(FLAVOR)) --output-dir $(OUT)
 
 # Every zoo checkpoint (33), converted and verified into $(OUT); each target is its own file, so
 # `make -j4 all` is safe (downloads and extractions lock their cache entries).
@@ -56,8 +73,33 @@ family: $(FAMILY_OUTPUTS)  ## make family OUT=zoo -j4: convert + verify the 11 f
 
 # efficientnet-b4_advprop -> --variant b4 --flavor advprop; a file that fails verification ends as *.failed
 $(OUT)/efficientnet-%.safetensors:
-	convert-effnet --variant $(word 1,$(subst _, ,$*)) --flavor $(word 2,$(subst _, ,$*)) \
+	$(CONVERT) --variant $(word 1,$(subst _, ,$*)) --flavor $(word 2,$(subst _, ,$*)) \
 		--output-dir $(OUT) --verify --quiet $(VERIFY_ARGS)
+
+# EfficientNetV2 (23: B0-B3, S, M, L 1k; B0-B3, S, M, L, XL 21k and 21k-ft1k), named as the official
+# tarballs; each converted from its .tgz and verified against the TensorFlow reference
+V2 := $(shell $(PYTHON) -c 'from converter.zoo_v2 import CHECKPOINTS_V2; print(" ".join(c.name for c in CHECKPOINTS_V2))' 2>/dev/null)
+V2_OUTPUTS := $(patsubst %,$(OUT)/%.safetensors,$(V2))
+
+.PHONY: v2
+v2: $(V2_OUTPUTS)  ## make v2 OUT=zoo -j4: convert + verify the 23 EfficientNetV2 checkpoints
+
+$(OUT)/efficientnetv2-%.safetensors:
+	$(CONVERT) --flavor efficientnetv2-$* --output-dir $(OUT) --verify --quiet $(VERIFY_ARGS)
+
+# MnasNet (26: A1 at depth multipliers 1.4/1.0/0.75/0.5/0.35 at 224 px and 192/160/128/96 px, small)
+# and MixNet S/M/L, named as the official files; each converted and verified against the TF reference
+MNAS := $(shell $(PYTHON) -c 'from converter.zoo_mnasnet import CHECKPOINTS_MNAS; print(" ".join(c.name for c in CHECKPOINTS_MNAS))' 2>/dev/null)
+MNAS_OUTPUTS := $(patsubst %,$(OUT)/%.safetensors,$(MNAS))
+
+.PHONY: mnas
+mnas: $(MNAS_OUTPUTS)  ## make mnas OUT=zoo -j4: convert + verify the 29 MnasNet / MixNet checkpoints
+
+$(OUT)/mnasnet-%.safetensors:
+	$(CONVERT) --flavor mnasnet-$* --output-dir $(OUT) --verify --quiet $(VERIFY_ARGS)
+
+$(OUT)/mixnet-%.safetensors:
+	$(CONVERT) --flavor mixnet-$* --output-dir $(OUT) --verify --quiet $(VERIFY_ARGS)
 
 parity:             ## parity checks of every architecture, full-size runs of the largest included
 	$(PYTHON) -m pytest -q -s tests/test_parity.py $(PYTEST_ARGS)

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .errors import ConversionError
 
 BN_EPS_TF = 1e-3  # tensorflow/tpu efficientnet_builder: batch_norm_epsilon=1e-3
 BN_MOMENTUM_TF = 0.99  # tensorflow/tpu efficientnet_builder: batch_norm_momentum=0.99
 DEPTH_DIVISOR = 8  # tensorflow/tpu efficientnet_builder: depth_divisor=8
+
+# Which conv of a fused block (efficientnet_model.MBConvBlockWithoutDepthwise, EdgeTPU ``c1``)
+# carries the block's stride. tensorflow/tpu 631fb4c (2019-07-19, the EdgeTPU release): the 1x1
+# project conv ("project"); since 32572cb (2020-12-27, "Fix issue #660") and still at HEAD
+# 7dc921f: the kxk expand conv ("expand", the default, as timm's and mmpretrain's EdgeResidual).
+FUSED_STRIDE_EXPAND = "expand"
+FUSED_STRIDE_PROJECT = "project"
+FUSED_STRIDES = (FUSED_STRIDE_EXPAND, FUSED_STRIDE_PROJECT)
+FUSED_STRIDE_DEFAULT = FUSED_STRIDE_EXPAND
 
 # tensorflow/tpu efficientnet_builder.efficientnet(): _DEFAULT_BLOCKS_ARGS
 BASE_BLOCKS = (
@@ -30,6 +39,35 @@ BASE_BLOCKS = (
 )
 STEM_FILTERS = 32  # efficientnet_model.Model._build: round_filters(32, ...)
 HEAD_FILTERS = 1280  # efficientnet_model.Model._build: round_filters(1280, ...)
+
+
+_BLOCK_TOKEN = re.compile(r"^([a-z]+)(\d.*)$")
+REQUIRED_OPTIONS = ("r", "k", "s", "e", "i", "o")  # every family's decoder: repeats, kernel, strides, expand, in, out
+
+
+def split_block_code(code: str, options_known, flags_known=(), required=REQUIRED_OPTIONS,
+                     what: str = "block string") -> Tuple[Dict[str, str], set]:
+    """The options (``k3`` -> ``{"k": "3"}``) and flags (``noskip``) of an official block string.
+
+    The one tokenizer of every family's BlockDecoder (tensorflow/tpu efficientnet_builder,
+    mnasnet_models, mixnet_builder; google/automl effnetv2_model): unknown or missing options
+    are one ConversionError.
+    """
+    options: Dict[str, str] = {}
+    flags = set()
+    for op in code.split("_"):
+        m = _BLOCK_TOKEN.match(op)
+        if m:
+            options[m.group(1)] = m.group(2)
+        elif op:
+            flags.add(op)
+    unknown = sorted((set(options) - set(options_known)) | (flags - set(flags_known)))
+    if unknown:
+        raise ConversionError(f"{what} {code!r}: unknown option(s) {unknown}")
+    missing = [k for k in required if k not in options]
+    if missing:
+        raise ConversionError(f"{what} {code!r}: missing option(s) {missing}")
+    return options, flags
 
 
 @dataclass(frozen=True)
@@ -49,27 +87,10 @@ class BlockArgs:
     super_pixel: int = 0
     condconv: bool = False
 
-    _TOKEN = re.compile(r"^([a-z]+)(\d.*)$")
-
     @classmethod
     def decode(cls, code: str) -> "BlockArgs":
         """Decode an official block string such as ``r2_k3_s22_e6_i16_o24_se0.25``."""
-        options: Dict[str, str] = {}
-        flags = set()
-        for op in code.split("_"):
-            m = cls._TOKEN.match(op)
-            if m:
-                options[m.group(1)] = m.group(2)
-            elif op:
-                flags.add(op)
-        unknown = (set(options) - {"r", "k", "s", "e", "i", "o", "se", "c", "f", "p"}) | (
-            flags - {"noskip", "cc"}
-        )
-        if unknown:
-            raise ConversionError(f"block string {code!r}: unknown option(s) {sorted(unknown)}")
-        missing = [k for k in ("r", "k", "s", "e", "i", "o") if k not in options]
-        if missing:
-            raise ConversionError(f"block string {code!r}: missing option(s) {missing}")
+        options, flags = split_block_code(code, ("r", "k", "s", "e", "i", "o", "se", "c", "f", "p"), ("noskip", "cc"))
         if len(options["s"]) != 2:
             raise ConversionError(f"block string {code!r}: strides must be a pair of digits")
         return cls(
@@ -128,14 +149,29 @@ class Block:
     se_channels: int  # 0: no squeeze-excitation
     residual: bool
     # efficientnet_model.MBConvBlockWithoutDepthwise (block string ``c1``): a regular kxk
-    # expand conv (stride 1), no depthwise conv, no SE, the stride on the 1x1 project conv
+    # expand conv, no depthwise conv, no SE, then the 1x1 project conv; ``fused_stride`` says
+    # which of the two carries the stride (FUSED_STRIDES)
     fused: bool = False
     # condconv_layers: number of experts of the block's conditional convs (``cc``), 0: none
     experts: int = 0
+    fused_stride: str = FUSED_STRIDE_DEFAULT
+    # the block's kind when it is one of BLOCK_KINDS (a family module registers it, e.g.
+    # converter/arch_v2.py's "fused_v2"); "" or "mbconv": decided by ``fused`` / ``experts`` above
+    kind: str = ""
 
     @property
     def has_expand(self) -> bool:
         return self.expand_ratio != 1
+
+    @property
+    def expand_stride(self) -> int:
+        """Stride of a fused block's kxk expand conv."""
+        return self.stride if self.fused and self.fused_stride == FUSED_STRIDE_EXPAND else 1
+
+    @property
+    def project_stride(self) -> int:
+        """Stride of a fused block's 1x1 project conv."""
+        return self.stride if self.fused and self.fused_stride == FUSED_STRIDE_PROJECT else 1
 
     @property
     def condconv(self) -> bool:
@@ -163,6 +199,7 @@ class ArchSpec:
     local_pooling: bool = False  # GlobalParams.local_pooling (Lite, EdgeTPU): head pooled by avg_pool
     condconv_experts: int = 0  # GlobalParams.condconv_num_experts (CondConv)
     family: str = "efficientnet"  # efficientnet, lite, edgetpu, condconv
+    fused_stride: str = FUSED_STRIDE_DEFAULT  # fused blocks: the conv carrying the stride (FUSED_STRIDES)
 
     def round_filters(self, filters: int) -> int:
         """efficientnet_builder.round_filters (min_depth None, depth_divisor 8)."""
@@ -221,6 +258,14 @@ class ArchSpec:
                 raise ConversionError(f"block string {code!r}: CondConv block but the model has no experts")
             if fused and args.condconv:
                 raise ConversionError(f"block string {code!r}: fused CondConv blocks are not supported")
+            if self.fused_stride not in FUSED_STRIDES:
+                raise ConversionError(f"unknown fused-block stride placement {self.fused_stride!r}; "
+                                      f"use {' or '.join(FUSED_STRIDES)}")
+            if (fused and args.expand_ratio == 1 and args.strides[0] > 1
+                    and self.fused_stride == FUSED_STRIDE_EXPAND):
+                # MBConvBlockWithoutDepthwise since 32572cb: only the expand conv strides
+                raise ConversionError(f"block string {code!r}: a strided fused block without expand conv "
+                                      "has no strided conv in the official code; not supported")
             for j in range(repeats):
                 stride = args.strides[0] if j == 0 else 1
                 args_in = in_ch if j == 0 else out_ch
@@ -243,6 +288,7 @@ class ArchSpec:
                         residual=args.id_skip and stride == 1 and args_in == out_ch,
                         fused=fused,
                         experts=experts,
+                        fused_stride=self.fused_stride,
                     )
                 )
                 prev = out_ch
@@ -250,6 +296,19 @@ class ArchSpec:
 
     def with_classes(self, num_classes: int) -> "ArchSpec":
         return replace(self, num_classes=num_classes)
+
+    @property
+    def has_strided_fused(self) -> bool:
+        """Whether some fused block strides (where ``fused_stride`` changes the computation)."""
+        return any(b.fused and b.stride > 1 for b in self.blocks())
+
+    def with_fused_stride(self, placement: Optional[str]) -> "ArchSpec":
+        """This architecture with its fused blocks strided on ``placement`` (None: the default)."""
+        placement = FUSED_STRIDE_DEFAULT if placement is None else str(placement).strip().lower()
+        if placement not in FUSED_STRIDES:
+            raise ConversionError(f"unknown fused-block stride placement {placement!r}; "
+                                  f"use {' or '.join(FUSED_STRIDES)}")
+        return self if placement == self.fused_stride else replace(self, fused_stride=placement)
 
 
 def _spec(name: str, width: float, depth: float, res: int, dropout: float, scope: Optional[str] = None) -> ArchSpec:
@@ -342,15 +401,39 @@ ARCHS: Dict[str, ArchSpec] = {
 MAIN_FAMILY = tuple(k for k, v in ARCHS.items() if v.family == "efficientnet")
 
 
+@dataclass(frozen=True)
+class BlockKind:
+    """A block type registered by its family module: its cost, as count_params/count_macs need it."""
+
+    name: str
+    params: Callable[[Block], int]  # parameters of one block (BN moving statistics not counted)
+    macs: Callable[[Block, int], Tuple[int, int]]  # (multiply-adds, output size) for a square input size
+
+
+# kind name -> BlockKind; families beyond EfficientNet (V1) register theirs here, and their
+# architectures in EXTRA_ARCHS (kept apart from ARCHS, the V1 family with its inventories),
+# when their module is imported (converter/__init__.py imports them: converter/arch_v2.py)
+BLOCK_KINDS: Dict[str, BlockKind] = {}
+KIND_FUSED_V2 = "fused_v2"  # google/automl efficientnetv2 FusedMBConvBlock (registered by converter/arch_v2.py)
+EXTRA_ARCHS: Dict[str, ArchSpec] = {}
+# official model-name prefix -> registry-name prefix (``efficientnetv2-s`` -> ``v2-s``)
+NAME_PREFIXES: Dict[str, str] = {}
+
+
 def get_arch(variant: str) -> ArchSpec:
     """Look up an architecture by name (``b0``, ``efficientnet-b0``, ``l2-475``...)."""
     key = variant.lower().strip()
     if key.startswith("efficientnet-"):
         key = key[len("efficientnet-"):]
     key = key.replace("_", "-")
+    for official, ours in NAME_PREFIXES.items():
+        if key.startswith(official):
+            key = ours + key[len(official):]
+    if key not in ARCHS and key in EXTRA_ARCHS:
+        return EXTRA_ARCHS[key]
     if key not in ARCHS:
         raise ConversionError(
-            f"unknown variant {variant!r}; known: {', '.join(ARCHS)}")
+            f"unknown variant {variant!r}; known: {', '.join([*ARCHS, *EXTRA_ARCHS])}")
     return ARCHS[key]
 
 
@@ -372,6 +455,9 @@ def count_params(spec: ArchSpec) -> int:
     """
     n = 3 * 3 * 3 * spec.stem_channels + 2 * spec.stem_channels
     for b in spec.blocks():
+        if b.kind in BLOCK_KINDS:
+            n += BLOCK_KINDS[b.kind].params(b)
+            continue
         e = b.experts or 1
         if b.condconv:
             n += b.in_channels * b.experts + b.experts  # routing dense
@@ -406,12 +492,17 @@ def count_macs(spec: ArchSpec, resolution: Optional[int] = None) -> int:
     size = down(size, 2)
     macs = size * size * 3 * 3 * 3 * spec.stem_channels
     for b in spec.blocks():
+        if b.kind in BLOCK_KINDS:
+            cost, size = BLOCK_KINDS[b.kind].macs(b, size)
+            macs += cost
+            continue
         if b.condconv:
             macs += b.in_channels * b.experts
         if b.fused:
             if b.has_expand:
+                size = down(size, b.expand_stride)
                 macs += size * size * b.kernel_size ** 2 * b.in_channels * b.mid_channels
-            size = down(size, b.stride)
+            size = down(size, b.stride if not b.has_expand else b.project_stride)
             macs += size * size * b.mid_channels * b.out_channels
             continue
         if b.has_expand:

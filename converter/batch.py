@@ -29,7 +29,7 @@ from typing import Deque, Dict, Iterator, List, Optional, Sequence, TextIO, Tupl
 from .convert import output_paths
 from .errors import ConversionError
 from .verify import report_path_for
-from .zoo import CHECKPOINTS, Checkpoint
+from .zoo import CHECKPOINTS, Checkpoint, all_checkpoints
 
 try:  # POSIX; elsewhere two batches in one folder are not prevented
     import fcntl
@@ -71,14 +71,14 @@ def select_checkpoints(only: Optional[Sequence[str]] = None) -> List[Checkpoint]
     chosen = set()
     for pattern in only:
         p = pattern.strip().lower()
-        hits = [c.name for c in CHECKPOINTS
+        hits = [c.name for c in all_checkpoints()  # the other families too (EfficientNetV2)
                 if p and (fnmatchcase(c.name.lower(), p) or (c.zoo_name and fnmatchcase(c.zoo_name.lower(), p)))]
         if not hits:
             raise ConversionError(
                 f"--only {pattern!r} matches no checkpoint; use names as convert-effnet --list prints them "
                 f"(shell patterns allowed, e.g. 'efficientnet-b0_*')")
         chosen.update(hits)
-    return [c for c in CHECKPOINTS if c.name in chosen]
+    return [c for c in all_checkpoints() if c.name in chosen]
 
 
 def _safetensors_complete(path: Path, size: int) -> bool:
@@ -150,6 +150,8 @@ def child_command(ckpt: Checkpoint, args: argparse.Namespace, output_dir: Path, 
         cmd.append("--allow-nonfinite")
     if getattr(args, "max_rel_error", None) is not None:
         cmd += ["--max-rel-error", repr(float(args.max_rel_error))]
+    if getattr(args, "trace", False):  # converter/trace.py: the tap table in each report
+        cmd.append("--trace")
     if getattr(args, "images", None):
         cmd += ["--images", *[os.path.abspath(i) for i in args.images]]
     return cmd
@@ -254,6 +256,12 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ConversionError(
             f"--all converts every official checkpoint from its download; drop {', '.join(given)} "
             f"(use --only NAME... to choose checkpoints)")
+    from .verify import MAX_REL_ERROR, check_options
+
+    # every child verifies with these: a bad one is one error now, not one failure per checkpoint
+    max_rel = getattr(args, "max_rel_error", None)
+    check_options(getattr(args, "resolution", None), getattr(args, "num_images", 8), list(getattr(args, "images", ())),
+                  getattr(args, "device", "auto"), None, MAX_REL_ERROR if max_rel is None else max_rel)
 
 
 def run_all(args: argparse.Namespace) -> int:

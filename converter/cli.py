@@ -4,34 +4,52 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
+import traceback
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from . import __version__
-from .errors import ConversionError
+from .errors import ConversionError, first_line
 
 log = logging.getLogger("converter")
+
+
+USAGE = """
+  convert-effnet --variant V [--flavor F] [--checkpoint PATH] [--output-dir DIR] [--verify] [options]
+  convert-effnet --list | --all [--only NAME...]
+  convert-effnet verify --weights FILE --checkpoint PATH [options]
+  convert-effnet predict IMAGE|FOLDER... --weights FILE [options]
+  convert-effnet evaluate DIR --weights FILE [options]
+  convert-effnet export --weights FILE --onnx OUT.onnx [--torchscript OUT.pt] [options]
+(convert-effnet SUBCOMMAND --help for a subcommand's options)"""
 
 
 def _convert_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="convert-effnet",
+        usage=USAGE,
         description="Convert an official TensorFlow EfficientNet checkpoint into PyTorch weights.",
         epilog="Subcommands: convert-effnet verify --weights FILE --checkpoint PATH; "
                "convert-effnet predict IMAGE... --weights FILE; convert-effnet evaluate DIR --weights FILE; "
                "convert-effnet export --weights FILE --onnx OUT.onnx [--torchscript OUT.pt]. "
                "Without --checkpoint the official tarball is downloaded into $EFFNET_CACHE "
                "(default ~/.cache/effnet-convert).")
-    p.add_argument("--variant", help="b0..b8, l2, l2-475, lite0..lite4, edgetpu-s/m/l, condconv-b0-4e/-8e/-8e-depth")
-    p.add_argument("--flavor", help="standard, aa, advprop, noisystudent, randaug, or a zoo model name")
-    p.add_argument("--checkpoint", help="checkpoint prefix, a folder holding model.ckpt*, or the official .tar.gz")
+    p.add_argument("--variant", help="b0..b8, l2, l2-475, lite0..lite4, edgetpu-s/m/l, condconv-b0-4e/-8e/-8e-depth, "
+                                     "v2-b0..v2-b3, v2-s, v2-m, v2-l, v2-xl (EfficientNetV2)")
+    p.add_argument("--flavor", help="standard, aa, advprop, noisystudent, randaug; EfficientNetV2: 1k, 21k, 21k-ft1k; "
+                                    "or a zoo model name / an official name (efficientnetv2-s-21k-ft1k)")
+    p.add_argument("--checkpoint", help="checkpoint prefix, a folder holding model.ckpt*, the official .tar.gz, "
+                                        "or a keras.applications EfficientNet .h5 / .weights.h5")
     p.add_argument("--output-dir", default=".", help="where to write (default: current folder)")
-    p.add_argument("--format", default="safetensors", choices=("safetensors", "pth", "both"))
+    p.add_argument("--format", default="safetensors", choices=("safetensors", "pth", "both"),
+                   help="safetensors (default), pth (a plain state_dict) or both")
     p.add_argument("--layout", default="native",
                    help="state_dict keys of the output: native (default, converter.load_model), "
                         "timm (tf_efficientnet_*, the family too: lite*, es/em/el, cc_*), "
-                        "mmpretrain (its EfficientNet: b0-b8, l2, EdgeTPU es/em)")
+                        "mmpretrain (its EfficientNet: b0-b8, l2, EdgeTPU es/em), "
+                        "transformers (a from_pretrained folder: b0-b8, l2; padded for --resolution)")
     p.add_argument("--no-ema", action="store_true", help="take the raw weights instead of their EMA twins")
     p.add_argument("--num-classes", type=int,
                    help="classes of the converted classifier; must agree with the checkpoint (default: read from it)")
@@ -44,6 +62,10 @@ def _convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--allow-nonfinite", action="store_true", help="convert even if weights hold NaN/inf")
     p.add_argument("--sha256", help="expected sha256 of the downloaded tarball")
+    p.add_argument("--fused-stride", choices=("expand", "project"), default=None,
+                   help="EdgeTPU fused blocks: which conv carries the stride. expand (default): the kxk expand conv, "
+                        "as the official code since tensorflow/tpu 32572cb (2020-12-27) and timm/mmpretrain; "
+                        "project: the 1x1 project conv, the 2019 code (631fb4c). Stored in the metadata")
     p.add_argument("--reader", choices=("bundle", "tf"),
                    help="checkpoint reader: bundle (default, no TensorFlow) or tf (TensorFlow's own)")
     p.add_argument("--list", action="store_true", help="list the official checkpoints and exit")
@@ -54,8 +76,8 @@ def _convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="after converting, run TensorFlow on the checkpoint and PyTorch on the output and compare logits")
     _verify_options(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (the exit status stays the same)")
     p.add_argument("--version", action="version", version=f"effnet-convert {__version__}")
     return p
 
@@ -65,11 +87,15 @@ def _verify_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--images", nargs="+", default=(), metavar="IMAGE",
                    help="your own images, added to the synthetic set (official eval preprocessing)")
     g.add_argument("--num-images", type=int, default=8, help="synthetic images (default 8)")
-    g.add_argument("--resolution", type=int, help="input size (default: the model's native resolution)")
+    g.add_argument("--resolution", type=int, help="input size (default: the model's native resolution); "
+                   "with --layout transformers also the size the folder's config is padded for")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where both frameworks run (auto: the GPU when there is one)")
     g.add_argument("--dump-logits", metavar="FILE.npz", help="save both logit arrays (keys tf, torch)")
     g.add_argument("--max-rel-error", type=float, default=None, help=argparse.SUPPRESS)
+    g.add_argument("--trace", action="store_true",
+                   help="also compare every stage (stem, blocks, convs, batch norms, head) on the first 2 images "
+                        "and name the first layer that diverges (table printed and in the JSON report)")
 
 
 def _verify_parser() -> argparse.ArgumentParser:
@@ -79,18 +105,16 @@ def _verify_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, help="the converted .safetensors or .pth")
     p.add_argument("--checkpoint", required=True, help="checkpoint prefix, folder or .tar.gz it was converted from")
     _verify_options(p)
+    p.add_argument("--quiet", action="store_true", help="no stage lines on stderr")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
 def run_verify(weights: Path, prefix: str, args: argparse.Namespace) -> int:
     """Verify ``weights`` against ``prefix``; print the summary; 0 when it passes, 3 when not."""
-    from .verify import MAX_REL_ERROR, report_path_for, verify_file
+    from .verify import report_path_for, verify_file
 
-    report = verify_file(weights, prefix, resolution=args.resolution, n_images=args.num_images,
-                         image_files=list(args.images), device=args.device,
-                         dump_logits=Path(args.dump_logits) if args.dump_logits else None,
-                         max_rel_error=args.max_rel_error or MAX_REL_ERROR)
+    report = verify_file(weights, prefix, progress=not getattr(args, "quiet", False), **_verify_kwargs(args))
     print(report.summary())
     print(f"report: {report_path_for(weights)}")
     if not report.passed:
@@ -99,20 +123,125 @@ def run_verify(weights: Path, prefix: str, args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_kwargs(args: argparse.Namespace) -> dict:
+    """The verification options of ``args`` as keyword arguments of verify.plan_verification."""
+    from .verify import MAX_REL_ERROR
+
+    return dict(resolution=args.resolution, n_images=args.num_images, image_files=list(args.images),
+                device=args.device, dump_logits=Path(args.dump_logits) if args.dump_logits else None,
+                max_rel_error=MAX_REL_ERROR if args.max_rel_error is None else args.max_rel_error,
+                trace=bool(getattr(args, "trace", False)))
+
+
+def _drop_report(outputs: Sequence[Path]) -> None:
+    """Remove the verification report of ``outputs`` before they are replaced: it describes other bytes."""
+    from .verify import report_path_for
+
+    report = report_path_for(outputs[0])
+    if report.is_file():
+        report.unlink()
+        log.info("removed %s (it verified the file being replaced)", report)
+
+
+def _finish(result, ckpt, prefix: Optional[str], plan, args: argparse.Namespace,
+            finals: Optional[Sequence[Path]] = None) -> int:
+    """Give the converted files their names; with ``plan`` (--verify) only after the check passed.
+
+    Passed: the outputs, then their report, get their final names. Failed: every file of the
+    attempt ends in ``.failed`` (``NAME.safetensors.failed``, ``NAME.verify.json.failed``); what
+    the final names held stays. Error or Ctrl-C: the temp files go, the final names are untouched.
+    """
+    from .verify import checked_report, report_path_for, write_report
+
+    pending = result.pending
+    what = (f"({ckpt.name}, {'EMA' if result.selection.ema else 'raw'} weights, "
+            f"{result.metadata['num_classes']} classes, {result.seconds:.1f} s)")
+    try:
+        if plan is None:
+            if pending:
+                _drop_report(result.outputs)
+            for f in pending:
+                f.commit()
+            for p in result.outputs:
+                print(f"wrote {p} {what}")
+            return 0
+        if not pending:  # a folder (--layout transformers), committed by its writer under a hidden name
+            return _finish_folder(Path(result.outputs[0]), Path((finals or result.outputs)[0]), prefix, plan, args,
+                                  what)
+        report = checked_report(pending[0].tmp, prefix, record_as=result.outputs[0], plan=plan,
+                                progress=not args.quiet)
+        print(report.summary())
+        final_report = report_path_for(result.outputs[0])
+        if report.passed:
+            rf = write_report(report, final_report, commit=False)
+            try:
+                for f in pending:
+                    f.commit()
+                rf.commit()
+            finally:
+                rf.discard()
+            for p in result.outputs:
+                print(f"wrote {p} {what}")
+            print(f"report: {final_report}")
+            return 0
+        failed = [p.with_name(p.name + ".failed") for p in result.outputs]
+        report.weights = str(failed[0])
+        for f, to in zip(pending, failed):
+            f.commit(to=to)
+        failed_report = final_report.with_name(final_report.name + ".failed")
+        write_report(report, failed_report)
+        print(f"report: {failed_report}")
+        print(f"convert-effnet: verification failed: {'; '.join(report.failures)}; the outputs are named "
+              f"{', '.join(str(p) for p in failed)}", file=sys.stderr)
+        return 3
+    finally:
+        for f in pending:
+            f.discard()
+
+
+def _finish_folder(staged: Path, final: Path, prefix: Optional[str], plan, args: argparse.Namespace,
+                   what: str) -> int:
+    """_finish for a folder output: verified at ``staged``, then renamed to ``final`` (or ``final.failed``)."""
+    import shutil
+
+    from . import interrupts
+    from .hf import add_verification
+    from .hf_write import commit_folder
+    from .verify import checked_report, report_path_for, write_report
+
+    try:
+        report = checked_report(staged, prefix, record_as=final, plan=plan, progress=not args.quiet)
+        print(report.summary())
+        if report.passed:
+            write_report(report, report_path_for(staged))
+            add_verification(staged, report)
+            interrupts.check()
+            commit_folder(staged, final)
+            print(f"wrote {final} {what}")
+            print(f"report: {report_path_for(final)}")
+            return 0
+        failed = final.with_name(final.name + ".failed")
+        report.weights = str(failed)
+        write_report(report, report_path_for(staged))
+        if failed.is_dir():
+            shutil.rmtree(failed)
+        os.rename(staged, failed)
+        print(f"report: {report_path_for(failed)}")
+        print(f"convert-effnet: verification failed: {'; '.join(report.failures)}; the output is named {failed}",
+              file=sys.stderr)
+        return 3
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+
+
 def list_checkpoints(out=None) -> None:
-    """Print the registry: name, parameters, FLOPs, resolution, published top-1, URL."""
-    from .arch import count_macs, count_params
-    from .zoo import CHECKPOINTS
+    """Print the registry: names (both accepted by --flavor), parameters, FLOPs, resolution, top-1, URL."""
+    from .zoo import list_lines
 
     out = out or sys.stdout
-    rows = [("name", "params(M)", "GFLOPs", "res", "top1", "url")]
-    for c in CHECKPOINTS:
-        rows.append((c.name, f"{count_params(c.arch) / 1e6:.2f}", f"{count_macs(c.arch) / 1e9:.2f}",
-                     str(c.resolution), f"{c.top1:.2f}", c.url))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        out.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
-    out.write("GFLOPs: multiply-adds of one image at the native resolution, computed from the architecture.\n")
+    for line in list_lines():  # EfficientNet, then the other families (zoo.all_checkpoints)
+        out.write(line + "\n")
 
 
 def _hash_checkpoint_files(prefix: str):
@@ -123,6 +252,19 @@ def _hash_checkpoint_files(prefix: str):
     return Deferred.run(sha256_files, files)
 
 
+def _flavor_names_checkpoint(flavor) -> bool:
+    """Whether --flavor alone names a checkpoint (an official file name such as ``mnasnet-a1-140``)."""
+    from .zoo import find_checkpoint
+
+    if not flavor:
+        return False
+    try:
+        find_checkpoint(None, flavor)
+    except ConversionError:
+        return False
+    return True
+
+
 def infer_variant(reader) -> str:
     """The variant named by the checkpoint's scope (``efficientnet-b3`` -> ``b3``)."""
     from .arch import ARCHS
@@ -131,13 +273,64 @@ def infer_variant(reader) -> str:
     scopes = checkpoint_scopes(reader)
     if len(scopes) != 1:
         raise ConversionError(f"cannot infer the variant: the checkpoint has scopes {scopes}; pass --variant")
-    matches = [a.name for a in ARCHS.values() if a.scope == scopes[0]]
+    from .arch import EXTRA_ARCHS
+
+    matches = [a.name for a in [*ARCHS.values(), *EXTRA_ARCHS.values()] if a.scope == scopes[0]]
     if not matches:
         raise ConversionError(f"the checkpoint's scope {scopes[0]} is no known EfficientNet; pass --variant")
     if len(matches) > 1:
         raise ConversionError(f"the checkpoint's scope {scopes[0]} fits --variant {' and '.join(matches)} "
                               "(different resolutions): pass one")
     return matches[0]
+
+
+def run_convert_keras(args) -> int:
+    """``convert-effnet --checkpoint FILE.h5 [--variant bN]``: convert a Keras file; prints what it wrote."""
+    from . import sources
+    from .convert import convert, output_paths
+    from .keras import KerasH5Reader, output_stem
+    from .zoo import CROP_PADDING
+
+    if args.verify:
+        raise ConversionError("--verify compares against a TensorFlow checkpoint; a Keras .h5 has none "
+                              "(convert without --verify; tests/test_keras.py checks the port against Keras's own logits)")
+    if args.flavor:
+        raise ConversionError("--flavor does not apply to a Keras .h5: its preprocessing is read from the "
+                              "file's Normalization layer; leave --flavor out")
+    if getattr(args, "fused_stride", None):
+        raise ConversionError("--fused-stride applies to EdgeTPU checkpoints; Keras EfficientNets have no fused blocks")
+    from .mapping import check_variant, output_stem as layout_stem
+
+    layout = getattr(args, "layout", None) or "native"
+    reader = KerasH5Reader(args.checkpoint, variant=args.variant)
+    try:
+        spec = reader.spec
+        check_variant(spec, layout)
+        fmt_paths = output_paths(Path(args.output_dir), layout_stem(output_stem(spec), layout), args.format)
+        for p in fmt_paths:
+            if p.exists() and not args.force:
+                raise ConversionError(f"{p} exists; pass --force to overwrite it")
+        spec = spec.with_classes(_checkpoint_classes(reader, spec, args))
+        cfg: Dict[str, object] = {
+            "variant": spec.name,
+            "flavor": "keras",
+            "input_size": [3, spec.resolution, spec.resolution],  # keras EfficientNetBn default_size
+            "crop_pct": spec.resolution / (spec.resolution + CROP_PADDING),  # the official eval crop
+            "interpolation": "bicubic",
+        }
+        cfg.update(reader.preprocessing())
+        cfg.update(source=str(reader.path.resolve()), source_sha256=sources.sha256_file(reader.path),
+                   keras_format=reader.format)
+        result = convert(reader, spec, cfg, fmt_paths, layout=layout, use_ema=False, force=args.force,
+                         allow_nonfinite=args.allow_nonfinite, progress=not args.quiet,
+                         drop_background=args.drop_background)
+    finally:
+        reader.close()
+    classes = result.metadata["num_classes"]
+    for p in result.outputs:
+        print(f"wrote {p} (Keras EfficientNet{spec.name.upper()}, {classes} classes, "
+              f"std {cfg['keras_normalization']}, {result.seconds:.1f} s)")
+    return 0
 
 
 def _checkpoint_classes(reader, spec, args) -> int:
@@ -189,7 +382,7 @@ def run_convert(args: argparse.Namespace) -> int:
     if not args.variant and not args.flavor and not args.checkpoint:
         raise ConversionError("--variant is required (e.g. convert-effnet --variant b4 --flavor advprop); see --list")
     if args.checkpoint:
-        from .keras import is_keras_file, run_convert_keras
+        from .keras import is_keras_file
 
         if is_keras_file(args.checkpoint):  # a keras.applications EfficientNet .h5 / .weights.h5
             return run_convert_keras(args)
@@ -197,8 +390,12 @@ def run_convert(args: argparse.Namespace) -> int:
         from .verify import require_tensorflow
 
         require_tensorflow()
+    if args.max_rel_error is not None and not args.verify:
+        raise ConversionError("--max-rel-error is a verification option; add --verify")
+    if getattr(args, "trace", False) and not args.verify:
+        raise ConversionError("--trace is a verification option; add --verify")
     reader = prefix = None
-    if args.checkpoint and not args.variant:
+    if args.checkpoint and not args.variant and not _flavor_names_checkpoint(args.flavor):
         reader, prefix = _open_source(args.checkpoint, args)
         args.variant = infer_variant(reader)
         log.info("variant %s (from the checkpoint's scope)", args.variant)
@@ -207,13 +404,30 @@ def run_convert(args: argparse.Namespace) -> int:
     else:
         ckpt = find_checkpoint(args.variant, args.flavor)
     spec = get_arch(ckpt.variant)
+    if args.fused_stride is not None:  # EdgeTPU's fused blocks (arch.FUSED_STRIDES)
+        if not spec.has_strided_fused:
+            raise ConversionError(f"--fused-stride applies to models with strided fused blocks (edgetpu-s/m/l); "
+                                  f"{spec.name} has none")
+        spec = spec.with_fused_stride(args.fused_stride)
     from .mapping import check_variant, output_stem
 
     check_variant(spec, args.layout)  # an unknown layout, or a variant its library lacks: before any download
+    if args.layout == "transformers":  # a from_pretrained folder, padded for --resolution (converter/hf.py)
+        from .hf_write import folder_converter
+
+        convert, output_paths = folder_converter(convert, args.resolution)
     fmt_paths = output_paths(Path(args.output_dir), output_stem(ckpt.name, args.layout), args.format)
     for p in fmt_paths:  # say so before downloading gigabytes
         if p.exists() and not args.force:
             raise ConversionError(f"{p} exists; pass --force to overwrite it")
+    from .writer import check_writable_folder
+
+    check_writable_folder(Path(args.output_dir))  # a read-only folder: before any download
+    plan = None
+    if args.verify:  # every verification option checked, --images decoded: before anything is written
+        from .verify import plan_verification
+
+        plan = plan_verification(ckpt.pretrained_cfg(), progress=not args.quiet, **_verify_kwargs(args))
 
     if args.checkpoint:
         src = Path(args.checkpoint)
@@ -233,76 +447,121 @@ def run_convert(args: argparse.Namespace) -> int:
     spec = spec.with_classes(_checkpoint_classes(reader, spec, args))
     cfg = ckpt.pretrained_cfg()
     cfg.update(source=source, source_sha256=source_sha)
-    result = convert(reader, spec, cfg, fmt_paths, layout=args.layout, use_ema=not args.no_ema, force=args.force,
+    # files stay under their temp names until _finish names them (after the check, with --verify);
+    # a folder output (--layout transformers) is committed by its own writer: with --verify, under a
+    # hidden name that _finish gives its final name after the check
+    staged = {} if args.layout == "transformers" else {"commit": False}
+    targets = fmt_paths
+    if args.layout == "transformers" and plan is not None:
+        import secrets
+
+        targets = [p.with_name(f".{p.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}") for p in fmt_paths]
+    result = convert(reader, spec, cfg, targets, layout=args.layout, use_ema=not args.no_ema, force=args.force,
                      allow_nonfinite=args.allow_nonfinite, progress=not args.quiet,
-                     drop_background=args.drop_background)
-    weights = "EMA" if result.selection.ema else "raw"
-    classes = result.metadata["num_classes"]
-    for p in result.outputs:
-        print(f"wrote {p} ({ckpt.name}, {weights} weights, {classes} classes, {result.seconds:.1f} s)")
-    if args.verify:
-        rc = run_verify(result.outputs[0], prefix, args)
-        if rc != 0:  # never leave a file that failed its check under the name of a good one
-            for p in result.outputs:
-                os.replace(p, p.with_name(p.name + ".failed"))
-            print(f"convert-effnet: the outputs were renamed to *.failed", file=sys.stderr)
-        return rc
-    return 0
+                     drop_background=args.drop_background, **staged)
+    return _finish(result, ckpt, prefix, plan, args, finals=fmt_paths)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``convert-effnet``; returns the exit status."""
+    """Entry point of ``convert-effnet``; returns the exit status.
+
+    Every error is one line and a non-zero exit (``--debug``: the traceback too, same exit
+    status); Ctrl-C: "interrupted", 130; a closed stdout (``| head``): quietly 141, as SIGPIPE.
+    """
+    from . import interrupts
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    with interrupts.installed():
+        try:
+            rc = _dispatch(argv)
+            sys.stdout.flush()  # a reader gone (| head) shows here, not as a message at exit
+            interrupts.check()  # Ctrl-C swallowed by a library: still an interrupted run
+            return rc
+        except BaseException as e:  # noqa: B902 - every way out gets its exit status here
+            return _failed(e, debug="--debug" in argv)
+
+
+def _dispatch(argv: List[str]) -> int:
+    if argv and argv[0] in ("predict", "evaluate"):
+        from . import predict
+
+        return predict.main(argv)
+    if argv and argv[0] == "export":
+        from . import export
+
+        return export.main(argv[1:])
+    if argv and argv[0] == "verify":
+        from . import sources
+
+        args = _verify_parser().parse_args(argv[1:])
+        return run_verify(Path(args.weights), sources.resolve_checkpoint(args.checkpoint), args)
+    args = _convert_parser().parse_args(argv)
+    if args.list:
+        list_checkpoints()
+        return 0
+    if args.all and args.fused_stride:
+        raise ConversionError("--all converts with the default --fused-stride; convert one EdgeTPU checkpoint "
+                              "at a time for --fused-stride project")
+    if args.all and args.layout != "native":
+        raise ConversionError("--all writes the native layout; convert one checkpoint at a time for --layout "
+                              f"{args.layout}")
+    if args.all:
+        from .batch import run_all
+
+        return run_all(args)
+    if args.only:
+        raise ConversionError("--only selects checkpoints for --all; add --all")
+    return run_convert(args)
+
+
+def _stdout_gone() -> None:
+    """stdout's reader closed the pipe: send what is left to /dev/null (no error at exit)."""
     try:
-        if argv and argv[0] in ("predict", "evaluate"):
-            from . import predict
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
-            return predict.main(argv)
-        if argv and argv[0] == "export":
-            from . import export
 
-            return export.main(argv[1:])
-        if argv and argv[0] == "verify":
-            from . import sources
+def _os_error_line(e: OSError) -> str:
+    """An OSError in one line; a hidden temp file (``.NAME.tmp-...``) is named by its folder."""
+    name = e.filename
+    if name and re.fullmatch(r"\..+\.tmp-\d+(?:-[0-9a-f]+)?(?:\.\w+)?", Path(str(name)).name):
+        from .writer import folder_error
 
-            args = _verify_parser().parse_args(argv[1:])
-            return run_verify(Path(args.weights), sources.resolve_checkpoint(args.checkpoint), args)
-        args = _convert_parser().parse_args(argv)
-        if args.list:
-            list_checkpoints()
-            return 0
-        if args.all and args.layout != "native":
-            raise ConversionError("--all writes the native layout; convert one checkpoint at a time for --layout "
-                                  f"{args.layout}")
-        if args.all:
-            from .batch import run_all
+        return folder_error(Path(str(name)).parent, e)
+    return f"{e.strerror or e}: {name or ''}".rstrip(": ")
 
-            return run_all(args)
-        if args.only:
-            raise ConversionError("--only selects checkpoints for --all; add --all")
-        return run_convert(args)
-    except ConversionError as e:
-        if debug:
-            raise
-        print(f"convert-effnet: error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", 2)
-    except KeyboardInterrupt:
-        print("convert-effnet: interrupted", file=sys.stderr)
-        return 130
-    except OSError as e:
-        if debug:
-            raise
-        print(f"convert-effnet: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
-    except Exception as e:  # a bug, not bad input: still one line unless --debug
-        if debug:
-            raise
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        print(f"convert-effnet: internal error: {type(e).__name__}: {first} (rerun with --debug for a traceback)",
-              file=sys.stderr)
-        return 1
+
+def _failed(e: BaseException, debug: bool) -> int:
+    """Print the one line for ``e`` (the traceback first with --debug); return the exit status."""
+    from . import interrupts
+
+    if isinstance(e, SystemExit):  # argparse: usage errors (2), --help/--version (0)
+        raise e
+    if isinstance(e, BrokenPipeError):
+        _stdout_gone()
+        return 141  # 128 + SIGPIPE, what a shell shows for a writer stopped by a closed pipe
+    if isinstance(e, KeyboardInterrupt) or interrupts.interrupted():
+        line, code = "interrupted", 130
+    elif isinstance(e, ConversionError):
+        line, code = f"error: {e}", getattr(e, "exit_code", 2)
+    elif isinstance(e, OSError):
+        line, code = f"error: {_os_error_line(e)}", 2
+    elif isinstance(e, Exception):  # a bug, not bad input: still one line unless --debug
+        first = first_line(e)
+        line, code = f"internal error: {type(e).__name__}: {first} (rerun with --debug for a traceback)", 1
+    else:
+        raise e
+    if debug and code != 130:
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    try:
+        print(f"convert-effnet: {line}", file=sys.stderr)
+    except OSError:
+        pass
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

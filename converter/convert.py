@@ -12,9 +12,9 @@ import numpy as np
 
 from . import __version__
 from .arch import ArchSpec
-from .errors import ConversionError
-from .layout import tf_to_torch
-from .mapping import Entry, expand, is_classifier, layout_caveat, resolve_condconv_names
+from .errors import ConversionError, listing
+from .reorder import tf_to_torch
+from .mapping import Entry, expand, is_classifier, layout_caveat, resolve_names
 from .mappings.kinds import DENSE
 from .metadata import encode, pth_payload
 from .readers import CheckpointReader
@@ -36,7 +36,6 @@ SKIP_RULES: Tuple[Tuple[str, "re.Pattern[str]"], ...] = (
 
 FORMATS = ("safetensors", "pth")
 PREFETCH_DEPTH = 2  # tensors read and re-laid ahead of the writer (memory: a few tensors)
-_MAX_LISTED = 5
 
 
 def skip_reason(name: str) -> Optional[str]:
@@ -59,11 +58,6 @@ class Selection:
     constants: List[Entry] = field(default_factory=list)  # tensors not read from the checkpoint (kinds.CONSTANTS)
 
 
-def _listing(items: Sequence[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
-
-
 def checkpoint_scopes(reader: CheckpointReader) -> List[str]:
     """The top-level scopes of the model variables (skip rules applied), e.g. ['efficientnet-b3']."""
     return sorted({n.split("/", 1)[0] for n in reader.names() if not skip_reason(n)})
@@ -80,18 +74,11 @@ def checkpoint_num_classes(reader: CheckpointReader, spec: ArchSpec) -> Optional
     return None
 
 
-def select(reader: CheckpointReader, spec: ArchSpec, layout: str = "native", use_ema: bool = True) -> Selection:
-    """Match every checkpoint variable to the model, or raise one error listing all problems.
-
-    EMA twins are taken for every variable that has one (BN moving statistics included);
-    optimizer slots and global_step are skipped by SKIP_RULES; anything else left over, any
-    missing variable and any shape mismatch is an error.
-    """
-    names = reader.names()
-    name_set = set(names)
+def _model_variables(reader: CheckpointReader) -> Tuple[List[str], Dict[str, int]]:
+    """Step 1: the checkpoint's model variables, and how many were skipped by each SKIP_RULES reason."""
     skipped: Dict[str, int] = {}
     model_names = []
-    for n in names:
+    for n in reader.names():
         reason = skip_reason(n)
         if reason:
             skipped[reason] = skipped.get(reason, 0) + 1
@@ -99,7 +86,11 @@ def select(reader: CheckpointReader, spec: ArchSpec, layout: str = "native", use
             model_names.append(n)
     if not model_names:
         raise ConversionError(f"checkpoint {reader.prefix} holds no model variables")
+    return model_names, skipped
 
+
+def _check_scope_and_classes(reader: CheckpointReader, spec: ArchSpec, model_names: List[str]) -> None:
+    """Step 2: the checkpoint is of ``spec``'s model (scope) and has its number of classes."""
     scopes = sorted({n.split("/", 1)[0] for n in model_names})
     if spec.scope not in scopes:
         got = scopes[0] if len(scopes) == 1 else "{" + ", ".join(scopes) + "}"
@@ -108,69 +99,102 @@ def select(reader: CheckpointReader, spec: ArchSpec, layout: str = "native", use
             hint = f": pass --variant {scopes[0][len('efficientnet-'):]}"
         raise ConversionError(
             f"the checkpoint's scope is {got} but --variant {spec.name} expects {spec.scope}{hint}")
-
     classes = checkpoint_num_classes(reader, spec)
     if classes is not None and classes != spec.num_classes:
         raise ConversionError(
             f"the checkpoint's classifier has {classes} classes but the model was asked for {spec.num_classes}"
             " (use --num-classes to match, or leave it out)")
 
-    entries = resolve_condconv_names(expand(spec, layout), names)  # CondConv: both name forms
-    consumed = set()
-    missing, shape_errors, pairs, no_twin, no_raw = [], [], [], [], []
-    constants = [e for e in entries if e.const is not None]  # consume no checkpoint variable
+
+@dataclass
+class _Match:
+    pairs: List[Tuple[Entry, str]] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    shape_errors: List[str] = field(default_factory=list)
+    no_twin: List[str] = field(default_factory=list)
+    no_raw: List[str] = field(default_factory=list)
+    consumed: set = field(default_factory=set)
+
+
+def _match(reader: CheckpointReader, entries: Sequence[Entry], use_ema: bool) -> _Match:
+    """Step 3: each table entry's source variable (its EMA twin or the raw one), and every problem met."""
+    name_set = set(reader.names())
+    m = _Match()
     for e in entries:
         if e.const is not None:
             continue
         raw, twin = e.tf_name, e.tf_name + EMA_SUFFIX
         has_raw, has_twin = raw in name_set, twin in name_set
-        consumed.update(n for n in (raw, twin) if n in name_set)
+        m.consumed.update(n for n in (raw, twin) if n in name_set)
         if not (has_raw or has_twin):
-            missing.append(raw)
+            m.missing.append(raw)
             continue
         for n in (raw, twin):
             if n in name_set and tuple(reader.shape(n)) != e.tf_shape:
-                shape_errors.append(f"{n} is {list(reader.shape(n))} not {list(e.tf_shape)}")
+                m.shape_errors.append(f"{n} is {list(reader.shape(n))} not {list(e.tf_shape)}")
         if use_ema:
             src = twin if has_twin else raw
             if not has_twin:
-                no_twin.append(raw)
+                m.no_twin.append(raw)
         else:
             src = raw if has_raw else None
             if not has_raw:
-                no_raw.append(raw)
+                m.no_raw.append(raw)
         if src is not None:
-            pairs.append((e, src))
-    unexpected = [n for n in model_names if n not in consumed]
+            m.pairs.append((e, src))
+    return m
 
+
+def _check_totality(reader: CheckpointReader, spec: ArchSpec, m: _Match, model_names: List[str]) -> None:
+    """Step 4: one error listing every missing, unexpected and mis-shaped variable; float dtypes only."""
+    unexpected = [n for n in model_names if n not in m.consumed]
     problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing ({_listing(missing)})")
+    if m.missing:
+        problems.append(f"{len(m.missing)} missing ({listing(m.missing)})")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected ({_listing(unexpected)})")
-    if shape_errors:
-        problems.append(f"{len(shape_errors)} with a wrong shape ({_listing(shape_errors)})")
+        problems.append(f"{len(unexpected)} unexpected ({listing(unexpected)})")
+    if m.shape_errors:
+        problems.append(f"{len(m.shape_errors)} with a wrong shape ({listing(m.shape_errors)})")
     if problems:
         raise ConversionError(
             f"checkpoint {reader.prefix} does not match the {spec.name} model ({spec.scope}): " + "; ".join(problems))
-    if no_raw:
+    if m.no_raw:
         raise ConversionError(
-            f"--no-ema: the checkpoint holds only EMA weights for {len(no_raw)} variables "
-            f"({_listing(no_raw)}); convert without --no-ema")
-
-    for e, src in pairs:
+            f"--no-ema: the checkpoint holds only EMA weights for {len(m.no_raw)} variables "
+            f"({listing(m.no_raw)}); convert without --no-ema")
+    for e, src in m.pairs:
         dt = reader.dtype(src)
         if not np.issubdtype(dt, np.floating) and dt.name != "bfloat16":
             raise ConversionError(f"{src} has dtype {dt}, expected a floating-point tensor")
 
+
+def _ema_warnings(m: _Match, use_ema: bool) -> Tuple[bool, List[str]]:
+    """Step 5: whether EMA weights were used, and the warnings for variables without a twin."""
     warnings = []
-    ema_used = use_ema and len(no_twin) < len(pairs)
-    if use_ema and len(no_twin) == len(pairs):
+    ema_used = use_ema and len(m.no_twin) < len(m.pairs)
+    if use_ema and len(m.no_twin) == len(m.pairs):
         warnings.append("the checkpoint has no ExponentialMovingAverage twins: converting the raw weights "
                         "(the official evaluation uses EMA weights; accuracy may be lower)")
-    elif use_ema and no_twin:
-        warnings.append(f"{len(no_twin)} variables have no EMA twin, their raw values are used: {_listing(no_twin)}")
-    return Selection(spec=spec, pairs=pairs, ema=ema_used, warnings=warnings, skipped=skipped, constants=constants)
+    elif use_ema and m.no_twin:
+        warnings.append(f"{len(m.no_twin)} variables have no EMA twin, their raw values are used: {listing(m.no_twin)}")
+    return ema_used, warnings
+
+
+def select(reader: CheckpointReader, spec: ArchSpec, layout: str = "native", use_ema: bool = True) -> Selection:
+    """Match every checkpoint variable to the model, or raise one error listing all problems.
+
+    EMA twins are taken for every variable that has one (BN moving statistics included);
+    optimizer slots and global_step are skipped by SKIP_RULES; anything else left over, any
+    missing variable and any shape mismatch is an error.
+    """
+    model_names, skipped = _model_variables(reader)
+    _check_scope_and_classes(reader, spec, model_names)
+    entries = resolve_names(spec, expand(spec, layout), reader.names())  # Keras counters (CondConv, MnasNet/MixNet)
+    m = _match(reader, entries, use_ema)
+    _check_totality(reader, spec, m, model_names)
+    ema_used, warnings = _ema_warnings(m, use_ema)
+    constants = [e for e in entries if e.const is not None]  # consume no checkpoint variable
+    return Selection(spec=spec, pairs=m.pairs, ema=ema_used, warnings=warnings, skipped=skipped, constants=constants)
 
 
 def output_shapes(selection: Selection, drop_background: bool = False) -> List[Tuple[str, Tuple[int, ...]]]:
@@ -233,16 +257,22 @@ class Result:
     selection: Selection
     metadata: Dict[str, object]
     seconds: float
+    # commit=False: the written files under their temp names (AtomicFile), in ``outputs`` order;
+    # the caller commits or discards them
+    pending: List[AtomicFile] = field(default_factory=list)
 
 
 def convert(reader: CheckpointReader, spec: ArchSpec, cfg: Dict[str, object], outputs: Sequence[Path],
             layout: str = "native", use_ema: bool = True, force: bool = False,
-            allow_nonfinite: bool = False, progress: bool = False, drop_background: bool = False) -> Result:
+            allow_nonfinite: bool = False, progress: bool = False, drop_background: bool = False,
+            commit: bool = True) -> Result:
     """Convert ``reader``'s checkpoint for ``spec`` into ``outputs`` (.safetensors and/or .pth).
 
     ``cfg`` is the metadata to store (variant, flavor, preprocessing, source...). Files appear
     only when everything succeeded; an existing output is kept unless ``force``.
     ``spec.num_classes`` is the checkpoint's; with ``drop_background`` the output has one fewer.
+    ``commit=False``: the files stay under their temp names, fsynced (``Result.pending``), for the
+    caller to check and then commit or discard (``--verify``: final names only after the check).
     """
     t0 = time.perf_counter()
     outputs = [Path(p) for p in outputs]
@@ -262,6 +292,8 @@ def convert(reader: CheckpointReader, spec: ArchSpec, cfg: Dict[str, object], ou
                 converter_version=__version__)
     if drop_background:
         meta["background_dropped"] = "true"
+    if spec.has_strided_fused:  # EdgeTPU: which conv strides (arch.FUSED_STRIDES); load_model and verify follow it
+        meta["fused_stride"] = spec.fused_stride
     caveat = layout_caveat(spec, layout)
     if caveat:  # the library's model computes differently from the official one (mapping.layout_caveat)
         log.warning("warning: %s", caveat)
@@ -274,13 +306,15 @@ def convert(reader: CheckpointReader, spec: ArchSpec, cfg: Dict[str, object], ou
         rank = {name: i for i, name in enumerate(order([src for _, src in selection.pairs]))}
         selection = replace(selection, pairs=sorted(selection.pairs, key=lambda p: rank[p[1]]))
 
-    outputs[0].parent.mkdir(parents=True, exist_ok=True)
     for p in outputs:  # temp files of writers killed earlier (dead PIDs, old enough)
         remove_stale_temps(p, min_age_s=STALE_TEMP_AGE_S)
     files = [AtomicFile(p) for p in outputs]
     bar = _progress_bar(len(selection.pairs), spec.name) if progress else None
     tensors = None
+    keep = False
     try:
+        for f in files:  # a folder that refuses the file: one error naming the folder
+            f.create()
         # reading + re-laying runs a few tensors ahead of the writer, in its own thread
         tensors = prefetch(iter_tensors(reader, selection, allow_nonfinite, bar, drop_background),
                            depth=PREFETCH_DEPTH)
@@ -304,16 +338,23 @@ def convert(reader: CheckpointReader, spec: ArchSpec, cfg: Dict[str, object], ou
             encoded = encode(meta)
         if pth:
             _write_pth(pth[0].tmp, st[0].tmp if st else None, tensors if not st else None, encoded)
-        for f in files:
-            f.commit()
+        if commit:
+            for f in files:
+                f.commit()
+        else:
+            for f in files:
+                f.sync()
+            keep = True
     finally:
         if tensors is not None:
             tensors.close()
         if bar is not None:
             bar.close()
-        for f in files:
-            f.discard()
-    return Result(outputs=outputs, selection=selection, metadata=meta, seconds=time.perf_counter() - t0)
+        if not keep:
+            for f in files:
+                f.discard()
+    return Result(outputs=outputs, selection=selection, metadata=meta, seconds=time.perf_counter() - t0,
+                  pending=files if keep else [])
 
 
 def _write_pth(tmp: Path, safetensors_file: Optional[Path], tensors, encoded: Dict[str, str]) -> None:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .errors import ConversionError
+from .layers import Conv2dSame
 
 # logits of the fused model vs the unfused one: ||fused - unfused|| / ||unfused|| stays below this
 FUSE_MAX_REL_ERROR = 1e-5
@@ -33,8 +34,6 @@ def _size_pair(h, w=None) -> Tuple[int, int]:
 
 def same_convs(model: nn.Module):
     """The Conv2dSame layers of ``model`` in registration (= execution) order."""
-    from .model import Conv2dSame
-
     return [(name, m) for name, m in model.named_modules() if isinstance(m, Conv2dSame)]
 
 
@@ -52,8 +51,11 @@ def set_input_size(model: nn.Module, h: Optional[int], w: Optional[int] = None) 
         model.input_size = None
         return model
     size = _size_pair(h, w)
+    group_input = size
     for _, conv in convs:
-        size = conv.set_input_size(*size)
+        # a conv ``parallel`` to the one before (a group of model.GroupedConv2dSame) sees its input
+        group_input = group_input if getattr(conv, "parallel", False) else size
+        size = conv.set_input_size(*group_input)
     model.input_size = _size_pair(h, w)
     return model
 

@@ -34,12 +34,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .arch import ArchSpec, get_arch
-from .errors import ConversionError
+from .errors import ConversionError, first_line, listing
 from .mappings import keras as table
 from .mappings.kinds import DENSE, VARIABLES
 
@@ -48,30 +48,26 @@ log = logging.getLogger("converter")
 # keras/src/applications/efficientnet.py: IMAGENET_STDDEV_RGB (stored as the Normalization
 # layer's variance in the keras.applications ImageNet files)
 IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)  # keras/src/applications/efficientnet_v2.py (B-series Normalization)
 KERAS_EPSILON = 1e-7  # keras.backend.epsilon(): Normalization divides by max(sqrt(var), eps)
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 KERAS_SUFFIXES = (".h5", ".hdf5")
 # keras.applications has EfficientNetB0..B7 (keras/src/applications/efficientnet.py)
 KERAS_VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7")
+# and EfficientNetV2B0-B3/S/M/L (keras/src/applications/efficientnet_v2.py); no XL
+KERAS_V2_VARIANTS = ("v2-b0", "v2-b1", "v2-b2", "v2-b3", "v2-s", "v2-m", "v2-l")
 NORMALIZATION_IMAGENET = "imagenet: variance holds the std (keras.applications weights='imagenet')"
 NORMALIZATION_PLAIN = "sqrt(variance)"
-_MAX_LISTED = 6
 _NORM_RE = re.compile(rf"^{table.NORMALIZATION_CLASS}(_\d+)?$")
 _BLOCK_RE = re.compile(r"^(block\d+[a-z]+)_")
 
 
 def _keras_arch(variant: str) -> ArchSpec:
     spec = get_arch(variant)
-    if spec.name not in KERAS_VARIANTS:
-        raise ConversionError(f"--variant {variant}: keras.applications has EfficientNetB0-B7 only "
-                              f"(--variant {', '.join(KERAS_VARIANTS)})")
+    if spec.name not in KERAS_VARIANTS + KERAS_V2_VARIANTS:
+        raise ConversionError(f"--variant {variant}: keras.applications has EfficientNetB0-B7 and "
+                              f"EfficientNetV2B0-B3/S/M/L only (--variant {', '.join(KERAS_VARIANTS + KERAS_V2_VARIANTS)})")
     return spec
-
-
-def _listing(items: Sequence[str]) -> str:
-    items = list(items)
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
 
 
 def _text(v) -> str:
@@ -113,7 +109,9 @@ def keras_layers(spec: ArchSpec) -> List[KerasLayer]:
     """Every weighted Keras layer of ``spec`` (classifier included), in Keras's model order."""
     out = [KerasLayer(k, o, kind) for k, o, kind in table.STEM]
     for b in spec.blocks():
-        rows = table.BLOCK_EXPAND if b.has_expand else table.BLOCK_NO_EXPAND
+        rows = table.V2_BLOCK_ROWS.get((b.kind, b.has_expand))  # EfficientNetV2's blocks
+        if rows is None:
+            rows = table.BLOCK_EXPAND if b.has_expand else table.BLOCK_NO_EXPAND
         fmt = {"name": keras_block_name(b.stage, b.index_in_stage), "i": b.index}
         for k, o, kind in rows:
             if "se_" in k and not b.se_channels:
@@ -178,7 +176,7 @@ class KerasH5Reader:
         try:
             self._file = h5py.File(self.path, "r")
         except (OSError, ValueError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            first = first_line(e, limit=200)
             raise ConversionError(f"cannot read {self.path} as a Keras HDF5 file ({first}): "
                                   "truncated or corrupt? save or download it again") from None
         try:
@@ -195,7 +193,7 @@ class KerasH5Reader:
         except ConversionError:
             raise
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:  # h5py on damaged files
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            first = first_line(e, limit=200)
             raise ConversionError(f"cannot read {self.path}: {first} (truncated or corrupt? save it again)") from None
         norm_layers = sorted({v.layer for v in variables if _NORM_RE.match(v.layer)})
         by_layer: Dict[str, List[_Var]] = {}
@@ -272,7 +270,7 @@ class KerasH5Reader:
     def _variant(self, variant: Optional[str], by_layer: Dict[str, List[_Var]]) -> ArchSpec:
         if getattr(self, "_unnamed", None):
             # Keras 3 files without layer names: their keys are class-name counters; try each variant
-            candidates = [_keras_arch(variant)] if variant else [get_arch(v) for v in KERAS_VARIANTS]
+            candidates = [_keras_arch(variant)] if variant else [get_arch(v) for v in KERAS_VARIANTS + KERAS_V2_VARIANTS]
             fits = [a for a in candidates if self._fits_keys(a, by_layer)]
             if not fits:
                 raise ConversionError(
@@ -326,7 +324,7 @@ class KerasH5Reader:
 
     def _infer(self, by_layer: Dict[str, List[_Var]]) -> Optional[ArchSpec]:
         stem, blocks, head = self._channels(by_layer)
-        fits = [a for a in map(get_arch, KERAS_VARIANTS)
+        fits = [a for a in map(get_arch, KERAS_VARIANTS + KERAS_V2_VARIANTS)
                 if (a.stem_channels, len(a.blocks()), a.head_channels) == (stem, blocks, head)]
         return fits[0] if len(fits) == 1 else None
 
@@ -334,7 +332,7 @@ class KerasH5Reader:
         if not norm_layers:
             return None
         if len(norm_layers) > 1:
-            raise ConversionError(f"{self.path} has {len(norm_layers)} Normalization layers ({_listing(norm_layers)}); "
+            raise ConversionError(f"{self.path} has {len(norm_layers)} Normalization layers ({listing(norm_layers)}); "
                                   "a keras.applications EfficientNet has one")
         vs = [v for v in variables if v.layer == norm_layers[0]]
         names = [v.var for v in vs]
@@ -342,7 +340,7 @@ class KerasH5Reader:
             names = list(table.NORMALIZATION_VARIABLES[:len(vs)])
         got = dict(zip(names, vs))
         if set(got) != set(table.NORMALIZATION_VARIABLES):
-            raise ConversionError(f"{self.path}: Normalization layer {norm_layers[0]} holds {_listing(names)}, "
+            raise ConversionError(f"{self.path}: Normalization layer {norm_layers[0]} holds {listing(names)}, "
                                   f"expected {', '.join(table.NORMALIZATION_VARIABLES)}")
         out = {}
         for k in ("mean", "variance"):
@@ -362,7 +360,7 @@ class KerasH5Reader:
         known = {layer.keras for layer in expected}
         unknown = sorted(n for n in by_layer if n not in known)
         missing = [layer.keras for layer in expected if layer.keras not in by_layer]
-        if self._norm is None:
+        if self._norm is None and spec.name not in KERAS_V2_VARIANTS:  # V2: constant preprocessing layers
             missing.insert(0, "normalization (the input Normalization layer)")
         if missing == ["predictions"] and not unknown:
             raise ConversionError(
@@ -370,9 +368,9 @@ class KerasH5Reader:
                 "save the model built with include_top=True (your classes: classes=N)")
         problems = []
         if missing:
-            problems.append(f"{len(missing)} missing ({_listing(missing)})")
+            problems.append(f"{len(missing)} missing ({listing(missing)})")
         if unknown:
-            problems.append(f"{len(unknown)} unknown ({_listing(unknown)})")
+            problems.append(f"{len(unknown)} unknown ({listing(unknown)})")
         if problems:
             raise ConversionError(f"{self.path} does not match keras.applications EfficientNet{spec.name.upper()} "
                                   f"layer for layer: " + "; ".join(problems))
@@ -407,10 +405,10 @@ class KerasH5Reader:
                 self._keras_names[official] = f"{layer.keras}/{kvar}"
         if var_problems:
             raise ConversionError(f"{self.path}: unexpected variables in {len(var_problems)} layers "
-                                  f"({_listing(var_problems)})")
+                                  f"({listing(var_problems)})")
         if shape_problems:
             raise ConversionError(f"{self.path} does not fit EfficientNet{spec.name.upper()}: {len(shape_problems)} "
-                                  f"variables with a wrong shape ({_listing(shape_problems)})")
+                                  f"variables with a wrong shape ({listing(shape_problems)})")
 
     # -- CheckpointReader --------------------------------------------------------------------
 
@@ -430,7 +428,7 @@ class KerasH5Reader:
         try:
             value = np.asarray(self._file[v.path][()])
         except (OSError, KeyError, ValueError, RuntimeError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            first = first_line(e, limit=200)
             raise ConversionError(f"cannot read {v.layer}/{v.var} from {self.path}: {first} "
                                   "(truncated or corrupt file? save it again)") from None
         if value.shape != v.shape:
@@ -449,6 +447,8 @@ class KerasH5Reader:
 
     def preprocessing(self) -> Dict[str, object]:
         """mean/std (0-1 scale: the model computes ``(x / 255 - mean) / std``) and how std was derived."""
+        if self.spec.name in KERAS_V2_VARIANTS:
+            return keras_v2_preprocessing(self.spec)
         mean, var, raw = self._norm["mean"], self._norm["variance"], self._norm["raw_variance"]
         imagenet = np.array_equal(raw.astype(np.float32), np.asarray(IMAGENET_STDDEV_RGB, np.float32))
         if imagenet:
@@ -461,6 +461,23 @@ class KerasH5Reader:
                 "keras_normalization": NORMALIZATION_IMAGENET if imagenet else NORMALIZATION_PLAIN}
 
 
+def keras_v2_preprocessing(spec: ArchSpec) -> Dict[str, object]:
+    """keras.applications EfficientNetV2 (include_preprocessing): constant layers, no weights.
+
+    B0-B3: Rescaling(1/255) -> Normalization(ImageNet mean, variance = std ** 2), the official
+    B-series 1k eval (``v1``: crop res / (res + 32), bicubic); S/M/L: Rescaling(1/128, offset=-1),
+    ``(x - 128) / 128``, the official S/M/L 1k eval (``v2``: bilinear, no crop at 384/480).
+    keras/src/applications/efficientnet_v2.py; converter/zoo_v2.py.
+    """
+    from .zoo_v2 import V2_MEAN, V2_STD
+
+    note = {"keras_normalization": "constant (keras.applications EfficientNetV2 preprocessing layers)"}
+    if spec.name.startswith("v2-b"):
+        return {"mean": list(IMAGENET_MEAN_RGB), "std": list(IMAGENET_STDDEV_RGB), "preprocessing": "v1", **note}
+    return {"mean": list(V2_MEAN), "std": list(V2_STD), "preprocessing": "v2", "crop_pct": 1.0,
+            "interpolation": "bilinear", **note}
+
+
 def _clean(x: float) -> float:
     """The shortest decimal that reads back as the same float32 (0.485, not 0.48500001430511475)."""
     return float(str(np.float32(x)))
@@ -469,50 +486,3 @@ def _clean(x: float) -> float:
 def output_stem(spec: ArchSpec) -> str:
     """Name of the converted files: ``keras-efficientnetb0`` (Keras's own model name, prefixed)."""
     return f"keras-efficientnet{spec.name}"
-
-
-def run_convert_keras(args) -> int:
-    """``convert-effnet --checkpoint FILE.h5 [--variant bN]``: convert a Keras file; prints what it wrote."""
-    from . import sources
-    from .cli import _checkpoint_classes
-    from .convert import convert, output_paths
-    from .zoo import CROP_PADDING
-
-    if args.verify:
-        raise ConversionError("--verify compares against a TensorFlow checkpoint; a Keras .h5 has none "
-                              "(convert without --verify; tests/test_keras.py checks the port against Keras's own logits)")
-    if args.flavor:
-        raise ConversionError(f"--flavor does not apply to a Keras .h5: its preprocessing is read from the "
-                              f"file's Normalization layer; leave --flavor out")
-    from .mapping import check_variant, output_stem as layout_stem
-
-    layout = getattr(args, "layout", None) or "native"
-    reader = KerasH5Reader(args.checkpoint, variant=args.variant)
-    try:
-        spec = reader.spec
-        check_variant(spec, layout)
-        fmt_paths = output_paths(Path(args.output_dir), layout_stem(output_stem(spec), layout), args.format)
-        for p in fmt_paths:
-            if p.exists() and not args.force:
-                raise ConversionError(f"{p} exists; pass --force to overwrite it")
-        spec = spec.with_classes(_checkpoint_classes(reader, spec, args))
-        cfg: Dict[str, object] = {
-            "variant": spec.name,
-            "flavor": "keras",
-            "input_size": [3, spec.resolution, spec.resolution],  # keras EfficientNetBn default_size
-            "crop_pct": spec.resolution / (spec.resolution + CROP_PADDING),  # the official eval crop
-            "interpolation": "bicubic",
-        }
-        cfg.update(reader.preprocessing())
-        cfg.update(source=str(reader.path.resolve()), source_sha256=sources.sha256_file(reader.path),
-                   keras_format=reader.format)
-        result = convert(reader, spec, cfg, fmt_paths, layout=layout, use_ema=False, force=args.force,
-                         allow_nonfinite=args.allow_nonfinite, progress=not args.quiet,
-                         drop_background=args.drop_background)
-    finally:
-        reader.close()
-    classes = result.metadata["num_classes"]
-    for p in result.outputs:
-        print(f"wrote {p} (Keras EfficientNet{spec.name.upper()}, {classes} classes, "
-              f"std {cfg['keras_normalization']}, {result.seconds:.1f} s)")
-    return 0

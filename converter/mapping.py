@@ -8,16 +8,18 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .arch import ArchSpec, Block, get_arch
+from .arch import FUSED_STRIDE_EXPAND, FUSED_STRIDE_PROJECT, ArchSpec, Block, get_arch
+from .arch_v2 import FUSED_V2
 from .errors import ConversionError
-from .layout import relayout, same_layout, torch_shape
+from .keras_names import match_counters
+from .reorder import relayout, same_layout, torch_shape
 from .mappings.kinds import CONSTANTS, DENSE, FLATTENED, VARIABLES
 
 # official variable names that hold a kernel (the row's whole shape)
 KERNEL_VARIABLES = ("kernel", "depthwise_kernel", "condconv_kernel", "depthwise_condconv_kernel")
 
 # layout name -> table module under converter.mappings
-LAYOUTS = {"native": "efficientnet", "timm": "timm", "mmpretrain": "mmpretrain"}
+LAYOUTS = {"native": "efficientnet", "timm": "timm", "mmpretrain": "mmpretrain", "transformers": "transformers"}
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,24 @@ class Entry:
     kernel: Tuple[int, ...] = ()
 
 
-def load_table(layout: str):
-    """The table module of a layout (``native``...)."""
+# families whose official names are not EfficientNet's: (family, layout) -> table module; a
+# layout missing for such a family has no model for it. These tables give ``model_rows(spec)``.
+FAMILY_TABLES = {("mnasnet", "native"): "mnasnet", ("mixnet", "native"): "mnasnet",
+                 ("mnasnet", "timm"): "timm_mnasnet", ("mixnet", "timm"): "timm_mnasnet"}
+_OWN_TABLES = {family for family, _ in FAMILY_TABLES}
+
+
+def load_table(layout: str, spec: Optional[ArchSpec] = None):
+    """The table module of a layout (``native``...), for ``spec``'s family when it has its own."""
     if layout not in LAYOUTS:
         raise ConversionError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    family = getattr(spec, "family", None)
+    if family in _OWN_TABLES:
+        if (family, layout) not in FAMILY_TABLES:
+            have = ", ".join(lay for fam, lay in FAMILY_TABLES if fam == family)
+            raise ConversionError(f"layout {layout} has no model for variant {spec.name} ({family} layouts: "
+                                  f"{have}); use --layout native")
+        return importlib.import_module(f"converter.mappings.{FAMILY_TABLES[(family, layout)]}")
     return importlib.import_module(f"converter.mappings.{LAYOUTS[layout]}")
 
 
@@ -83,7 +99,7 @@ def block_dims(b: Block) -> Dict[str, int]:
 
 def is_classifier(e: Entry) -> bool:
     """The classifier's variables (``scope/head/dense/...``), not a CondConv routing dense."""
-    return e.kind == DENSE and "/head/" in e.tf_name
+    return e.kind == DENSE and ("/head/" in e.tf_name or "/mnas_head/" in e.tf_name)
 
 
 def _keras_name(base: str, n: int) -> str:
@@ -91,8 +107,20 @@ def _keras_name(base: str, n: int) -> str:
     return base if n == 0 else f"{base}_{n}"
 
 
+# block kind (arch.BLOCK_KINDS) -> the table's rule sets (with, without expand conv) and what to call it
+KIND_ROWS = {FUSED_V2: ("BLOCK_FUSED_V2_EXPAND", "BLOCK_FUSED_V2_NO_EXPAND", "fused (EfficientNetV2)")}
+
+
 def _block_rows(table, b: Block):
     """The rule set of one block: MBConv / fused (EdgeTPU) / CondConv, with or without expand conv."""
+    if b.kind in KIND_ROWS:
+        expand_rows, plain_rows, what = KIND_ROWS[b.kind]
+        name = expand_rows if b.has_expand else plain_rows
+        rows = getattr(table, name, None)
+        if rows is None:
+            raise ConversionError(f"layout {getattr(table, 'LAYOUT', table.__name__)} has no rules for "
+                                  f"{what} blocks ({name}); use --layout native")
+        return rows
     if b.fused:
         names = ("BLOCK_FUSED_EXPAND", "BLOCK_FUSED_NO_EXPAND")
     elif b.condconv:
@@ -124,44 +152,42 @@ def resolve_condconv_names(entries: List[Entry], names: Sequence[str]) -> List[E
     expand before project; the depthwise one alone. A block whose checkpoint kernels do not
     pair up one to one raises ConversionError; a block without any is left to the missing-variable check.
     """
-    targets = [e for e in entries if e.kind in FLATTENED]
+    targets = [e.tf_name for e in entries if e.kind in FLATTENED]
     if not targets:
         return entries
-    ema = "/ExponentialMovingAverage"
-    found: Dict[Tuple[str, int, str], Dict[str, int]] = {}
-    for name in names:
-        base = name[:-len(ema)] if name.endswith(ema) else name
-        m = _CONDCONV_NAME.match(base)
-        if m:
-            found.setdefault((m["scope"], int(m["i"]), m["var"]), {})[base] = int(m["n"] or 0)
-    wanted: Dict[Tuple[str, int, str], List[Entry]] = {}
-    for e in targets:
-        m = _CONDCONV_NAME.match(e.tf_name)
-        wanted.setdefault((m["scope"], int(m["i"]), m["var"]), []).append(e)
-    rename: Dict[str, str] = {}
-    for key, group in wanted.items():
-        have = found.get(key, {})
-        if not have:
-            continue  # reported as missing by the caller
-        ordered = sorted(have, key=lambda n: have[n])
-        counters = sorted(have.values())
-        if len(ordered) != len(group) or len(set(counters)) != len(counters):
-            raise ConversionError(
-                f"{key[0]}/blocks_{key[1]}: expected {len(group)} {key[2]} variable(s), the checkpoint has "
-                f"{len(ordered)} ({', '.join(ordered)}): not an official CondConv checkpoint of this variant")
-        rename.update({e.tf_name: n for e, n in zip(group, ordered)})
+    rename = match_counters(targets, names, _CONDCONV_NAME, key=lambda m: (m["scope"], int(m["i"]), m["var"]),
+                            describe=lambda k: (f"{k[0]}/blocks_{k[1]}", k[2]),
+                            suffix=": not an official CondConv checkpoint of this variant")
+    return [replace(e, tf_name=rename.get(e.tf_name, e.tf_name)) for e in entries]
+
+
+def resolve_names(spec: ArchSpec, entries: List[Entry], names: Sequence[str]) -> List[Entry]:
+    """``entries`` with the names that carry Keras counters replaced by the checkpoint's own:
+    CondConv kernels (``resolve_condconv_names``) and, for MnasNet/MixNet, every Keras layer
+    (converter.mnasnet.keras_aliases: by block and by order, with or without the model element)."""
+    entries = resolve_condconv_names(entries, names)
+    if spec.family not in ("mnasnet", "mixnet"):
+        return entries
+    from .mnasnet import keras_aliases
+
+    rename = keras_aliases([e.tf_name for e in entries if e.tf_name], names)
     return [replace(e, tf_name=rename.get(e.tf_name, e.tf_name)) for e in entries]
 
 
 def expand(variant: Union[str, ArchSpec], layout: str = "native") -> List[Entry]:
     """Every (official variable -> state_dict key) of ``variant`` in ``layout``, in model order."""
     spec = variant if isinstance(variant, ArchSpec) else get_arch(variant)
-    table = load_table(layout)
+    table = load_table(layout, spec)
     check_variant(spec, layout)
+    if hasattr(table, "model_rows"):  # rows already resolved per layer (mappings/mnasnet.py)
+        entries = [e for rows, dims in table.model_rows(spec) for e in _rows(rows, spec.scope, {}, dims)]
+        if len({e.key for e in entries}) != len(entries):  # a table bug, not user input
+            raise RuntimeError(f"mapping table {layout} maps two variables to one key")
+        return entries
     blocks = spec.blocks()
     model_dims = {"stem": spec.stem_channels, "head": spec.head_channels,
                   "last": blocks[-1].out_channels, "classes": spec.num_classes}
-    groups = stride_groups(blocks)
+    groups = stride_groups(blocks, per_stage=getattr(spec, "groups_per_stage", False))
     model_fmt = {"head_group": max(groups.values(), default=(0, 0))[0] + 1}
     entries = _rows(table.STEM, spec.scope, model_fmt, model_dims)
     cc = 0  # CondConv blocks so far: the Keras layer counters are model-wide
@@ -185,7 +211,7 @@ def expand(variant: Union[str, ArchSpec], layout: str = "native") -> List[Entry]
 
 def library_model(spec: ArchSpec, layout: str) -> str:
     """The name of ``spec``'s model in ``layout``'s library (its table's ``VARIANTS``; else the variant)."""
-    return getattr(load_table(layout), "VARIANTS", {}).get(spec.name, spec.name)
+    return getattr(load_table(layout, spec), "VARIANTS", {}).get(spec.name, spec.name)
 
 
 def check_variant(spec: ArchSpec, layout: str) -> None:
@@ -195,7 +221,7 @@ def check_variant(spec: ArchSpec, layout: str) -> None:
     without that list, native, takes every variant) and ``NOT_OFFICIAL`` (variant -> why the
     library's model of that name cannot hold the official weights).
     """
-    table = load_table(layout)
+    table = load_table(layout, spec)
     why = getattr(table, "NOT_OFFICIAL", {}).get(spec.name)
     if why:
         raise ConversionError(f"layout {layout} has no model for variant {spec.name}: {why}; use --layout native")
@@ -205,18 +231,20 @@ def check_variant(spec: ArchSpec, layout: str) -> None:
                               "use --layout native")
 
 
-def stride_groups(blocks: Sequence[Block]) -> Dict[int, Tuple[int, int]]:
+def stride_groups(blocks: Sequence[Block], per_stage: bool = False) -> Dict[int, Tuple[int, int]]:
     """Block index -> (group, index in group): format fields ``group`` and ``group_j``.
 
     Groups are numbered from 1 (0 is the stem): a new group starts at the first stage and at
     every later stage whose first block has stride > 1; a stage starting with stride 1 joins
     the group before it. (mmpretrain's EfficientNet ``model_scaling`` groups its
     ``backbone.layers`` this way; ``head_group``, the model-level field, is the number of groups + 1.)
+    ``per_stage``: every stage is a group (mmpretrain's EfficientNetV2 backbone, one layer per
+    block string: ArchSpec ``groups_per_stage``).
     """
     out: Dict[int, Tuple[int, int]] = {}
     group, j = 0, 0
     for b in blocks:
-        if b.index_in_stage == 0 and (group == 0 or b.stride != 1):
+        if b.index_in_stage == 0 and (group == 0 or b.stride != 1 or per_stage):
             group, j = group + 1, 0
         out[b.index] = (group, j)
         j += 1
@@ -259,13 +287,27 @@ def output_stem(name: str, layout: str) -> str:
     return name if layout == "native" else f"{name}.{layout}"
 
 
-def fused_stride_exact(spec: ArchSpec, size: int) -> bool:
-    """Whether a fused block strided on its kxk conv equals the official one (strided 1x1) at input ``size``.
+# a table's FUSED_STRIDE_ON (where its library's fused block strides) -> arch.FUSED_STRIDES name;
+# a table without it (native) computes whatever placement the spec says
+_TABLE_FUSED_STRIDE = {"kxk": FUSED_STRIDE_EXPAND, "1x1": FUSED_STRIDE_PROJECT}
 
-    With TF 'SAME' padding a stride-2 kxk conv over an odd input centres its outputs on the
-    even pixels, as the official stride-1 kxk conv + stride-2 1x1 conv does; over an even input
-    the kxk conv is padded only at the end and centres them on the odd pixels instead.
+
+def library_fused_stride(layout: str) -> Optional[str]:
+    """Where ``layout``'s library model strides a fused block (arch.FUSED_STRIDES), None: as the spec says."""
+    on = getattr(load_table(layout), "FUSED_STRIDE_ON", None)
+    return None if on is None else _TABLE_FUSED_STRIDE[on]
+
+
+def fused_stride_exact(spec: ArchSpec, size: int, placement: str = FUSED_STRIDE_EXPAND) -> bool:
+    """Whether fused blocks strided on ``placement`` compute what ``spec``'s (``spec.fused_stride``) do at input ``size``.
+
+    The same placement: at every size. Otherwise (the stride on the kxk expand conv vs on the
+    1x1 project conv), with TF 'SAME' padding a stride-2 kxk conv over an odd input centres its
+    outputs on the even pixels, as a stride-1 kxk conv + stride-2 1x1 conv does; over an even
+    input the kxk conv is padded only at the end and centres them on the odd pixels instead.
     """
+    if placement == spec.fused_stride:
+        return True
     size_here = -(-size // 2)  # after the stem's stride-2 conv
     for b in spec.blocks():
         if b.fused and b.stride > 1 and size_here % 2 == 0:
@@ -275,19 +317,22 @@ def fused_stride_exact(spec: ArchSpec, size: int) -> bool:
 
 
 def layout_caveat(spec: ArchSpec, layout: str) -> Optional[str]:
-    """One line on where ``layout``'s library computes differently from the official model, or None.
+    """One line on where ``layout``'s library computes differently from ``spec``, or None.
 
-    The weights are exact in every layout; a library whose fused block strides its kxk conv
-    (table attribute ``FUSED_STRIDE_ON = "kxk"``) gives the official logits only at input sizes
-    where every strided fused block sees an odd input (:func:`fused_stride_exact`).
+    The weights are exact in every layout. timm's and mmpretrain's EdgeResidual stride the kxk
+    expand conv (table attribute ``FUSED_STRIDE_ON = "kxk"``), as the official code does since
+    tensorflow/tpu 32572cb: exact for the default placement; for a file converted with the 2019
+    placement (``--fused-stride project``) only at input sizes where every strided fused block
+    sees an odd input (:func:`fused_stride_exact`).
     """
-    table = load_table(layout)
-    if getattr(table, "FUSED_STRIDE_ON", "1x1") != "kxk" or not any(b.fused and b.stride > 1 for b in spec.blocks()):
+    lib = library_fused_stride(layout)
+    if lib is None or lib == spec.fused_stride or not spec.has_strided_fused:
         return None
     res = spec.resolution
-    near = sorted((s for s in range(max(res - 16, 1), res + 17) if fused_stride_exact(spec, s)),
+    near = sorted((s for s in range(max(res - 16, 1), res + 17) if fused_stride_exact(spec, s, lib)),
                   key=lambda s: (abs(s - res), s))[:4]
-    return (f"{layout}'s {library_model(spec, layout)} strides its fused blocks' kxk conv, the official model the 1x1 project conv: "
-            f"its logits equal the official ones only at input sizes where the strided fused blocks see odd "
-            f"inputs (e.g. {', '.join(map(str, sorted(near)))}; not {res}); the weights are exact, "
-            f"--layout native computes as the official model at every size")
+    convs = {FUSED_STRIDE_EXPAND: "kxk expand conv", FUSED_STRIDE_PROJECT: "1x1 project conv"}
+    return (f"{layout}'s {library_model(spec, layout)} strides its fused blocks' {convs[lib]}, this file's "
+            f"--fused-stride {spec.fused_stride} the {convs[spec.fused_stride]}: its logits equal this placement's "
+            f"only at input sizes where the strided fused blocks see odd inputs (e.g. {', '.join(map(str, sorted(near)))}; "
+            f"not {res}); the weights are exact, --layout native computes this placement at every size")

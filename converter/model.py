@@ -12,75 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arch import BN_MOMENTUM_TF, ArchSpec, Block, get_arch, same_padding
-
-
-class BatchNorm2dTF(nn.BatchNorm2d):
-    """BatchNorm with TensorFlow's defaults (eps 1e-3) and no ``num_batches_tracked`` buffer.
-
-    TensorFlow checkpoints have no counter to fill it with, so the state_dict holds exactly
-    the four tensors of tf.layers.BatchNormalization.
-    """
-
-    def __init__(self, num_features: int, eps: float):
-        super().__init__(num_features, eps=eps, momentum=1.0 - BN_MOMENTUM_TF)
-        self.register_buffer("num_batches_tracked", None)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # _NormBase would insert a num_batches_tracked entry for old-format state_dicts;
-        # this module has no such buffer, so load the four tensors only.
-        nn.Module._load_from_state_dict(self, state_dict, prefix, *args, **kwargs)
-
-
-class Conv2dSame(nn.Conv2d):
-    """nn.Conv2d with TensorFlow 'SAME' padding for whatever input size arrives.
-
-    The symmetric part of the padding goes into the convolution itself; the extra pixel
-    (bottom/right, as tf.nn.conv2d pads) goes through one F.pad.
-
-    Static padding: :meth:`set_input_size` computes both parts once for a known input size;
-    an input of that size then takes them as constants (no shape arithmetic per call, nothing
-    computed at run time in an exported graph); any other size takes the dynamic path, which
-    splits the padding the same way, so both give identical numbers.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 groups: int = 1, bias: bool = False):
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0,
-                         groups=groups, bias=bias)
-        # plain attributes (not buffers): the state_dict keys stay those of the mapping tables
-        self.static_hw: Tuple[int, int] = (-1, -1)  # the frozen input size; (-1, -1): none
-        self.static_padding: List[int] = [0, 0]  # symmetric part (rows, cols), into the conv
-        self.static_extra: List[int] = [0, 0, 0, 0]  # the rest (left, right, top, bottom), one F.pad
-        self.static_has_extra: bool = False
-
-    def same_pads(self, h: int, w: int) -> Tuple[List[int], List[int]]:
-        """TF 'SAME' padding for an ``h`` x ``w`` input: ([rows, cols] into the conv, [l, r, t, b] by F.pad)."""
-        top, bottom = same_padding(h, self.kernel_size[0], self.stride[0])
-        left, right = same_padding(w, self.kernel_size[1], self.stride[1])
-        ph, pw = min(top, bottom), min(left, right)
-        return [ph, pw], [left - pw, right - pw, top - ph, bottom - ph]
-
-    def set_input_size(self, h: int, w: int) -> Tuple[int, int]:
-        """Freeze the padding for an ``h`` x ``w`` input (-1, -1: none); returns the output size."""
-        if h < 0 or w < 0:
-            self.static_hw, self.static_padding = (-1, -1), [0, 0]
-            self.static_extra, self.static_has_extra = [0, 0, 0, 0], False
-            return (-1, -1)
-        padding, extra = self.same_pads(h, w)
-        self.static_hw, self.static_padding, self.static_extra = (int(h), int(w)), padding, extra
-        self.static_has_extra = any(v != 0 for v in extra)
-        return (-(-h // self.stride[0]), -(-w // self.stride[1]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2] == self.static_hw[0] and x.shape[-1] == self.static_hw[1]:
-            padding, extra, has_extra = self.static_padding, self.static_extra, self.static_has_extra
-        else:
-            padding, extra = self.same_pads(x.shape[-2], x.shape[-1])
-            has_extra = extra[0] != 0 or extra[1] != 0 or extra[2] != 0 or extra[3] != 0
-        if has_extra:
-            x = F.pad(x, extra)
-        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
+from .arch import ArchSpec, Block, get_arch
+from .arch_v2 import FUSED_V2
+from .layers import BatchNorm2dTF, Conv2dSame
+from .mnasnet import MIXCONV, MixBlock
 
 
 def make_activation(name: str) -> nn.Module:
@@ -154,8 +89,10 @@ class MBConv(nn.Module):
 class FusedMBConv(nn.Module):
     """efficientnet_model.MBConvBlockWithoutDepthwise (EdgeTPU ``c1`` blocks) in eval mode.
 
-    A regular kxk expand conv (stride 1) -> BN -> act, then the 1x1 project conv carrying the
-    block's stride -> BN; no depthwise conv, no SE. Without expansion only the project conv.
+    A regular kxk expand conv -> BN -> act, then the 1x1 project conv -> BN; no depthwise conv,
+    no SE. The block's stride is on the expand conv (``b.fused_stride == "expand"``: tensorflow/tpu
+    since 32572cb, 2020-12-27, and at HEAD 7dc921f) or on the project conv (``"project"``: the
+    2019 code, 631fb4c). Without expansion only the project conv (strided under "project").
     """
 
     BN_FUSION = (("expand_conv", "bn0"), ("project_conv", "bn1"))
@@ -163,10 +100,12 @@ class FusedMBConv(nn.Module):
     def __init__(self, b: Block, eps: float, act: str):
         super().__init__()
         self.residual = b.residual
+        self.fused_stride = b.fused_stride
         if b.has_expand:
-            self.expand_conv = Conv2dSame(b.in_channels, b.mid_channels, b.kernel_size, 1)
+            self.expand_conv = Conv2dSame(b.in_channels, b.mid_channels, b.kernel_size, b.expand_stride)
             self.bn0 = BatchNorm2dTF(b.mid_channels, eps)
-        self.project_conv = Conv2dSame(b.mid_channels, b.out_channels, 1, b.stride)
+        self.project_conv = Conv2dSame(b.mid_channels, b.out_channels, 1,
+                                       b.project_stride if b.has_expand else b.stride)
         self.bn1 = BatchNorm2dTF(b.out_channels, eps)
         self.act = make_activation(act)
 
@@ -259,8 +198,108 @@ class CondConvMBConv(nn.Module):
         return y
 
 
+class FusedMBConvV2(nn.Module):
+    """google/automl efficientnetv2 effnetv2_model.FusedMBConvBlock (block kind ``fused_v2``) in eval mode.
+
+    With expansion: kxk expand conv carrying the block's stride -> BN -> act -> [SE] -> 1x1
+    project conv -> BN (no activation). Expand ratio 1: [SE] -> one kxk conv carrying the
+    stride -> BN -> act ("add act if no expansion"). Residual when stride 1 and in == out.
+    """
+
+    BN_FUSION = (("expand_conv", "bn0"), ("project_conv", "bn1"))
+
+    def __init__(self, b: Block, eps: float, act: str):
+        super().__init__()
+        self.residual = b.residual
+        self.has_expand = b.has_expand
+        if b.has_expand:
+            self.expand_conv = Conv2dSame(b.in_channels, b.mid_channels, b.kernel_size, b.stride)
+            self.bn0 = BatchNorm2dTF(b.mid_channels, eps)
+        self.se = SqueezeExcite(b.mid_channels, b.se_channels, act) if b.se_channels else None
+        if b.has_expand:
+            self.project_conv = Conv2dSame(b.mid_channels, b.out_channels, 1, 1)
+        else:
+            self.project_conv = Conv2dSame(b.in_channels, b.out_channels, b.kernel_size, b.stride)
+        self.bn1 = BatchNorm2dTF(b.out_channels, eps)
+        self.act = make_activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.has_expand:
+            y = self.act(self.bn0(self.expand_conv(y)))
+        if self.se is not None:
+            y = self.se(y)
+        y = self.bn1(self.project_conv(y))
+        if not self.has_expand:
+            y = self.act(y)
+        if self.residual:
+            y = y + x
+        return y
+
+
+class GroupedConv2dSame(nn.Module):
+    """tensorflow/tpu mnasnet/mixnet/custom_layers.GroupedConv2D and MixConv (depthwise=True).
+
+    The input channels are split in equal parts with the remainder in the FIRST group
+    (``_split_channels``), each part goes through its own Conv2dSame (its own kernel size,
+    same stride), the outputs are concatenated; one group is just that conv. Groups after the
+    first are marked ``parallel`` (they see the same input size: converter.fast.set_input_size).
+    """
+
+    def __init__(self, in_splits: List[int], out_splits: List[int], kernels: Tuple[int, ...], stride: int = 1,
+                 depthwise: bool = False):
+        super().__init__()
+        self.splits = [int(c) for c in in_splits]
+        self.convs = nn.ModuleList()
+        for g, (cin, cout, k) in enumerate(zip(in_splits, out_splits, kernels)):
+            conv = Conv2dSame(cin, cout, k, stride, groups=cin if depthwise else 1)
+            conv.parallel = g > 0
+            self.convs.append(conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.convs) == 1:
+            return self.convs[0](x)
+        parts = torch.split(x, self.splits, dim=1)
+        outs = []
+        for g, conv in enumerate(self.convs):  # (TorchScript iterates a ModuleList this way)
+            outs.append(conv(parts[g]))
+        return torch.cat(outs, dim=1)
+
+
+class MixConvBlock(MBConv):
+    """tensorflow/tpu mnasnet/mixnet/mixnet_model.MixnetBlock (block kind ``mixconv``) in eval mode.
+
+    Grouped 1x1 expand conv -> BN -> act, MixConv depthwise (kernel sizes per group) -> BN -> act,
+    SE (act inside), grouped 1x1 project conv -> BN, residual. act: swish in ``sw`` blocks, else
+    ReLU (the model's ``act`` is the stem/head one and is not used here). Runs MBConv's forward.
+    """
+
+    BN_FUSION = ()  # grouped convs: their BNs are not folded
+
+    def __init__(self, b: Block, eps: float, act: str):
+        nn.Module.__init__(self)  # MBConv's layers are built here, grouped
+        assert isinstance(b, MixBlock)
+        s = b.splits()
+        self.residual = b.residual
+        if b.has_expand:
+            self.expand_conv = GroupedConv2dSame(s["expand_in"], s["expand_out"], (1,) * b.expand_groups)
+            self.bn0 = BatchNorm2dTF(b.mid_channels, eps)
+        self.dw_conv = GroupedConv2dSame(s["dw"], s["dw"], b.dw_kernels, b.stride, depthwise=True)
+        self.bn1 = BatchNorm2dTF(b.mid_channels, eps)
+        self.se = SqueezeExcite(b.mid_channels, b.se_channels, b.activation) if b.se_channels else None
+        self.project_conv = GroupedConv2dSame(s["project_in"], s["project_out"], (1,) * b.project_groups)
+        self.bn2 = BatchNorm2dTF(b.out_channels, eps)
+        self.act = make_activation(b.activation)
+
+
+# block kind (arch.Block.kind) -> module class, for the kinds registered in arch.BLOCK_KINDS
+BLOCK_MODULES = {FUSED_V2: FusedMBConvV2, MIXCONV: MixConvBlock}
+
+
 def make_block(b: Block, eps: float, act: str) -> nn.Module:
     """The module of one block: MBConv, FusedMBConv (EdgeTPU ``c1``) or CondConvMBConv (``cc``)."""
+    if b.kind in BLOCK_MODULES:
+        return BLOCK_MODULES[b.kind](b, eps, act)
     if b.fused:
         return FusedMBConv(b, eps, act)
     if b.condconv:
@@ -303,8 +342,16 @@ class EfficientNet(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and not isinstance(x, torch.Tensor):
+            x = self._as_input(x)  # e.g. the numpy batch of converter.preprocess.preprocess_batch
         x = self.forward_features(x).mean((2, 3))
         return self.classifier(self.dropout(x))
+
+    @torch.jit.unused
+    def _as_input(self, x) -> torch.Tensor:
+        """An NCHW array (numpy, or anything torch.as_tensor takes) on the model's device, in its dtype."""
+        w = self.classifier.weight
+        return torch.as_tensor(x, dtype=w.dtype, device=w.device)
 
 
 def build_model(variant: Union[str, ArchSpec], num_classes: Optional[int] = None) -> EfficientNet:

@@ -26,9 +26,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .errors import ConversionError
+from .errors import ConversionError, first_line
 from .metadata import decode
-from .preprocess import MODES, preprocess, preprocess_batch
+from .preprocess import MODES, preprocess
 from .writer import read_safetensors_metadata
 
 # ImageNet-1k class names: data/imagenet_classes.txt, built from timm 1.0.31
@@ -83,15 +83,26 @@ class LabelSpace:
     num_outputs: int  # the model's classifier size
     offset: int  # outputs before label 0 (1: background class at output 0)
     imagenet: bool  # labels are ImageNet-1k classes (names and synsets known)
+    # ImageNet-21k (EfficientNetV2 -21k checkpoints, 21843 outputs, trained with a sigmoid loss):
+    # names from data/imagenet21k_labels.txt, scores are per-class sigmoids, not a softmax
+    imagenet21k: bool = False
 
     @property
     def num_labels(self) -> int:
         return self.num_outputs - self.offset
 
+    @property
+    def scores(self) -> str:
+        return "sigmoid" if self.imagenet21k else "softmax"
+
     def synset(self, label: int) -> Optional[str]:
+        if self.imagenet21k:
+            return imagenet21k_classes()[label][0]
         return imagenet_classes()[label][0] if self.imagenet else None
 
     def lemmas(self, label: int) -> Optional[str]:
+        if self.imagenet21k:
+            return imagenet21k_classes()[label][1]
         return imagenet_classes()[label][1] if self.imagenet else None
 
 
@@ -102,7 +113,29 @@ def label_space(num_classes: int) -> LabelSpace:
         return LabelSpace(n, 0, True)
     if n == IMAGENET_CLASSES + 1:
         return LabelSpace(n, 1, True)
+    if n == IMAGENET21K_CLASSES:
+        return LabelSpace(n, 0, False, imagenet21k=True)
     return LabelSpace(n, 0, False)
+
+
+# ImageNet-21k names for the EfficientNetV2 -21k checkpoints (21843 outputs): data/imagenet21k_labels.txt
+# (its header says where the order and the names come from, and how google/automl's 21842-line file differs)
+CLASSES_21K_FILE = Path(__file__).resolve().parent / "data" / "imagenet21k_labels.txt"
+IMAGENET21K_CLASSES = 21843
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet21k_classes() -> Tuple[Tuple[str, str], ...]:
+    """The 21843 ImageNet-21k classes in output order: (synset, lemmas)."""
+    try:
+        lines = CLASSES_21K_FILE.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ConversionError(f"cannot read the ImageNet-21k class list {CLASSES_21K_FILE}: {e.strerror or e}") from None
+    rows = [tuple(line.split("\t", 1)) for line in lines if line.strip() and not line.startswith("#")]
+    if len(rows) != IMAGENET21K_CLASSES or any(len(r) != 2 or not SYNSET_RE.fullmatch(r[0]) for r in rows):
+        raise ConversionError(f"{CLASSES_21K_FILE}: not {IMAGENET21K_CLASSES} 'synset<TAB>names' lines; "
+                              "reinstall effnet-convert")
+    return tuple(rows)  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------- shared
@@ -137,7 +170,8 @@ def _predict_parser() -> argparse.ArgumentParser:
         prog="convert-effnet predict",
         description="Classify images with a converted file: top-k ImageNet classes and their probabilities "
                     "(preprocessing from the file's metadata).")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (JPEG, PNG, ...) or folders (the images directly in them, sorted)")
     _common_options(p, batch_size=16)
     p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
@@ -146,24 +180,45 @@ def _predict_parser() -> argparse.ArgumentParser:
 
 def predict_images(model, images: Sequence[str], space: LabelSpace, top_k: int = 5, batch_size: int = 16,
                    device: str = "cpu", mode: str = "official") -> List[Dict[str, object]]:
-    """[{image, top: [{index, synset, name, lemma, prob}]}] for each image, in order."""
+    """[{image, top: [{index, synset, name, lemma, prob}]}] for each image, in order.
+
+    An image that cannot be read or decoded gets ``{image, error}`` (one line) instead of ``top``;
+    the others are still predicted.
+    """
     cfg = model.pretrained_cfg
     k = min(top_k, space.num_labels)
     results: List[Dict[str, object]] = []
     for start in range(0, len(images), batch_size):
         chunk = list(images[start:start + batch_size])
-        x = torch.from_numpy(preprocess_batch(chunk, cfg, mode)).to(device)
-        with torch.inference_mode():
-            logits = model(x).double().cpu()
-        probs = torch.softmax(logits[:, space.offset:], dim=1)
-        values, indices = probs.topk(k, dim=1)
-        for image, vals, idxs in zip(chunk, values.tolist(), indices.tolist()):
-            top = []
-            for p, i in zip(vals, idxs):
-                lemmas = space.lemmas(i)
-                top.append({"index": i, "synset": space.synset(i),
-                            "name": short_name(lemmas) if lemmas else None, "lemma": lemmas, "prob": p})
-            results.append({"image": str(image), "top": top})
+        arrays: Dict[int, np.ndarray] = {}
+        errors: Dict[int, str] = {}
+        for j, image in enumerate(chunk):
+            try:
+                arrays[j] = preprocess(image, cfg, mode)
+            except ConversionError as e:
+                msg = first_line(e, "unreadable image")
+                errors[j] = msg if str(image) in msg else f"{image}: {msg}"
+        tops: Dict[int, List[Dict[str, object]]] = {}
+        if arrays:
+            order = sorted(arrays)
+            x = torch.from_numpy(np.stack([arrays[j] for j in order])).to(device)
+            with torch.inference_mode():
+                logits = model(x).double().cpu()
+            if space.scores == "sigmoid":  # 21k: multi-label, one sigmoid per class
+                probs = torch.sigmoid(logits[:, space.offset:])
+            else:
+                probs = torch.softmax(logits[:, space.offset:], dim=1)
+            values, indices = probs.topk(k, dim=1)
+            for j, vals, idxs in zip(order, values.tolist(), indices.tolist()):
+                top = []
+                for p, i in zip(vals, idxs):
+                    lemmas = space.lemmas(i)
+                    top.append({"index": i, "synset": space.synset(i),
+                                "name": short_name(lemmas) if lemmas else None, "lemma": lemmas, "prob": p})
+                tops[j] = top
+        for j, image in enumerate(chunk):
+            results.append({"image": str(image), "top": tops[j]} if j in tops
+                           else {"image": str(image), "error": errors[j]})
     return results
 
 
@@ -171,6 +226,9 @@ def format_predictions(results: Sequence[Dict[str, object]]) -> str:
     """Text: the image, then one line per class: rank, probability (%), index, synset, name."""
     out = []
     for r in results:
+        if "error" in r:
+            out.append(f"{r['image']}: not predicted ({r['error']})")
+            continue
         out.append(str(r["image"]))
         for rank, t in enumerate(r["top"], 1):  # type: ignore[arg-type]
             line = f"  {rank}. {100 * t['prob']:7.3f}%  {t['index']:>4}"
@@ -180,16 +238,38 @@ def format_predictions(results: Sequence[Dict[str, object]]) -> str:
     return "\n".join(out)
 
 
+def expand_images(args_images: Sequence[str]) -> List[str]:
+    """The IMAGE arguments with each folder replaced by the images directly in it (sorted)."""
+    out: List[str] = []
+    for image in args_images:
+        p = Path(image)
+        if p.is_dir():
+            found = _images_under(p, recursive=False)
+            if not found:
+                raise ConversionError(f"{image}: a folder without images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            out.extend(str(f) for f in found)
+        elif not p.exists():
+            raise ConversionError(f"{image}: no such image file or folder")
+        else:
+            out.append(str(image))
+    return out
+
+
 def run_predict(args: argparse.Namespace) -> int:
+    """Predict every image; one that cannot be read is reported and the rest predicted (exit 2 then)."""
     if args.top_k < 1:
         raise ConversionError(f"--top-k must be at least 1, got {args.top_k}")
-    for image in args.images:  # before loading the model
-        if not Path(image).is_file():
-            raise ConversionError(f"{image}: no such image file")
+    images = expand_images(args.images)  # before loading the model
     model, device, space = _load(args)
-    results = predict_images(model, args.images, space, top_k=args.top_k, batch_size=args.batch_size,
+    results = predict_images(model, images, space, top_k=args.top_k, batch_size=args.batch_size,
                              device=device, mode=args.preprocess)
-    print(json.dumps(results, indent=1) if args.json else format_predictions(results))
+    print(json.dumps(results, indent=1) if args.json else format_predictions(results), flush=True)
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        print(f"convert-effnet: error: {r['error']}", file=sys.stderr)
+    if failed:
+        print(f"convert-effnet: {len(failed)} of {len(results)} images could not be predicted", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -340,7 +420,7 @@ class EvalDataset(torch.utils.data.Dataset):
         try:
             x, err = preprocess(path, self.cfg, self.mode), ""
         except ConversionError as e:
-            msg = str(e).splitlines()[0] if str(e) else "unreadable image"
+            msg = first_line(e, "unreadable image")
             x, err = np.zeros(self.shape, np.float32), (msg if str(path) in msg else f"{path}: {msg}")
         return torch.from_numpy(x), label, err
 
@@ -400,7 +480,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if out is not None and not out.parent.is_dir():  # say so before an hour of evaluation
         raise ConversionError(f"--json {out}: folder {out.parent} does not exist")
     weights, root, labels = Path(args.weights), Path(args.dir), Path(args.labels) if args.labels else None
-    if not weights.is_file():
+    if not (weights.is_file() or weights.is_dir()):  # a folder: --layout transformers (loading.read_weights)
         raise ConversionError(f"{weights}: no such file")
     items = None
     if weights.suffix == ".safetensors":  # class count from the header: folder errors before a long load
@@ -410,25 +490,32 @@ def run_evaluate(args: argparse.Namespace) -> int:
             n = None
         if isinstance(n, int):
             items = collect_images(root, labels, label_space(n))
+    from .distributed import Session, evaluate_shared
+
+    session = Session.start(args.device)  # under torchrun: this process's share (converter/distributed.py)
     model, device, space = _load(args)
     if items is None:
         items = collect_images(root, labels, space)
     if args.limit is not None:
         items = items[:args.limit]
-    r = evaluate_items(model, items, space, batch_size=args.batch_size, workers=args.workers, device=device,
-                       mode=args.preprocess, progress=not args.quiet and sys.stderr.isatty())
+    r = evaluate_shared(session, items, lambda part: evaluate_items(
+        model, part, space, batch_size=args.batch_size, workers=args.workers, device=device, mode=args.preprocess,
+        progress=not args.quiet and sys.stderr.isatty() and session.is_main))
+    if not session.is_main:  # rank 0 prints and writes the gathered results
+        return 0
     cfg = model.pretrained_cfg
     print(f"top-1: {r.top1:.2f}% ({r.top1_correct}/{r.images})")
     print(f"top-5: {r.top5:.2f}% ({r.top5_correct}/{r.images})")
     print(f"images: {r.images} in {r.seconds:.1f} s, {r.images_per_s:.1f} images/s "
-          f"({cfg['variant']}_{cfg['flavor']}, {args.preprocess} preprocessing, {device}, {args.workers} workers)")
+          f"({cfg['variant']}_{cfg['flavor']}, {args.preprocess} preprocessing, {device}, {args.workers} workers"
+          + (f", {session.world} processes" if session.world > 1 else "") + ")")
     if out is not None:
         doc = {"top1": r.top1, "top5": r.top5, "top1_correct": r.top1_correct, "top5_correct": r.top5_correct,
                "images": r.images, "images_per_s": r.images_per_s, "seconds": r.seconds,
                "weights": str(Path(args.weights).resolve()), "preprocess": args.preprocess,
                "variant": cfg["variant"], "flavor": cfg["flavor"], "num_classes": int(cfg["num_classes"]),
                "dir": str(Path(args.dir).resolve()), "device": device, "batch_size": args.batch_size,
-               "workers": args.workers}
+               "workers": args.workers, "processes": session.world, "images_per_process": session.shares}
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(json.dumps(doc, indent=1) + "\n")
         os.replace(tmp, out)

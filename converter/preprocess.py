@@ -29,7 +29,7 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import ConversionError
+from .errors import ConversionError, first_line
 
 # tensorflow/tpu efficientnet preprocessing.py (pre-Nov 2021): CROP_PADDING = 32
 CROP_PADDING = 32
@@ -106,7 +106,7 @@ def _decode_jpeg(data: bytes, name: str) -> np.ndarray:
         # three equal channels, as libjpeg's JCS_GRAYSCALE -> JCS_RGB conversion does in TF
         return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=False, strict=True)
     except (ValueError, RuntimeError) as e:  # strict=True: libjpeg warnings (truncation...) too
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else "invalid JPEG data"
+        msg = first_line(e, "invalid JPEG data")
         raise ConversionError(f"cannot decode JPEG {name}: {msg}") from None
 
 
@@ -131,7 +131,7 @@ def _decode_pillow(data: bytes, name: str) -> np.ndarray:
     except UnidentifiedImageError:
         raise ConversionError(f"cannot decode {name}: not an image format Pillow knows") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         raise ConversionError(f"cannot decode {name}: {msg}") from None
 
 
@@ -247,6 +247,65 @@ def resize_bicubic_legacy(image: np.ndarray, size: Union[int, Sequence[int]]) ->
     return out.astype(np.float32, copy=False)
 
 
+# ----------------------------------------------------------------------------- legacy bilinear
+
+# MnasNet / MixNet (tensorflow/tpu models/official/mnasnet/preprocessing.py at 7dc921f, since
+# 867cc97 of 2019-07-06): ``tf.image.resize`` of tensorflow.compat.v1, i.e. resize_images with
+# BILINEAR, align_corners=False, half_pixel_centers=False. pretrained_cfg "preprocessing" value:
+BILINEAR_PREPROCESSING = "mnasnet"
+RESIZES = ("bicubic", "bilinear")
+
+
+def _bilinear_taps(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """resize_bilinear_op.cc compute_interpolation_weights with the LegacyScaler: lower, upper, lerp."""
+    scale = np.float32(in_size) / np.float32(out_size)  # CalculateResizeScale, align_corners=False
+    src = np.arange(out_size, dtype=np.float32) * scale  # LegacyScaler: float(i) * scale
+    floor = np.floor(src)
+    lower = np.maximum(floor.astype(np.int64), 0)
+    upper = np.minimum(np.ceil(src).astype(np.int64), in_size - 1)
+    return lower, upper, (src - floor).astype(np.float32)
+
+
+def resize_bilinear_legacy(image: np.ndarray, size: Union[int, Sequence[int]]) -> np.ndarray:
+    """``tf.compat.v1.image.resize_bilinear(align_corners=False, half_pixel_centers=False)`` in numpy.
+
+    Source coordinate ``dst * (in / out)`` (float32), taps floor / ceil clamped to the edge; per
+    output pixel, as compute_lerp does it in float32: ``top = tl + (tr - tl) * x_lerp``, ``bottom``
+    likewise, ``top + (bottom - top) * y_lerp``. Output float32: equal to TensorFlow's bit for bit.
+    """
+    x = np.asarray(image)
+    if x.ndim not in (3, 4):
+        raise ConversionError(f"resize_bilinear_legacy: image must be HxWxC or NxHxWxC, got shape {x.shape}")
+    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise ConversionError(f"resize_bilinear_legacy: unsupported dtype {x.dtype}")
+    out_h, out_w = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    in_h, in_w = x.shape[-3], x.shape[-2]
+    if min(out_h, out_w, in_h, in_w) <= 0:
+        raise ConversionError(f"resize_bilinear_legacy: cannot resize {in_h}x{in_w} to {out_h}x{out_w}")
+    x = x.astype(np.float32)
+    y0, y1, ly = _bilinear_taps(in_h, out_h)
+    x0, x1, lx = _bilinear_taps(in_w, out_w)
+    top_rows, bottom_rows = x[..., y0, :, :], x[..., y1, :, :]
+    lx = lx[:, None]
+    top = top_rows[..., x0, :] + (top_rows[..., x1, :] - top_rows[..., x0, :]) * lx
+    bottom = bottom_rows[..., x0, :] + (bottom_rows[..., x1, :] - bottom_rows[..., x0, :]) * lx
+    return (top + (bottom - top) * ly[:, None, None]).astype(np.float32, copy=False)
+
+
+def resize_legacy(image: np.ndarray, size: Union[int, Sequence[int]], resize: str = "bicubic") -> np.ndarray:
+    """The official eval resize: legacy ``bicubic`` (EfficientNet) or ``bilinear`` (MnasNet, MixNet)."""
+    if resize == "bicubic":
+        return resize_bicubic_legacy(image, size)
+    if resize == "bilinear":
+        return resize_bilinear_legacy(image, size)
+    raise ConversionError(f"unknown resize {resize!r}; use one of {', '.join(RESIZES)}")
+
+
+def cfg_resize(cfg: Mapping[str, object]) -> str:
+    """The official resize of a pretrained_cfg: bilinear for the MnasNet/MixNet preprocessing, else bicubic."""
+    return "bilinear" if cfg.get("preprocessing") == BILINEAR_PREPROCESSING else "bicubic"
+
+
 # ----------------------------------------------------------------------------- full pipeline
 
 
@@ -266,7 +325,7 @@ def _cfg_values(cfg: Mapping[str, object]) -> Tuple[int, np.ndarray, np.ndarray,
     return res_h, mean, std, (None if crop_pct is None else float(crop_pct))  # type: ignore[arg-type]
 
 
-def _pil_resized(data: bytes, name: str, res: int, crop_pct: Optional[float]) -> np.ndarray:
+def _pil_resized(data: bytes, name: str, res: int, crop_pct: Optional[float], resize: str = "bicubic") -> np.ndarray:
     from PIL import Image
 
     try:
@@ -274,32 +333,36 @@ def _pil_resized(data: bytes, name: str, res: int, crop_pct: Optional[float]) ->
             im.seek(0)
             rgb = im.convert("RGB")
     except Exception as e:  # Pillow raises several types for bad files
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         raise ConversionError(f"cannot decode {name}: {msg}") from None
     oh, ow, size = crop_window(rgb.height, rgb.width, res, crop_pct)
-    out = rgb.crop((ow, oh, ow + size, oh + size)).resize((res, res), Image.BICUBIC)
+    method = Image.BILINEAR if resize == "bilinear" else Image.BICUBIC
+    out = rgb.crop((ow, oh, ow + size, oh + size)).resize((res, res), method)
     return np.asarray(out, dtype=np.float32)
 
 
 def preprocess_raw(src: Source, resolution: int, mode: str = "official",
-                   crop_pct: Optional[float] = None) -> np.ndarray:
+                   crop_pct: Optional[float] = None, resize: str = "bicubic") -> np.ndarray:
     """One image -> float32 HxWx3 on the 0-255 scale at ``resolution`` (not normalized).
 
     ``crop_pct`` overrides res / (res + 32) in the ``official`` and ``pil`` modes; ``fixed-crop``
-    always uses the Nov 2021 rule.
+    always uses the Nov 2021 rule. ``resize``: ``bicubic`` (EfficientNet) or ``bilinear``
+    (MnasNet, MixNet; ``cfg_resize``), both the legacy kernels.
     """
+    if resize not in RESIZES:
+        raise ConversionError(f"unknown resize {resize!r}; use one of {', '.join(RESIZES)}")
     if mode not in MODES:
         raise ConversionError(f"unknown preprocessing mode {mode!r}; use one of {', '.join(MODES)}")
     data, name = _read(src)
     if mode == "pil":
-        return _pil_resized(data, name, resolution, crop_pct)
+        return _pil_resized(data, name, resolution, crop_pct, resize)
     image = _decode_named(data, name)
     h, w = image.shape[:2]
     if mode == "fixed-crop":
         oh, ow, size = crop_window(h, w, resolution, crop="fixed")
     else:
         oh, ow, size = crop_window(h, w, resolution, crop_pct)
-    return resize_bicubic_legacy(image[oh:oh + size, ow:ow + size], resolution)
+    return resize_legacy(image[oh:oh + size, ow:ow + size], resolution, resize)
 
 
 def _decode_named(data: bytes, name: str) -> np.ndarray:
@@ -318,6 +381,78 @@ def normalize(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.
     return ((np.asarray(x, np.float32) - m) / s).astype(np.float32, copy=False)
 
 
+# ----------------------------------------------------------------------------- EfficientNetV2
+
+# google/automl efficientnetv2 preprocessing.preprocess_for_eval: 'crop' if image_size < 320 else ''
+V2_NO_CROP_FROM = 320
+V2_PREPROCESSING = ("v2", "v2-ft")  # converter/zoo_v2.py PREPROCESSING beyond "v1" (V1's official path)
+
+
+def resize_bilinear_half_pixel(image: np.ndarray, size: Union[int, Sequence[int]]) -> np.ndarray:
+    """``tf.image.resize(image, size)`` (TF2: bilinear, antialias=False, i.e. ResizeBilinear with
+    half_pixel_centers=True) in numpy, float32 as TensorFlow computes it.
+
+    resize_bilinear_op.cc with the HalfPixelScaler: source ``(x + 0.5) * (in / out) - 0.5``, taps
+    ``max(floor(src), 0)`` / ``min(ceil(src), in - 1)``, weight ``src - floor(src)``; then
+    compute_lerp as in :func:`resize_bilinear_legacy`.
+    """
+    x = np.asarray(image)
+    if x.ndim != 3:
+        raise ConversionError(f"resize_bilinear_half_pixel: image must be HxWxC, got shape {x.shape}")
+    out_h, out_w = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    in_h, in_w = x.shape[0], x.shape[1]
+    if min(out_h, out_w, in_h, in_w) <= 0:
+        raise ConversionError(f"resize_bilinear_half_pixel: cannot resize {in_h}x{in_w} to {out_h}x{out_w}")
+    x = x.astype(np.float32)
+
+    def taps(n_in: int, n_out: int):
+        scale = np.float32(n_in) / np.float32(n_out)
+        src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+        fl = np.floor(src)
+        lower = np.maximum(fl.astype(np.int64), 0)
+        upper = np.minimum(np.ceil(src).astype(np.int64), n_in - 1)
+        return lower, upper, (src - fl).astype(np.float32)
+
+    y0, y1, ly = taps(in_h, out_h)
+    x0, x1, lx = taps(in_w, out_w)
+    top_rows, bottom_rows = x[y0], x[y1]
+    lx = lx[:, None]
+    top = top_rows[:, x0] + (top_rows[:, x1] - top_rows[:, x0]) * lx
+    bottom = bottom_rows[:, x0] + (bottom_rows[:, x1] - bottom_rows[:, x0]) * lx
+    return (top + (bottom - top) * ly[:, None, None]).astype(np.float32, copy=False)
+
+
+def crop_window_v2(height: int, width: int, resolution: int) -> Tuple[int, int, int]:
+    """(offset_h, offset_w, size) of preprocessing.preprocess_for_eval's centre crop (below 320 px):
+    ``tf.cast(res / (res + 32) * tf.cast(min(h, w), tf.float32), tf.int32)``, offsets
+    ``(h - size) // 2`` (no +1, unlike V1's)."""
+    size = int(np.float32(resolution / (resolution + CROP_PADDING)) * np.float32(min(height, width)))
+    if size < 1:
+        raise ConversionError(f"image of {height}x{width} px is too small to crop for {resolution} px")
+    return (height - size) // 2, (width - size) // 2, size
+
+
+def preprocess_v2(src: Source, resolution: int, kind: str) -> np.ndarray:
+    """One image -> float32 HxWx3, normalized, as google/automl efficientnetv2 evaluates it.
+
+    ``v2`` (S/M/L ImageNet-1k, every 21k checkpoint): decode, centre crop when the size is
+    below 320, bilinear resize, ``(x - 128) / 128``. ``v2-ft`` (21k-ft1k): decode,
+    ``(x / 255 - 0.5) / 0.5``, bilinear resize, no crop.
+    """
+    if kind not in V2_PREPROCESSING:
+        raise ConversionError(f"unknown EfficientNetV2 preprocessing {kind!r}; use one of {', '.join(V2_PREPROCESSING)}")
+    data, name = _read(src)
+    image = _decode_named(data, name)
+    if kind == "v2-ft":
+        x = (image.astype(np.float32) / np.float32(255.0) - np.float32(0.5)) / np.float32(0.5)
+        return resize_bilinear_half_pixel(x, resolution)
+    if resolution < V2_NO_CROP_FROM:
+        oh, ow, size = crop_window_v2(image.shape[0], image.shape[1], resolution)
+        image = image[oh:oh + size, ow:ow + size]
+    x = resize_bilinear_half_pixel(image, resolution)
+    return ((x - np.float32(128.0)) / np.float32(128.0)).astype(np.float32, copy=False)
+
+
 def preprocess(src: Source, cfg: Mapping[str, object], mode: str = "official") -> np.ndarray:
     """One image -> float32 3xHxW, normalized ``(x / 255 - mean) / std`` with the cfg's mean/std.
 
@@ -326,12 +461,18 @@ def preprocess(src: Source, cfg: Mapping[str, object], mode: str = "official") -
     crop_pct), ``pil`` (Pillow decode + bicubic, same crop window; for comparison).
     """
     res, mean, std, crop_pct = _cfg_values(cfg)
-    x = preprocess_raw(src, res, mode, crop_pct)
+    if mode == "official" and cfg.get("preprocessing") in V2_PREPROCESSING:  # EfficientNetV2 (zoo_v2)
+        return preprocess_v2(src, res, str(cfg["preprocessing"])).transpose(2, 0, 1).copy()
+    x = preprocess_raw(src, res, mode, crop_pct, cfg_resize(cfg))
     return normalize(x, mean, std).transpose(2, 0, 1).copy()
 
 
 def preprocess_batch(srcs: Sequence[Source], cfg: Mapping[str, object], mode: str = "official") -> np.ndarray:
-    """Several images -> float32 NxCxHxW (see :func:`preprocess`)."""
+    """Several images -> float32 NxCxHxW numpy array (see :func:`preprocess`).
+
+    The converted model takes it as is (``load_model(f)(preprocess_batch(files, cfg))``: the model
+    converts an array to a tensor on its device); this module itself needs no torch.
+    """
     if isinstance(srcs, (str, bytes, os.PathLike)):
         raise ConversionError("preprocess_batch: pass a list of images, not a single one")
     items = list(srcs)

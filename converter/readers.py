@@ -10,7 +10,7 @@ from typing import List, Optional, Protocol, Tuple
 
 import numpy as np
 
-from .errors import ConversionError
+from .errors import ConversionError, first_line
 
 
 class CheckpointReader(Protocol):
@@ -55,7 +55,7 @@ class TFCheckpointReader:
             self._dtypes = {k: np.dtype(v.as_numpy_dtype) for k, v in self._reader.get_variable_to_dtype_map().items()}
         except Exception as e:  # TF raises several error types for bad files
             raise ConversionError(
-                f"cannot open checkpoint {prefix}: {_first_line(e)} (is the .index/.data pair complete?)") from None
+                f"cannot open checkpoint {prefix}: {first_line(e)} (is the .index/.data pair complete?)") from None
 
     def names(self) -> List[str]:
         return sorted(self._shapes)
@@ -71,16 +71,11 @@ class TFCheckpointReader:
             value = self._reader.get_tensor(name)
         except Exception as e:
             raise ConversionError(
-                f"cannot read {name} from {self.prefix}: {_first_line(e)} (truncated or corrupt data file? download it again)") from None
+                f"cannot read {name} from {self.prefix}: {first_line(e)} (truncated or corrupt data file? download it again)") from None
         value = np.asarray(value)
         if value.shape != self._shapes[name]:
             raise ConversionError(f"{name} in {self.prefix} reads as {list(value.shape)}, index says {list(self._shapes[name])}: corrupt checkpoint")
         return value
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
 
 
 READERS = ("bundle", "tf")

@@ -470,9 +470,10 @@ def download(url: str, dest: PathLike, expected_sha256: Optional[str] = None, pr
             os.fsync(out.fileno())
         digest = state["hash"].hexdigest()
         if expected is not None and digest != expected:
+            # complete (its length as the server said): the pin, or the file upstream, is what differs
             raise ConversionError(
-                f"sha256 mismatch for {url}: expected {expected}, got {digest}; the download is corrupt "
-                f"or the file changed upstream: try again, or check the expected sha256")
+                f"the download of {url} does not match the pinned sha256: pinned {expected}, downloaded {digest}; "
+                f"check the pin (--sha256), or whether the file changed upstream")
         os.replace(tmp, dest)
         done = True
         _write_sidecar(dest, digest)
@@ -624,7 +625,11 @@ def fetch_checkpoint(ckpt: "Checkpoint", sha256: Optional[str] = None, progress:
             recorded = _read_sidecar(dest)
             if recorded is not None:
                 actual = sha256_file(dest)
-                if actual == recorded and (want is None or actual == want):
+                if actual == recorded:
+                    if want is not None and actual != want:  # an intact download: the pin differs from it
+                        raise ConversionError(
+                            f"the download of {ckpt.download_url()} (cached intact as {dest}) does not match the "
+                            f"pinned sha256: pinned {want}, downloaded {actual}; check the pin (--sha256)")
                     return dest
             log.warning("cached %s is incomplete or does not match its sha256; downloading it again", dest)
         download(ckpt.download_url(), dest, expected_sha256=want, progress=progress)

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .bundle import BundleReader, data_filename
-from .errors import ConversionError
+from .errors import ConversionError, first_line
 
 _SEP = "!/"  # tarball!/member in names shown to the user
 _TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError, ValueError)
@@ -53,7 +53,7 @@ class TarballReader(BundleReader):
             raise self._corrupt(e) from None
 
     def _corrupt(self, e: BaseException) -> ConversionError:
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        detail = first_line(e)
         return ConversionError(f"corrupt or truncated tarball {self.tarball} ({detail}); "
                                f"delete it and download it again")
 

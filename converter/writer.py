@@ -7,12 +7,14 @@ import re
 import secrets
 import stat
 import struct
+import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import interrupts
 from .errors import ConversionError
 
 # safetensors format: 8-byte little-endian header size, JSON header, raw little-endian data
@@ -23,30 +25,43 @@ SAFETENSORS_DTYPES = {np.dtype("float32"): "F32", np.dtype("float16"): "F16", np
 class AtomicFile:
     """A temporary file beside ``path`` that becomes ``path`` only on :meth:`commit`.
 
-    A failed or killed run leaves at most a hidden ``.NAME.tmp-*`` file, never a partial ``path``.
+    A failed or killed run leaves at most a hidden ``.NAME.tmp-PID-RAND.EXT`` file (the final
+    extension kept, so the pending file can be read as what it is), never a partial ``path``.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        self.tmp = self.path.with_name(
+            f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{self.path.suffix}")
         self._done = False
 
-    def commit(self) -> None:
-        """fsync the temp file and atomically rename it over ``path``."""
+    def create(self) -> None:
+        """Create the (empty) temp file; a folder that refuses it is one error naming the folder."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.tmp, "xb"):
+                pass
+        except OSError as e:
+            raise ConversionError(folder_error(self.path.parent, e)) from None
+
+    def sync(self) -> None:
+        """fsync the temp file (its data is durable; it keeps its temp name)."""
         fd = os.open(self.tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(self.tmp, self.path)
-        try:  # make the rename itself durable
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
+
+    def commit(self, to: Optional[Path] = None) -> None:
+        """fsync the temp file and atomically rename it over ``path`` (or ``to``).
+
+        Never after Ctrl-C, even one a library swallowed (converter.interrupts).
+        """
+        interrupts.check()
+        self.sync()
+        target = self.path if to is None else Path(to)
+        os.replace(self.tmp, target)
+        sync_folder(target.parent)
         self._done = True
 
     def discard(self) -> None:
@@ -57,6 +72,41 @@ class AtomicFile:
             except FileNotFoundError:
                 pass
             self._done = True
+
+
+def sync_folder(folder: Path) -> None:
+    """Make renames in ``folder`` durable (best effort)."""
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def folder_error(folder: Path, e: OSError) -> str:
+    """One line for a folder that refuses a new file (its name, not a hidden temp file's)."""
+    why = e.strerror or str(e)
+    return f"cannot write to the folder {folder}: {why}; choose a writable folder"
+
+
+def check_writable_folder(folder: Path, what: str = "output folder") -> None:
+    """Create ``folder`` if needed and prove a file can be created in it (a probe, removed at once).
+
+    ``os.access`` is not asked: it says yes to root on a read-only mount and knows no ACLs.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConversionError(f"{what} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".effnet-write-test-", dir=folder)
+    except OSError as e:
+        raise ConversionError(f"cannot write to the {what} {folder}: {e.strerror or e}; choose a writable folder") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 # a temp file is stale only when its writer is gone AND it has not changed for this long: a writer
@@ -78,7 +128,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(path: Path, min_age_s: float = STALE_TEMP_AGE_S) -> List[Path]:
-    """Delete the ``.NAME.tmp-PID[-RAND]`` files that killed writers of ``path`` left beside it.
+    """Delete the ``.NAME.tmp-PID[-RAND][.EXT]`` files that killed writers of ``path`` left beside it.
 
     Removes only regular files of exactly that name pattern, owned by this user, whose PID is
     not a live process here (``os.kill(pid, 0)``) and that were not modified for ``min_age_s``
@@ -87,7 +137,7 @@ def remove_stale_temps(path: Path, min_age_s: float = STALE_TEMP_AGE_S) -> List[
     if os.name != "posix":  # os.kill(pid, 0) would send CTRL_C_EVENT on Windows
         return []
     path = Path(path)
-    pattern = re.compile(r"\." + re.escape(path.name) + r"\.tmp-(\d+)(?:-[0-9a-f]+)?")
+    pattern = re.compile(r"\." + re.escape(path.name) + r"\.tmp-(\d+)(?:-[0-9a-f]+(?:" + re.escape(path.suffix) + ")?)?")
     removed: List[Path] = []
     now = time.time()
     try:

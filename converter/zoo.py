@@ -1,13 +1,15 @@
 """The official checkpoints: the 33 of the OpenMMLab model zoo plus the two RandAugment ones.
 
-Parameter counts, FLOPs and accuracies are the zoo page's (shared/reference/model-zoo.csv);
-URLs are tensorflow/tpu's (models/official/efficientnet/README.md).
+Top-1 accuracies are the official published ones (tensorflow/tpu models/official/efficientnet
+README.md at 7dc921f, and its lite/, edgetpu/, condconv/ READMEs); the zoo page's own top-1,
+parameter counts, FLOPs and top-5 are the zoo's (shared/reference/model-zoo.csv); URLs are
+tensorflow/tpu's.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .arch import ArchSpec, get_arch
 from .errors import ConversionError
@@ -56,12 +58,20 @@ class Checkpoint:
     zoo_name: Optional[str]
     params_m: float
     flops_g: Optional[float]  # as the zoo page prints it (mmcv's counter); see arch.count_macs
-    top1: float
-    top5: Optional[float]
+    top1: Optional[float]  # the official published ImageNet top-1 (%)
+    top5: Optional[float]  # the zoo page's (no official top-5 is published)
     # beyond the main family: the tarball's path below the official base URL, and the
     # normalization (0-1 scale) when it is not decided by the flavor
     path: Optional[str] = None
     norm: Optional[Tuple[Tuple[float, float, float], Tuple[float, float, float]]] = None
+    zoo_top1: Optional[float] = None  # the OpenMMLab zoo page's top-1 of its conversion (%)
+
+    @property
+    def zoo_top1_differs(self) -> bool:
+        """Whether the zoo's top-1 differs from the official one beyond the official figure's rounding."""
+        if self.zoo_top1 is None or self.top1 is None:
+            return False
+        return abs(self.zoo_top1 - self.top1) > 0.5 * 10.0 ** -_decimals(self.top1) + 1e-9
 
     @property
     def arch(self) -> ArchSpec:
@@ -130,8 +140,27 @@ class Checkpoint:
         }
 
 
+def _decimals(x: float) -> int:
+    """Decimals of a published figure as written (78.8 -> 1, 77.23 -> 2)."""
+    text = repr(float(x))
+    return len(text.split(".")[1].rstrip("0")) if "." in text else 0
+
+
+# tensorflow/tpu models/official/efficientnet/README.md (HEAD 7dc921f), the checkpoint table: top-1 %
+_OFFICIAL = {
+    "standard": {"b0": 76.7, "b1": 78.7, "b2": 79.8, "b3": 81.1, "b4": 82.5, "b5": 83.1},
+    "aa": {"b0": 77.1, "b1": 79.1, "b2": 80.1, "b3": 81.6, "b4": 82.9, "b5": 83.6, "b6": 84.0, "b7": 84.3},
+    "randaug": {"b5": 83.7, "b7": 84.7},
+    "advprop": {"b0": 77.6, "b1": 79.6, "b2": 80.5, "b3": 81.9, "b4": 83.3, "b5": 84.3, "b6": 84.8, "b7": 85.2,
+                "b8": 85.5},
+    "noisystudent": {"b0": 78.8, "b1": 81.5, "b2": 82.4, "b3": 84.1, "b4": 85.3, "b5": 86.1, "b6": 86.4, "b7": 86.9,
+                     "l2-475": 88.2, "l2": 88.4},
+}
+OFFICIAL_TOP1: Dict[Tuple[str, str], float] = {(v, f): t for f, row in _OFFICIAL.items() for v, t in row.items()}
+
+
 def _rows() -> List[Checkpoint]:
-    # model, variant, flavor, params_m, flops_g, top1, top5 -- shared/reference/model-zoo.csv
+    # model, variant, flavor, params_m, flops_g, top1 (the zoo's), top5 -- shared/reference/model-zoo.csv
     zoo = """
 efficientnet-b0_3rdparty_8xb32_in1k,b0,standard,5.29,0.42,76.74,93.17
 efficientnet-b0_3rdparty_8xb32-aa_in1k,b0,aa,5.29,0.42,77.26,93.41
@@ -170,11 +199,12 @@ efficientnet-l2_3rdparty-ra-noisystudent_in1k-475px,l2-475,noisystudent,480.31,4
     rows = []
     for line in zoo.strip().splitlines():
         name, variant, flavor, params, flops, top1, top5 = line.split(",")
-        rows.append(Checkpoint(variant, flavor, name, float(params), float(flops), float(top1), float(top5)))
+        rows.append(Checkpoint(variant, flavor, name, float(params), float(flops), OFFICIAL_TOP1[variant, flavor],
+                               float(top5), zoo_top1=float(top1)))
     # Beyond the zoo: RandAugment checkpoints (tensorflow/tpu efficientnet README:
     # B5 83.7% and B7 84.7% top-1 with RandAugment; no top-5 published).
-    rows.append(Checkpoint("b5", "randaug", None, 30.39, None, 83.7, None))
-    rows.append(Checkpoint("b7", "randaug", None, 66.35, None, 84.7, None))
+    rows.append(Checkpoint("b5", "randaug", None, 30.39, None, OFFICIAL_TOP1["b5", "randaug"], None))
+    rows.append(Checkpoint("b7", "randaug", None, 66.35, None, OFFICIAL_TOP1["b7", "randaug"], None))
     # The rest of the family, one checkpoint each (flavor "standard"): model, params_m,
     # madds_g, top1 and the path of the URL -- shared/reference/family.csv (tensorflow/tpu
     # lite/README.md, edgetpu/README.md, condconv/README.md; no top-5 published)
@@ -199,6 +229,16 @@ condconv-b0-8e-depth,39.72,0.614,79.5,condconv/efficientnet-condconv-b0-8e-depth
 
 
 CHECKPOINTS: Tuple[Checkpoint, ...] = tuple(_rows())
+# Other families' checkpoints (converter/zoo_v2.py: EfficientNetV2), registered when their
+# module is imported (converter/__init__.py), and their finders: (variant, flavor) -> a
+# checkpoint, or None when the pair is not theirs
+EXTRA_CHECKPOINTS: List[Checkpoint] = []
+FINDERS: List[Callable[[Optional[str], Optional[str]], Optional[Checkpoint]]] = []
+
+
+def all_checkpoints() -> List[Checkpoint]:
+    """CHECKPOINTS, then the other families' (``--list``, ``--all --only``)."""
+    return list(CHECKPOINTS) + list(EXTRA_CHECKPOINTS)
 
 
 def normalize_flavor(flavor: str) -> str:
@@ -211,16 +251,43 @@ def normalize_flavor(flavor: str) -> str:
     return f
 
 
+def find_by_name(name: str) -> Optional[Checkpoint]:
+    """The checkpoint ``--list`` shows under ``name`` (its name or its zoo name, any case), or None."""
+    key = name.strip().lower()
+    for c in all_checkpoints():
+        if key == c.name.lower() or (c.zoo_name and key == c.zoo_name.lower()):
+            return c
+    return None
+
+
+def named_match(variant: Optional[str], flavor: Optional[str], named: Optional[Checkpoint]):
+    """For a family's finder: (``variant``'s architecture or None, ``named``: the checkpoint whose name
+    was given as ``flavor``, refused when ``--variant`` names another architecture)."""
+    arch = None
+    if variant:
+        try:
+            arch = get_arch(variant)
+        except ConversionError:
+            arch = None
+    if named is not None and variant and (arch is None or arch.name != named.variant):
+        raise ConversionError(f"--flavor {flavor} is a {named.variant} checkpoint but --variant is {variant}")
+    return arch, named
+
+
 def find_checkpoint(variant: Optional[str] = None, flavor: Optional[str] = None) -> Checkpoint:
-    """The registry entry for (variant, flavor); ``flavor`` may also be a zoo model name."""
+    """The registry entry for (variant, flavor); ``flavor`` may also be any name ``--list`` shows
+    (``efficientnet-b0_aa``, the zoo's ``efficientnet-b0_3rdparty_8xb32-aa_in1k``), ``variant`` then optional."""
     if flavor:
-        by_zoo = [c for c in CHECKPOINTS if c.zoo_name and c.zoo_name.lower() == flavor.strip().lower()]
-        if by_zoo:
-            c = by_zoo[0]
+        c = find_by_name(flavor)
+        if c is not None:
             if variant and get_arch(variant).name != c.variant:
                 raise ConversionError(
                     f"--flavor {flavor} is a {c.variant} checkpoint but --variant is {variant}")
             return c
+    for finder in FINDERS:
+        hit = finder(variant, flavor)
+        if hit is not None:
+            return hit
     if not variant:
         raise ConversionError("--variant is required (e.g. --variant b4), or give a zoo model name as --flavor")
     arch = get_arch(variant)
@@ -237,3 +304,31 @@ def find_checkpoint(variant: Optional[str] = None, flavor: Optional[str] = None)
         return matches[0]
     have = ", ".join(c.flavor for c in matches)
     raise ConversionError(f"--flavor is required for {arch.name}: one of {have}")
+
+
+def _pct(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:.{max(1, _decimals(x))}f}"
+
+
+LIST_HEADER = ("name", "zoo name", "params(M)", "GFLOPs", "res", "top1", "top1(zoo)", "url")
+LIST_NOTES = (
+    "name or zoo name: either one is a valid --flavor (then --variant may be left out).",
+    "top1: the published ImageNet top-1 % (the official READMEs: tensorflow/tpu models/official/efficientnet and "
+    "its lite/, edgetpu/, condconv/ ...; '-': none published).",
+    "top1(zoo): the OpenMMLab model zoo's own figure for its conversion, shown where it differs from the published "
+    "one beyond rounding (e.g. NoisyStudent b0: zoo 77.63, published 78.8).",
+    "GFLOPs: multiply-adds of one image at the native resolution, computed from the architecture.",
+)
+
+
+def list_lines(checkpoints=None) -> List[str]:
+    """The ``--list`` table (aligned columns, LIST_HEADER) and its notes, one string per line."""
+    from .arch import count_macs, count_params
+
+    rows = [LIST_HEADER]
+    for c in all_checkpoints() if checkpoints is None else checkpoints:
+        rows.append((c.name, c.zoo_name or "-", f"{count_params(c.arch) / 1e6:.2f}", f"{count_macs(c.arch) / 1e9:.2f}",
+                     str(c.resolution), _pct(c.top1), f"{c.zoo_top1:.2f}" if c.zoo_top1_differs else "", c.url))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(LIST_HEADER))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    return lines + list(LIST_NOTES)

@@ -2,7 +2,7 @@
 
 Each row: (official layer under the model scope, module path in the PyTorch model,
 layer kind, TensorFlow kernel shape in symbols). Kinds decide which variables a layer has and
-how each is laid out (converter/layout.py); symbols are filled from the block being expanded:
+how each is laid out (converter/reorder.py); symbols are filled from the block being expanded:
   in, mid, out, se, k  (a block)     stem, head, last, classes  (the whole model)
 A row whose shape uses ``se`` exists only in blocks with squeeze-excitation.
 CondConv rows also use  experts  and the layer names  cce, ccd, ccp  (the model-wide Keras
@@ -42,7 +42,7 @@ BLOCK_NO_EXPAND = (
 )
 
 # EdgeTPU fused blocks (block string c1): efficientnet_model.MBConvBlockWithoutDepthwise,
-# a kxk expand conv then the strided 1x1 project conv; no depthwise conv, no SE
+# a kxk expand conv then the 1x1 project conv (which one strides: arch.FUSED_STRIDES); no depthwise conv, no SE
 BLOCK_FUSED_EXPAND = (
     ("blocks_{i}/conv2d",                    "blocks.{i}.expand_conv",  CONV,      ("k", "k", "in", "mid")),
     ("blocks_{i}/tpu_batch_normalization",   "blocks.{i}.bn0",          BN,        ("mid",)),
@@ -52,6 +52,25 @@ BLOCK_FUSED_EXPAND = (
 
 BLOCK_FUSED_NO_EXPAND = (
     ("blocks_{i}/conv2d",                    "blocks.{i}.project_conv", CONV,      (1, 1, "in", "out")),
+    ("blocks_{i}/tpu_batch_normalization",   "blocks.{i}.bn1",          BN,        ("out",)),
+)
+
+# EfficientNetV2 fused blocks (block kind fused_v2, V2 block string c1): google/automl
+# efficientnetv2 effnetv2_model.FusedMBConvBlock, the kxk expand conv carrying the stride,
+# [SE], the 1x1 project conv; expand ratio 1: [SE], one kxk conv carrying the stride (+ act)
+BLOCK_FUSED_V2_EXPAND = (
+    ("blocks_{i}/conv2d",                    "blocks.{i}.expand_conv",  CONV,      ("k", "k", "in", "mid")),
+    ("blocks_{i}/tpu_batch_normalization",   "blocks.{i}.bn0",          BN,        ("mid",)),
+    ("blocks_{i}/se/conv2d",                 "blocks.{i}.se.reduce",    CONV_BIAS, (1, 1, "mid", "se")),
+    ("blocks_{i}/se/conv2d_1",               "blocks.{i}.se.expand",    CONV_BIAS, (1, 1, "se", "mid")),
+    ("blocks_{i}/conv2d_1",                  "blocks.{i}.project_conv", CONV,      (1, 1, "mid", "out")),
+    ("blocks_{i}/tpu_batch_normalization_1", "blocks.{i}.bn1",          BN,        ("out",)),
+)
+
+BLOCK_FUSED_V2_NO_EXPAND = (
+    ("blocks_{i}/se/conv2d",                 "blocks.{i}.se.reduce",    CONV_BIAS, (1, 1, "mid", "se")),
+    ("blocks_{i}/se/conv2d_1",               "blocks.{i}.se.expand",    CONV_BIAS, (1, 1, "se", "mid")),
+    ("blocks_{i}/conv2d",                    "blocks.{i}.project_conv", CONV,      ("k", "k", "in", "out")),
     ("blocks_{i}/tpu_batch_normalization",   "blocks.{i}.bn1",          BN,        ("out",)),
 )
 

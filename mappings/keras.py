@@ -38,6 +38,35 @@ BLOCK_NO_EXPAND = (
     ("{name}_project_bn",       "blocks_{i}/tpu_batch_normalization_1", BN),
 )
 
+# keras.applications EfficientNetV2 (keras/src/applications/efficientnet_v2.py): blocks named
+# ``block{stage + 1}{chr(97 + j)}_`` as V1's. FusedMBConvBlock (block kind fused_v2): expand_conv
+# (kxk, strided), expand_bn, [se_reduce, se_expand], project_conv, project_bn; expand ratio 1:
+# project_conv is the strided kxk conv. MBConvBlock: V1's layers, the depthwise conv named dwconv2.
+BLOCK_FUSED_V2_EXPAND = (
+    ("{name}_expand_conv",      "blocks_{i}/conv2d",                    CONV),
+    ("{name}_expand_bn",        "blocks_{i}/tpu_batch_normalization",   BN),
+    ("{name}_se_reduce",        "blocks_{i}/se/conv2d",                 CONV_BIAS),
+    ("{name}_se_expand",        "blocks_{i}/se/conv2d_1",               CONV_BIAS),
+    ("{name}_project_conv",     "blocks_{i}/conv2d_1",                  CONV),
+    ("{name}_project_bn",       "blocks_{i}/tpu_batch_normalization_1", BN),
+)
+
+BLOCK_FUSED_V2_NO_EXPAND = (
+    ("{name}_se_reduce",        "blocks_{i}/se/conv2d",                 CONV_BIAS),
+    ("{name}_se_expand",        "blocks_{i}/se/conv2d_1",               CONV_BIAS),
+    ("{name}_project_conv",     "blocks_{i}/conv2d",                    CONV),
+    ("{name}_project_bn",       "blocks_{i}/tpu_batch_normalization",   BN),
+)
+
+BLOCK_V2_EXPAND = tuple((k.replace("_dwconv", "_dwconv2"), o, kind) for k, o, kind in BLOCK_EXPAND)
+BLOCK_V2_NO_EXPAND = tuple((k.replace("_dwconv", "_dwconv2"), o, kind) for k, o, kind in BLOCK_NO_EXPAND)
+
+# (block kind, has an expand conv) -> rows, for the EfficientNetV2 kinds (converter/arch_v2.py)
+V2_BLOCK_ROWS = {
+    ("fused_v2", True): BLOCK_FUSED_V2_EXPAND, ("fused_v2", False): BLOCK_FUSED_V2_NO_EXPAND,
+    ("mbconv", True): BLOCK_V2_EXPAND, ("mbconv", False): BLOCK_V2_NO_EXPAND,
+}
+
 HEAD = (
     ("top_conv",                "head/conv2d",                          CONV),
     ("top_bn",                  "head/tpu_batch_normalization",         BN),

@@ -34,7 +34,7 @@ VARIABLES[CONDCONV_OIHW] = VARIABLES[CONDCONV]
 VARIABLES[DWCONDCONV_OIHW] = VARIABLES[DWCONDCONV]
 
 # kinds whose variable holds per-expert kernels flattened to [experts, kh*kw*in*out]: a table row
-# gives their shape as (experts, kh, kw, in, out) (the unflattened kernel: converter/layout.py
+# gives their shape as (experts, kh, kw, in, out) (the unflattened kernel: converter/reorder.py
 # needs it to re-order the flattened axis)
 FLATTENED = (CONDCONV, DWCONDCONV, CONDCONV_OIHW, DWCONDCONV_OIHW)
 

@@ -15,7 +15,9 @@ LAYOUT = "mmpretrain"
 # our variant -> mmpretrain's EfficientNet arch (EfficientNet.arch_settings); the 475 px L2
 # release has the L2 architecture (zoo name efficientnet-l2_3rdparty-ra-noisystudent_in1k-475px)
 VARIANTS = {**{f"b{n}": f"b{n}" for n in range(9)}, "l2": "l2", "l2-475": "l2",
-            "edgetpu-s": "es", "edgetpu-m": "em"}
+            "edgetpu-s": "es", "edgetpu-m": "em",
+            # EfficientNetV2 backbone (mmpretrain/models/backbones/efficientnet_v2.py arch_settings)
+            **{f"v2-{n}": f"v2-{n}" for n in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl")}}
 
 # variants whose name the library has but whose model does not hold the official weights
 NOT_OFFICIAL = {
@@ -23,8 +25,9 @@ NOT_OFFICIAL = {
                  "official EdgeTPU-L has 128 (4 x 32 input filters), so the official weights do not fit it",
 }
 
-# mmpretrain's EdgeResidual puts a fused block's stride on its kxk conv (conv1), the official
-# block on the 1x1 project conv: converter.mapping.layout_caveat
+# mmpretrain's EdgeResidual puts a fused block's stride on its kxk conv (conv1), as the official
+# block does since tensorflow/tpu 32572cb (the 2019 placement, --fused-stride project, differs:
+# converter.mapping.layout_caveat)
 FUSED_STRIDE_ON = "kxk"
 
 # the .pth form mmengine.runner.load_checkpoint / mmpretrain.get_model(name, pretrained=path)
@@ -67,6 +70,23 @@ BLOCK_FUSED_EXPAND = (
     ("blocks_{i}/tpu_batch_normalization",   _B + ".conv1.bn",             BN_TRACKED, ("mid",)),
     ("blocks_{i}/conv2d_1",                  _B + ".conv2.conv",           CONV,       (1, 1, "mid", "out")),
     ("blocks_{i}/tpu_batch_normalization_1", _B + ".conv2.bn",             BN_TRACKED, ("out",)),
+)
+
+# EfficientNetV2 (EfficientNetV2 backbone: backbone.layers.{stage + 1}, the ArchSpec's
+# groups_per_stage): fused blocks are EdgeResidual (conv1 the strided kxk conv, conv2 the 1x1),
+# expand ratio 1 an EnhancedConvModule (conv, bn; with skip); MBConv blocks as BLOCK_EXPAND.
+# Its stride-1 convs pad k // 2 on both sides, equal to 'SAME' for odd k; strided ones
+# Conv2dAdaptivePadding (TF 'SAME'); BN eps 1e-3.
+BLOCK_FUSED_V2_EXPAND = (
+    ("blocks_{i}/conv2d",                    _B + ".conv1.conv",           CONV,       ("k", "k", "in", "mid")),
+    ("blocks_{i}/tpu_batch_normalization",   _B + ".conv1.bn",             BN_TRACKED, ("mid",)),
+    ("blocks_{i}/conv2d_1",                  _B + ".conv2.conv",           CONV,       (1, 1, "mid", "out")),
+    ("blocks_{i}/tpu_batch_normalization_1", _B + ".conv2.bn",             BN_TRACKED, ("out",)),
+)
+
+BLOCK_FUSED_V2_NO_EXPAND = (
+    ("blocks_{i}/conv2d",                    _B + ".conv",                 CONV,       ("k", "k", "in", "out")),
+    ("blocks_{i}/tpu_batch_normalization",   _B + ".bn",                   BN_TRACKED, ("out",)),
 )
 
 HEAD = (

@@ -27,10 +27,13 @@ VARIANTS = {
     "condconv-b0-4e": "tf_efficientnet_cc_b0_4e", "condconv-b0-8e": "tf_efficientnet_cc_b0_8e",
     # the depth-scaled b0-8e (width 1.0, depth 1.1) is timm's cc_b1_8e
     "condconv-b0-8e-depth": "tf_efficientnet_cc_b1_8e",
+    # EfficientNetV2 (timm/models/efficientnet.py _gen_efficientnetv2_base / _s / _m / _l / _xl)
+    **{f"v2-{n}": f"tf_efficientnetv2_{n}" for n in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl")},
 }
 
-# timm's EdgeResidual puts a fused block's stride on its kxk conv, the official block
-# (MBConvBlockWithoutDepthwise) on the 1x1 project conv: converter.mapping.layout_caveat
+# timm's EdgeResidual puts a fused block's stride on its kxk conv, as the official block
+# (MBConvBlockWithoutDepthwise) does since tensorflow/tpu 32572cb (the 2019 placement,
+# --fused-stride project, differs: converter.mapping.layout_caveat)
 FUSED_STRIDE_ON = "kxk"
 
 STEM = (
@@ -81,6 +84,21 @@ BLOCK_CONDCONV_EXPAND = (
     ("model/blocks_{i}/{ccp}",               "blocks.{stage}.{j}.conv_pwl",        CONDCONV_OIHW,   ("experts", 1, 1, "mid", "out")),
     ("blocks_{i}/tpu_batch_normalization_2", "blocks.{stage}.{j}.bn3",             BN_TRACKED,      ("out",)),
     ("blocks_{i}/dense",                     "blocks.{stage}.{j}.routing_fn",      DENSE,           ("in", "experts")),
+)
+
+# EfficientNetV2 fused blocks (block kind fused_v2): EdgeResidual (conv_exp carries the stride,
+# as the official FusedMBConvBlock), and expand ratio 1: ConvBnAct (conv, bn1; with skip).
+# V2's MBConv blocks are InvertedResidual: BLOCK_EXPAND.
+BLOCK_FUSED_V2_EXPAND = (
+    ("blocks_{i}/conv2d",                    "blocks.{stage}.{j}.conv_exp",        CONV,       ("k", "k", "in", "mid")),
+    ("blocks_{i}/tpu_batch_normalization",   "blocks.{stage}.{j}.bn1",             BN_TRACKED, ("mid",)),
+    ("blocks_{i}/conv2d_1",                  "blocks.{stage}.{j}.conv_pwl",        CONV,       (1, 1, "mid", "out")),
+    ("blocks_{i}/tpu_batch_normalization_1", "blocks.{stage}.{j}.bn2",             BN_TRACKED, ("out",)),
+)
+
+BLOCK_FUSED_V2_NO_EXPAND = (
+    ("blocks_{i}/conv2d",                    "blocks.{stage}.{j}.conv",            CONV,       ("k", "k", "in", "out")),
+    ("blocks_{i}/tpu_batch_normalization",   "blocks.{stage}.{j}.bn1",             BN_TRACKED, ("out",)),
 )
 
 HEAD = (

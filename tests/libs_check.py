@@ -15,6 +15,15 @@ nothing of the test suite and only reads the files it is given. Prints one JSON 
         mmengine.runner.load_checkpoint(strict=True); "mmpretrain-get_model" through
         get_model(NAME, pretrained=PATH)), runs it on X.npz["x"] (or its own inputs) and saves the logits as
         Y.npz[str(index)]; a job that fails reports {"ok": false, "error": ...}
+        "transformers": FILE is a --layout transformers folder, loaded by
+        EfficientNetForImageClassification.from_pretrained (refused unless its loading info is empty)
+    libs_check.py hf-keys DIR...
+        {DIR: [[key, shape], ...]}: the state_dict of EfficientNetForImageClassification built from
+        DIR/config.json on the meta device
+    libs_check.py hf-processor --folders DIR... --images IMG... --out Y.npz
+        AutoImageProcessor.from_pretrained(DIR) and EfficientNetImageProcessorPil.from_pretrained(DIR)
+        on the image files (opened with PIL, RGB); pixel_values of folder k, image i as
+        Y.npz["k/auto/i"] and Y.npz["k/pil/i"]; prints the classes AutoImageProcessor chose
 """
 from __future__ import annotations
 
@@ -35,9 +44,17 @@ TIMM = {**{f"b{n}": f"tf_efficientnet_b{n}" for n in range(9)}, "l2": "tf_effici
         **{f"lite{n}": f"tf_efficientnet_lite{n}" for n in range(5)},
         "edgetpu-s": "tf_efficientnet_es", "edgetpu-m": "tf_efficientnet_em", "edgetpu-l": "tf_efficientnet_el",
         "condconv-b0-4e": "tf_efficientnet_cc_b0_4e", "condconv-b0-8e": "tf_efficientnet_cc_b0_8e",
-        "condconv-b0-8e-depth": "tf_efficientnet_cc_b1_8e"}
+        "condconv-b0-8e-depth": "tf_efficientnet_cc_b1_8e",
+        **{f"v2-{n}": f"tf_efficientnetv2_{n}" for n in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl")},
+        "mixnet-s": "tf_mixnet_s", "mixnet-m": "tf_mixnet_m", "mixnet-l": "tf_mixnet_l",
+        "mnasnet-a1": "semnasnet_100", "mnasnet-a1_d1.4": "semnasnet_140", "mnasnet-a1_d0.75": "semnasnet_075",
+        "mnasnet-a1_d0.5": "semnasnet_050"}
+# timm models that equal the official ones only when built like this (TF 'SAME' padding, BN eps 1e-3)
+TIMM_KWARGS = {m: {"pad_type": "same", "bn_eps": 1e-3}
+               for m in ("semnasnet_050", "semnasnet_075", "semnasnet_100", "semnasnet_140")}
 MMPRETRAIN_ARCH = {**{f"b{n}": f"b{n}" for n in range(9)}, "l2": "l2", "l2-475": "l2",
-                   "edgetpu-s": "es", "edgetpu-m": "em", "edgetpu-l": "el"}
+                   "edgetpu-s": "es", "edgetpu-m": "em", "edgetpu-l": "el",
+                   **{f"v2-{n}": f"v2-{n}" for n in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl")}}
 # the official EdgeTPU checkpoints classify 1001 classes (index 0: background; family.csv)
 CLASSES = {"edgetpu-s": 1001, "edgetpu-m": 1001, "edgetpu-l": 1001}
 
@@ -77,7 +94,9 @@ def _mm_zoo_name(arch: str):
                       loss=dict(type="CrossEntropyLoss", loss_weight=1.0), topk=(1, 5)))))
     from mmpretrain import list_models
 
-    names = sorted(list_models(f"efficientnet-{arch}_*"))
+    # EfficientNetV2 archs (v2-s...): its zoo names are efficientnetv2-s_*
+    names = sorted(list_models(f"efficientnetv2-{arch[3:]}_*" if arch.startswith("v2-") else f"efficientnet-{arch}_*"),
+                   key=lambda n: (arch.startswith("v2-") and not n.endswith("in1k"), n))  # V2: a 1000-class model first
     if not names:
         raise SystemExit(f"mmpretrain has no zoo model for arch {arch}")
     return names[0]
@@ -94,7 +113,8 @@ def keys(variants):
         if v in TIMM:
             if (TIMM[v], classes) not in seen:
                 with torch.device("meta"):
-                    m = timm.create_model(TIMM[v], pretrained=False, num_classes=classes)
+                    m = timm.create_model(TIMM[v], pretrained=False, num_classes=classes,
+                                          **TIMM_KWARGS.get(TIMM[v], {}))
                 seen[TIMM[v], classes] = [[k, list(t.shape)] for k, t in m.state_dict().items()]
             out["timm"][v] = seen[TIMM[v], classes]
         if v in MMPRETRAIN_ARCH:
@@ -119,7 +139,7 @@ def _timm_model(name, num_classes, path):
     from safetensors.torch import load_file
 
     with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **TIMM_KWARGS.get(name, {}))
     sd = load_file(path) if path.endswith(".safetensors") else torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(sd, strict=True, assign=True)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
@@ -162,7 +182,59 @@ def _mm_get_model(name, num_classes, path):
     return get_model(_mm_name(name), pretrained=path, **kw), {}
 
 
-BUILDERS = {"timm": _timm_model, "mmpretrain": _mm_model, "mmpretrain-get_model": _mm_get_model}
+def _hf_model(name, num_classes, path):
+    """transformers' model ``name`` from the folder ``path`` (from_pretrained), loaded without any
+    missing, unexpected or mismatched key."""
+    import transformers
+
+    cls = getattr(transformers, name)
+    model, loading = cls.from_pretrained(path, output_loading_info=True)
+    problems = {k: sorted(map(str, v)) for k, v in loading.items() if v}
+    if problems:
+        raise RuntimeError(f"from_pretrained({path}): {problems}")
+    if model.config.num_labels != num_classes:
+        raise RuntimeError(f"{model.config.num_labels} labels, expected {num_classes}")
+    c = model.config
+    return model, {"id2label_0": c.id2label[0], "num_labels": c.num_labels,
+                   "depthwise_padding": list(c.depthwise_padding), "image_size": c.image_size,
+                   "effnet_convert": getattr(c, "effnet_convert", None), "transformers": transformers.__version__}
+
+
+def hf_keys(dirs):
+    """{dir: [[key, shape], ...]} of EfficientNetForImageClassification built from dir/config.json."""
+    from transformers import EfficientNetConfig, EfficientNetForImageClassification
+
+    out = {}
+    for d in dirs:
+        with torch.device("meta"):
+            m = EfficientNetForImageClassification(EfficientNetConfig.from_pretrained(d))
+        out[d] = [[k, list(t.shape)] for k, t in m.state_dict().items()]
+    return out
+
+
+def hf_processor(folders, images, out):
+    """pixel_values of each image file through each folder's image processor, both backends."""
+    from PIL import Image
+    from transformers import AutoImageProcessor, EfficientNetImageProcessorPil
+
+    rgb = []
+    for f in images:
+        with Image.open(f) as im:
+            rgb.append(im.convert("RGB"))
+    arrays, classes = {}, []
+    for k, folder in enumerate(folders):
+        procs = {"auto": AutoImageProcessor.from_pretrained(folder),
+                 "pil": EfficientNetImageProcessorPil.from_pretrained(folder)}
+        classes.append(type(procs["auto"]).__name__)
+        for name, proc in procs.items():
+            for i, im in enumerate(rgb):
+                arrays[f"{k}/{name}/{i}"] = proc(im, return_tensors="np")["pixel_values"][0]
+    np.savez(out, **arrays)
+    return {"classes": classes}
+
+
+BUILDERS = {"timm": _timm_model, "mmpretrain": _mm_model, "mmpretrain-get_model": _mm_get_model,
+            "transformers": _hf_model}
 
 
 def run(jobs_file, inputs, out):
@@ -180,6 +252,7 @@ def run(jobs_file, inputs, out):
             model.eval()
             with torch.no_grad():
                 y = model(x, mode="tensor") if job["library"].startswith("mmpretrain") else model(x)
+                y = getattr(y, "logits", y)  # transformers: an ImageClassifierOutput
             logits[str(i)] = y.numpy()
             results.append({"ok": True, **info})
         except Exception as e:  # reported to the test, which decides
@@ -197,8 +270,19 @@ def main(argv=None):
     g.add_argument("--jobs", required=True)
     g.add_argument("--inputs", required=True)
     g.add_argument("--out", required=True)
+    h = sub.add_parser("hf-keys")
+    h.add_argument("dirs", nargs="+")
+    hp = sub.add_parser("hf-processor")
+    hp.add_argument("--folders", nargs="+", required=True)
+    hp.add_argument("--images", nargs="+", required=True)
+    hp.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    out = keys(args.variants) if args.cmd == "keys" else run(args.jobs, args.inputs, args.out)
+    if args.cmd == "hf-keys":
+        out = hf_keys(args.dirs)
+    elif args.cmd == "hf-processor":
+        out = hf_processor(args.folders, args.images, args.out)
+    else:
+        out = keys(args.variants) if args.cmd == "keys" else run(args.jobs, args.inputs, args.out)
     sys.stdout.write(json.dumps(out) + "\n")
 
 

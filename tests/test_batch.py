@@ -393,6 +393,8 @@ def test_remove_stale_temps_only_of_dead_writers(tmp_path):
     names = {
         f".{final.name}.tmp-{dead}-0a1b2c3d": "removed",  # the writer's temp of a dead pid
         f".{final.name}.tmp-{dead}": "removed",  # the report writer's form
+        f".{final.name}.tmp-{dead}-0a1b2c3d.safetensors": "removed",  # AtomicFile's, the extension kept (--verify)
+        f".{final.name}.tmp-{dead}-0a1b2c3d.pth": "kept",  # another output's extension
         f".{final.name}.tmp-{alive}-0a1b2c3d": "kept",  # a live writer
         f".{final.name}.tmp-1-0a1b2c3d": "kept",  # pid 1 is alive
         f".{final.name}.tmp-{dead}-0a1b2c3d.bak": "kept",  # not the pattern

@@ -264,7 +264,8 @@ def test_list_and_module_entry_point():
     rows = [l for l in lines if l.startswith("efficientnet-")]
     assert len(rows) == 35 + 11  # + Lite, EdgeTPU, CondConv (tests/test_family.py)
     b4 = next(l for l in rows if l.startswith("efficientnet-b4_advprop "))
-    assert "19.34" in b4 and "380" in b4 and "83.25" in b4 and "advprop/efficientnet-b4.tar.gz" in b4
+    assert "19.34" in b4 and "380" in b4 and " 83.3 " in b4 and "advprop/efficientnet-b4.tar.gz" in b4
+    assert "efficientnet-b4_3rdparty_8xb32-aa-advprop_in1k" in b4  # the zoo name (tests/test_list.py)
 
 
 def test_debug_shows_traceback(tmp_path):

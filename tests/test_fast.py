@@ -63,10 +63,13 @@ def spec_input_sizes(variant: str, h: int, w: int):
     """The input size of each SAME conv in model order, from the architecture table alone."""
     sizes, cur = [(h, w)], (-(-h // 2), -(-w // 2))  # the stem: 3x3 stride 2
     for b in get_arch(variant).blocks():
-        sizes += [cur] if b.has_expand else []  # 1x1 expand conv (kxk, stride 1, in fused blocks)
-        if getattr(b, "fused", False):  # EdgeTPU: no depthwise conv, the 1x1 project conv strides
-            sizes.append(cur)
-            cur = (-(-cur[0] // b.stride), -(-cur[1] // b.stride))
+        sizes += [cur] if b.has_expand else []  # 1x1 expand conv (kxk in fused blocks)
+        if getattr(b, "fused", False):  # EdgeTPU: no depthwise conv; the kxk expand conv strides (default),
+            strided = (-(-cur[0] // b.stride), -(-cur[1] // b.stride))  # or the 1x1 project conv ("project")
+            if b.has_expand and b.fused_stride == "expand":
+                cur = strided
+            sizes.append(cur)  # the project conv
+            cur = strided
             continue
         sizes.append(cur)  # the depthwise conv
         cur = (-(-cur[0] // b.stride), -(-cur[1] // b.stride))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from converter.layout import tf_to_torch, torch_to_tf
+from converter.reorder import tf_to_torch, torch_to_tf
 from converter.mappings.kinds import CONV, DENSE, DWCONV
 from converter.model import BatchNorm2dTF, Conv2dSame
 

@@ -219,7 +219,7 @@ def test_makefile_targets_name_every_checkpoint():
         proc = subprocess.run(["make", "-n", "-s", "-C", str(repo), target, "OUT=zoo-dry-run"],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
-        got = re.findall(r"convert-effnet --variant (\S+) --flavor (\S+)", proc.stdout)
+        got = re.findall(r"(?:convert-effnet|-m converter) --variant (\S+) --flavor (\S+)", proc.stdout)
         assert sorted(got) == sorted((c.variant, c.flavor) for c in want), target
     assert len([c for c in CHECKPOINTS if c.zoo_name]) == 33
 

@@ -542,8 +542,9 @@ def test_download_404_is_not_retried_and_leaves_nothing(server, tmp_path):
 
 def test_download_sha_mismatch_leaves_nothing(server, tmp_path):
     server.add("f.bin", _payload(50_000))
-    with pytest.raises(ConversionError, match="sha256 mismatch"):
+    with pytest.raises(ConversionError, match="does not match the pinned sha256") as ei:
         sources.download(server.url("f.bin"), tmp_path / "f.bin", expected_sha256="0" * 64, progress=False)
+    assert "0" * 64 in str(ei.value) and hashlib.sha256(_payload(50_000)).hexdigest() in str(ei.value)
     assert os.listdir(tmp_path) == []
 
 
@@ -606,12 +607,19 @@ def test_fetch_with_sha256(server, monkeypatch, tmp_path, b0):
     data = tarball_bytes(tmp_path)
     entry = _serve_zoo(server, monkeypatch, b0, data)
     good = hashlib.sha256(data).hexdigest()
-    with pytest.raises(ConversionError, match="sha256 mismatch"):
+    with pytest.raises(ConversionError, match="does not match the pinned sha256"):
         sources.fetch_checkpoint(b0, sha256="f" * 64, progress=False)
     assert not (tmp_path / "cache" / "ckpts" / "efficientnet-b0.tar.gz").exists()
     assert sources.fetch_checkpoint(b0, sha256=good, progress=False).read_bytes() == data
     assert sources.fetch_checkpoint(b0, sha256=good, progress=False).read_bytes() == data
     assert entry.hits == 2
+    # a wrong pin against the intact cached download: the pin is wrong, not the cache; nothing downloaded
+    with pytest.raises(ConversionError) as ei:
+        sources.fetch_checkpoint(b0, sha256="f" * 64, progress=False)
+    msg = str(ei.value)
+    assert "does not match the pinned sha256" in msg and good in msg and "f" * 64 in msg
+    assert "again" not in msg and "incomplete" not in msg and entry.hits == 2
+    assert sources.fetch_checkpoint(b0, progress=False).read_bytes() == data  # the cache is still good
 
 
 def test_fetch_flavors_with_same_file_name_do_not_collide(server, monkeypatch, tmp_path):

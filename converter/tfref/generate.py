@@ -164,11 +164,16 @@ def _calibration_images(resolution: int, n: int, mean, std) -> np.ndarray:
 
 def residual_branch_gammas(spec: ArchSpec) -> List[str]:
     """Names of the gammas of the last BN of every residual block (scaled by ``residual_scale``)."""
+    if spec.family in reference.FAMILIES:
+        return [f"{p}/gamma" for p in reference.FAMILIES[spec.family].residual_bns(spec)]
     return [f"{reference.block_names(spec, b).bn2}/gamma" for b in spec.blocks() if b.residual]
 
 
 def activation_gammas(spec: ArchSpec) -> List[str]:
     """Names of the gammas of every BN followed by the activation (all but the project BNs)."""
+    if spec.family in reference.FAMILIES:
+        project = set(reference.FAMILIES[spec.family].project_bns(spec))
+        return [f"{p}/gamma" for p in reference.bn_layers(spec) if p not in project]
     project = {reference.block_names(spec, b).bn2 for b in spec.blocks()}
     return [f"{p}/gamma" for p in reference.bn_layers(spec) if p not in project]
 
@@ -413,6 +418,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="scale of the residual branches' last BN gamma (1: plain U(0.5, 1.5))")
     p.add_argument("--condconv-names", choices=CONDCONV_FORMS, default="model",
                    help="CondConv kernel names: with the tf_keras model/ element (default) or without")
+    p.add_argument("--fused-stride", choices=("expand", "project"), default="expand",
+                   help="EdgeTPU: calibrate with the fused blocks strided on the kxk expand conv (default, the current "
+                        "official code) or on the 1x1 project conv (the 2019 code)")
     p.add_argument("--tarball", default=None, help="also pack the checkpoint into this .tar.gz")
     p.add_argument("--folder-name", default=None, help="folder inside the tarball (default: from --tarball)")
     return p
@@ -424,13 +432,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     mean, std = (ADVPROP_MEAN, ADVPROP_STD) if args.advprop_norm else (IMAGENET_MEAN, IMAGENET_STD)
     try:
-        if not args.advprop_norm and get_arch(args.variant).family != "efficientnet":
+        if not args.advprop_norm and get_arch(args.variant).family not in ("efficientnet", "mnasnet", "mixnet"):
             mean, std = FAMILY_MEAN, FAMILY_STD
     except ConversionError as e:
         print(f"error: {reference._one_line(e)}", file=sys.stderr)
         return e.exit_code
     try:
-        info = generate_checkpoint(args.variant, args.out, mode=args.mode, seed=args.seed,
+        variant = get_arch(args.variant).with_fused_stride(args.fused_stride)
+        info = generate_checkpoint(variant, args.out, mode=args.mode, seed=args.seed,
                                    calibration_resolution=args.calibrate_res,
                                    calibration_images=args.calibrate_images,
                                    num_classes=args.num_classes, slots=not args.no_slots,

@@ -4,9 +4,11 @@ TF1-era eval branch: crop `int(res / (res + 32) * min(h, w))` centred with offse
 `((h - crop) + 1) // 2`, `tf.image.decode_and_crop_jpeg` (default DCT: INTEGER_FAST), then
 `tf.compat.v1.image.resize_bicubic` (legacy kernel, half_pixel_centers=False, not clamped),
 then the flavor's mean/std. Other formats: decoded, then the same crop and resize.
+``--resize bilinear``: MnasNet / MixNet (tensorflow/tpu models/official/mnasnet/preprocessing.py
+at 7dc921f): the same crop, then ``tf.compat.v1.image.resize`` (BILINEAR, half_pixel_centers=False).
 
     python -m converter.tfref.preprocess --files A.jpg B.png --resolution 224 --out OUT.npz \
-        --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 [--crop-pct 0.875] [--raw]
+        --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 [--crop-pct 0.875] [--raw] [--resize bilinear]
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import sys
 from typing import Optional, Sequence
 
 import numpy as np
+
+from ..errors import first_line
 
 CROP_PADDING = 32  # tensorflow/tpu efficientnet preprocessing.py: CROP_PADDING = 32
 
@@ -33,7 +37,8 @@ def crop_window(height: int, width: int, resolution: int, crop_pct: Optional[flo
     return ((height - size) + 1) // 2, ((width - size) + 1) // 2, size
 
 
-def preprocess_bytes(data: bytes, resolution: int, crop_pct: Optional[float] = None) -> np.ndarray:
+def preprocess_bytes(data: bytes, resolution: int, crop_pct: Optional[float] = None,
+                     resize: str = "bicubic") -> np.ndarray:
     """One encoded image -> float32 HWC on the 0-255 scale at ``resolution`` (not normalized)."""
     tf = _tf()
     if data[:2] == b"\xff\xd8":  # JPEG: decode only the crop window, as the official code does
@@ -46,8 +51,44 @@ def preprocess_bytes(data: bytes, resolution: int, crop_pct: Optional[float] = N
         h, w = int(image.shape[0]), int(image.shape[1])
         oh, ow, size = crop_window(h, w, resolution, crop_pct)
         image = image[oh:oh + size, ow:ow + size]
-    out = tf.compat.v1.image.resize_bicubic([image], [resolution, resolution])[0]
+    if resize == "bilinear":  # mnasnet preprocessing._decode_and_center_crop: tf.image.resize (compat.v1)
+        out = tf.compat.v1.image.resize([image], [resolution, resolution])[0]
+    else:
+        out = tf.compat.v1.image.resize_bicubic([image], [resolution, resolution])[0]
     return out.numpy().astype(np.float32)
+
+
+V2_NO_CROP_FROM = 320  # google/automl efficientnetv2 preprocessing.preprocess_for_eval
+
+
+def preprocess_bytes_v2(data: bytes, resolution: int, kind: str) -> np.ndarray:
+    """One encoded image -> float32 HWC, normalized, with the official EfficientNetV2 eval ops.
+
+    google/automl efficientnetv2 (6a54c87) preprocessing.preprocess_image with is_training=False:
+    ``kind="v2"`` (augname randaug/None): preprocess_for_eval (centre crop below 320 px,
+    ``tf.image.resize``), then ``(image - 128.0) / 128.0``; ``kind="v2-ft"`` (augname 'ft'):
+    preprocess_for_finetune, ``(tf.cast(image, tf.float32) / 255.0 - 0.5) / 0.5`` then
+    ``tf.image.resize``. (``v1``, B0-B3 ImageNet-1k, is preprocess_legacy: :func:`preprocess_bytes`.)
+    """
+    tf = _tf()
+    image = tf.image.decode_image(data, channels=3, expand_animations=False)
+    if kind == "v2-ft":
+        mean, std = 0.5, 0.5
+        image = (tf.cast(image, tf.float32) / 255.0 - mean) / std
+        image.set_shape([None, None, 3])
+        return tf.image.resize(image, [resolution, resolution]).numpy().astype(np.float32)
+    if kind != "v2":
+        raise ValueError(f"unknown EfficientNetV2 preprocessing {kind!r}")
+    if resolution < V2_NO_CROP_FROM:
+        shape = tf.shape(image)
+        height, width = shape[0], shape[1]
+        ratio = resolution / (resolution + CROP_PADDING)
+        crop_size = tf.cast((ratio * tf.cast(tf.minimum(height, width), tf.float32)), tf.int32)
+        y, x = (height - crop_size) // 2, (width - crop_size) // 2
+        image = tf.image.crop_to_bounding_box(image, y, x, crop_size, crop_size)
+    image.set_shape([None, None, 3])
+    image = tf.image.resize(image, [resolution, resolution])
+    return ((image - 128.0) / 128.0).numpy().astype(np.float32)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -59,18 +100,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--std", type=float, nargs=3, default=(0.229, 0.224, 0.225))
     p.add_argument("--crop-pct", type=float, default=None)
     p.add_argument("--raw", action="store_true", help="keep the 0-255 scale (no mean/std)")
+    p.add_argument("--resize", choices=("bicubic", "bilinear"), default="bicubic",
+                   help="legacy bicubic (EfficientNet) or bilinear (MnasNet, MixNet)")
+    p.add_argument("--preprocessing", choices=("v2", "v2-ft"), default=None,
+                   help="EfficientNetV2's own eval (normalized by its own rule: --mean/--std/--crop-pct ignored)")
     args = p.parse_args(argv)
     images = []
     for f in args.files:
         try:
             with open(f, "rb") as fh:
-                images.append(preprocess_bytes(fh.read(), args.resolution, args.crop_pct))
+                if args.preprocessing:
+                    images.append(preprocess_bytes_v2(fh.read(), args.resolution, args.preprocessing))
+                    continue
+                images.append(preprocess_bytes(fh.read(), args.resolution, args.crop_pct, args.resize))
         except Exception as e:  # TF decode errors come in several types
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e)
             print(f"cannot read image {f}: {msg}", file=sys.stderr)
             return 2
     x = np.stack(images)
-    if not args.raw:
+    if not args.raw and not args.preprocessing:
         mean = np.asarray(args.mean, np.float32) * 255.0
         std = np.asarray(args.std, np.float32) * 255.0
         x = (x - mean) / std

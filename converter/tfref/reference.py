@@ -11,7 +11,8 @@ loads. Command line (run as a subprocess by the rest of the project)::
 
     python -m converter.tfref.reference --checkpoint PREFIX --variant b0 \\
         --images IN.npz --out OUT.npz [--no-ema] [--num-classes N] \\
-        [--device cpu|cuda|auto] [--batch-size N] [--dtype float32|float64]
+        [--device cpu|cuda|auto] [--batch-size N] [--dtype float32|float64] \\
+        [--fused-stride expand|project]
 
 IN.npz holds ``images`` (normalized NHWC float32); OUT.npz gets ``logits`` (float32, or float64
 with ``--dtype float64``: the same graph without float32 rounding, to measure the noise floor),
@@ -30,8 +31,11 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..arch import ArchSpec, Block, get_arch
+from ..arch import FUSED_STRIDE_DEFAULT, FUSED_STRIDES, ArchSpec, Block, get_arch
 from ..errors import ConversionError
+from ..keras_names import match_counters
+from .families import FAMILIES  # families with their own names and blocks (converter/tfref/mnasnet.py)
+from ..arch import KIND_FUSED_V2 as FUSED_V2  # google/automl efficientnetv2 FusedMBConvBlock
 
 Getter = Callable[[str], np.ndarray]
 Trace = Callable[[str, np.ndarray], None]
@@ -43,6 +47,7 @@ DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes of activations per batch used to pick t
 MAX_AUTO_BATCH = 64
 
 _TF = None
+
 
 
 def _tf():
@@ -70,7 +75,7 @@ class BlockNames:
     with an expand conv the convs are conv2d (expand), conv2d_1 (project) and the BNs
     tpu_batch_normalization{,_1,_2}; without one (expand ratio 1) conv2d is the project conv
     and the BNs are tpu_batch_normalization{,_1}. Fused blocks (MBConvBlockWithoutDepthwise,
-    EdgeTPU): conv2d (kxk expand), conv2d_1 (strided 1x1 project), BNs tpu_batch_normalization{,_1};
+    EdgeTPU): conv2d (kxk expand), conv2d_1 (1x1 project), BNs tpu_batch_normalization{,_1};
     ``depthwise``/``bn1`` are None and ``bn2`` is the project's BN. CondConv blocks: ``routing``
     is the sigmoid dense, and expand/depthwise/project name the conditional layers
     (``model/blocks_N/cond_conv2d_M``, ``.../depthwise_cond_conv2d_M``: Keras counters over the
@@ -96,6 +101,17 @@ def block_names(spec: ArchSpec, block: Block) -> BlockNames:
     """Official name prefixes of ``block`` in ``spec``."""
     p = f"{spec.scope}/blocks_{block.index}"
     se = bool(block.se_channels)
+    if block.kind == FUSED_V2:
+        # google/automl efficientnetv2 effnetv2_model.FusedMBConvBlock._build: conv2d (kxk expand,
+        # strided), BN, se/..., conv2d_1 (1x1 project), BN_1; expand ratio 1: se/..., conv2d
+        # (the strided kxk conv), BN. ``bn2`` is the last conv's BN.
+        se_names = (f"{p}/se/conv2d", f"{p}/se/conv2d_1") if se else (None, None)
+        if block.has_expand:
+            return BlockNames(expand=f"{p}/conv2d", bn0=f"{p}/{BN_NAME}", depthwise=None, bn1=None,
+                              se_reduce=se_names[0], se_expand=se_names[1],
+                              project=f"{p}/conv2d_1", bn2=f"{p}/{BN_NAME}_1")
+        return BlockNames(expand=None, bn0=None, depthwise=None, bn1=None, se_reduce=se_names[0],
+                          se_expand=se_names[1], project=f"{p}/conv2d", bn2=f"{p}/{BN_NAME}")
     if block.fused:
         if block.has_expand:
             return BlockNames(expand=f"{p}/conv2d", bn0=f"{p}/{BN_NAME}", depthwise=None, bn1=None,
@@ -134,6 +150,13 @@ def _kernel_vars(b: Block, n: BlockNames) -> Dict[str, Tuple[str, Tuple[int, ...
     """{role: (variable name, TF shape)} of the block's expand / depthwise / project kernels."""
     k = b.kernel_size
     out: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
+    if b.kind == FUSED_V2:
+        if n.expand:
+            out["expand"] = (f"{n.expand}/kernel", (k, k, b.in_channels, b.mid_channels))
+            out["project"] = (f"{n.project}/kernel", (1, 1, b.mid_channels, b.out_channels))
+        else:
+            out["project"] = (f"{n.project}/kernel", (k, k, b.in_channels, b.out_channels))
+        return out
     if b.fused:
         if n.expand:
             out["expand"] = (f"{n.expand}/kernel", (k, k, b.in_channels, b.mid_channels))
@@ -172,6 +195,8 @@ def variables(spec: ArchSpec) -> List[Tuple[str, Tuple[int, ...]]]:
 
     CondConv kernels appear in the tf_keras form of the names (``scope/model/blocks_N/...``).
     """
+    if spec.family in FAMILIES:
+        return FAMILIES[spec.family].variables(spec)
     out: List[Tuple[str, Tuple[int, ...]]] = []
 
     def bn(prefix: str, c: int) -> None:
@@ -210,8 +235,8 @@ def variables(spec: ArchSpec) -> List[Tuple[str, Tuple[int, ...]]]:
 
 
 # condconv_layers kernels in a checkpoint: scope/[model/]blocks_N/[depthwise_]cond_conv2d[_M]/VAR
-_CC_PATTERN = re.compile(r"^(.+?)/(?:model/)?blocks_(\d+)/(?:depthwise_)?cond_conv2d(?:_(\d+))?/"
-                         r"((?:depthwise_)?condconv_kernel)$")
+_CC_PATTERN = re.compile(r"^(?P<scope>.+?)/(?:model/)?blocks_(?P<i>\d+)/(?:depthwise_)?cond_conv2d(?:_(?P<n>\d+))?/"
+                         r"(?P<var>(?:depthwise_)?condconv_kernel)$")
 
 
 def condconv_aliases(spec: ArchSpec, available: Iterable[str]) -> Dict[str, str]:
@@ -222,36 +247,19 @@ def condconv_aliases(spec: ArchSpec, available: Iterable[str]) -> Dict[str, str]
     official code created its layers. So within each block the checkpoint's kernels of one
     kind (``condconv_kernel`` / ``depthwise_condconv_kernel``) are taken in counter order
     (expand before project) and must pair up one to one with the expected ones; anything else
-    raises ConversionError. Names not found at all are left alone (reported when read).
+    raises ConversionError (keras_names.match_counters). Names not found at all are left alone
+    (reported when read).
     """
-    suffix = "/" + EMA_SUFFIX
-    groups: Dict[Tuple[str, int, str], Dict[str, int]] = {}
-    for name in available:
-        base = name[:-len(suffix)] if name.endswith(suffix) else name
-        m = _CC_PATTERN.match(base)
-        if m:
-            groups.setdefault((m.group(1), int(m.group(2)), m.group(4)), {})[base] = int(m.group(3) or 0)
-    aliases: Dict[str, str] = {}
-    for b in spec.blocks():
-        if not b.condconv:
-            continue
-        kv = _kernel_vars(b, block_names(spec, b))
-        for var in ("condconv_kernel", "depthwise_condconv_kernel"):
-            want = [kv[r][0] for r in ("expand", "depthwise", "project") if r in kv and kv[r][0].endswith("/" + var)]
-            have = groups.get((spec.scope, b.index, var), {})
-            if not have:
-                continue
-            ordered = sorted(have, key=have.__getitem__)
-            if len(ordered) != len(want) or len(set(have.values())) != len(have):
-                raise ConversionError(
-                    f"{spec.scope}/blocks_{b.index}: expected {len(want)} {var} variable(s), the checkpoint "
-                    f"has {len(ordered)} ({', '.join(ordered)})")
-            aliases.update(zip(want, ordered))
-    return aliases
+    wanted = [name for b in spec.blocks() if b.condconv
+              for name, _ in _kernel_vars(b, block_names(spec, b)).values()]
+    return match_counters(wanted, available, _CC_PATTERN, key=lambda m: (m["scope"], int(m["i"]), m["var"]),
+                          describe=lambda k: (f"{k[0]}/blocks_{k[1]}", k[2]))
 
 
 def bn_layers(spec: ArchSpec) -> List[str]:
     """Name prefixes of every batch norm, in the order the forward pass meets them."""
+    if spec.family in FAMILIES:
+        return FAMILIES[spec.family].bn_layers(spec)
     s = spec.scope
     out = [f"{s}/stem/{BN_NAME}"]
     for b in spec.blocks():
@@ -381,6 +389,8 @@ def load_weights(spec: ArchSpec, get: Getter, device: Optional[str] = None,
     tensors: Dict[str, object] = {}
     # a checkpoint's own CondConv kernel names (either form) for the ones variables() lists
     aliases = condconv_aliases(spec, get.shapes) if isinstance(getattr(get, "shapes", None), dict) else {}
+    if spec.family in FAMILIES and isinstance(getattr(get, "shapes", None), dict):
+        aliases = FAMILIES[spec.family].aliases(spec, get.shapes)  # Keras counters as the checkpoint has them
     with tf.device(dev):
         for name, shape in variables(spec):
             value = _fetch(get, aliases.get(name, name), shape)
@@ -436,9 +446,22 @@ def _condconv(x, routing, experts, kernel_shape, stride: int, depthwise: bool):
     return tf.concat(outs, axis=0)
 
 
+def _se_gate(x, n: BlockNames, w: Callable[[str], object], act):
+    """Squeeze-excitation (MBConvBlock._call_se; V2's SE layer): mean -> conv+bias -> act ->
+    conv+bias -> sigmoid, times ``x``."""
+    tf = _tf()
+    se = tf.reduce_mean(x, [1, 2], keepdims=True)
+    se = tf.nn.bias_add(_conv(se, w(f"{n.se_reduce}/kernel"), 1), w(f"{n.se_reduce}/bias"))
+    se = act(se)
+    se = tf.nn.bias_add(_conv(se, w(f"{n.se_expand}/kernel"), 1), w(f"{n.se_expand}/bias"))
+    return tf.sigmoid(se) * x
+
+
 def _walk(spec: ArchSpec, w: Callable[[str], object], x, bn: Callable[[str, object], object],
           trace: Optional[Trace] = None):
     """One eval-mode pass; ``w(name)`` gives a variable, ``bn(prefix, x)`` applies one BN."""
+    if spec.family in FAMILIES:
+        return FAMILIES[spec.family].walk(spec, w, x, bn, trace)
     tf = _tf()
     s = spec.scope
     act = _activation(spec.activation)
@@ -455,11 +478,31 @@ def _walk(spec: ArchSpec, w: Callable[[str], object], x, bn: Callable[[str, obje
         n = block_names(spec, b)
         kv = _kernel_vars(b, n)
         inputs = x
-        if b.fused:
-            # efficientnet_model.MBConvBlockWithoutDepthwise.call
+        if b.kind == FUSED_V2:
+            # effnetv2_model.FusedMBConvBlock.call: the kxk expand conv carries the stride, then
+            # act, [SE], the 1x1 project conv + BN; without expansion one strided kxk conv + BN + act
             if n.expand:
-                x = act(bn(n.bn0, _conv(x, w(kv["expand"][0]), 1)))
-            x = bn(n.bn2, _conv(x, w(kv["project"][0]), b.stride))
+                x = act(bn(n.bn0, _conv(x, w(kv["expand"][0]), b.stride)))
+            if n.se_reduce:
+                x = _se_gate(x, n, w, act)
+            x = bn(n.bn2, _conv(x, w(kv["project"][0]), 1 if n.expand else b.stride))
+            if not n.expand:
+                x = act(x)  # "add act if no expansion"
+        elif b.fused:
+            # efficientnet_model.MBConvBlockWithoutDepthwise._build/call: the stride on the kxk
+            # expand conv (tensorflow/tpu since 32572cb, 2020-12-27; HEAD 7dc921f) or, with
+            # spec.fused_stride "project", on the 1x1 project conv (631fb4c, 2019-07-19)
+            if b.fused_stride == "expand":
+                expand_stride, project_stride = b.stride, 1
+            elif b.fused_stride == "project":
+                expand_stride, project_stride = 1, b.stride
+            else:
+                raise ConversionError(f"unknown fused-block stride placement {b.fused_stride!r}")
+            if n.expand:
+                x = act(bn(n.bn0, _conv(x, w(kv["expand"][0]), expand_stride)))
+            elif expand_stride != 1:
+                raise ConversionError(f"blocks_{b.index}: a strided fused block without expand conv")
+            x = bn(n.bn2, _conv(x, w(kv["project"][0]), project_stride))
         else:
             if b.condconv:
                 # MBConvBlock.call: GlobalAveragePooling2D of the block input -> Dense(sigmoid)
@@ -479,11 +522,7 @@ def _walk(spec: ArchSpec, w: Callable[[str], object], x, bn: Callable[[str, obje
                 x = act(bn(n.bn0, conv(x, "expand", 1)))
             x = act(bn(n.bn1, conv(x, "depthwise", b.stride)))
             if n.se_reduce:
-                se = tf.reduce_mean(x, [1, 2], keepdims=True)
-                se = tf.nn.bias_add(_conv(se, w(f"{n.se_reduce}/kernel"), 1), w(f"{n.se_reduce}/bias"))
-                se = act(se)
-                se = tf.nn.bias_add(_conv(se, w(f"{n.se_expand}/kernel"), 1), w(f"{n.se_expand}/bias"))
-                x = tf.sigmoid(se) * x
+                x = _se_gate(x, n, w, act)
             x = bn(n.bn2, conv(x, "project", 1))
         if b.residual:
             x = x + inputs
@@ -631,6 +670,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="images per pass (default: auto)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="float32: the reference; float64: the same graph without float32 rounding")
+    p.add_argument("--fused-stride", choices=FUSED_STRIDES, default=FUSED_STRIDE_DEFAULT,
+                   help="EdgeTPU fused blocks: the stride on the kxk expand conv (default; tensorflow/tpu since "
+                        "32572cb, 2020-12-27) or on the 1x1 project conv (the 2019 code, 631fb4c)")
     return p
 
 
@@ -644,7 +686,7 @@ def _load_images(path: str) -> np.ndarray:
         raise ConversionError(f"cannot read images from {path!r}: {_one_line(e)}") from None
 
 
-def _run_cli(args: argparse.Namespace) -> int:
+def _run_cli(args: argparse.Namespace, after: Optional[Callable] = None) -> int:
     tf = _tf()
     gpus = tf.config.list_physical_devices("GPU")
     if args.device == "cuda" and not gpus:
@@ -658,10 +700,14 @@ def _run_cli(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise ConversionError(f"--batch-size must be >= 1, got {args.batch_size}")
 
-    spec = get_arch(args.variant)
+    spec = get_arch(args.variant).with_fused_stride(args.fused_stride)
     images = _load_images(args.images)
     get = read_checkpoint_getter(args.checkpoint, use_ema=not args.no_ema)
-    dense = get.shape(f"{spec.scope}/head/dense/kernel")
+    dense_name = f"{spec.scope}/head/dense/kernel"
+    if spec.family in FAMILIES:
+        dense_name = f"{FAMILIES[spec.family].classifier(spec)}/kernel"
+        dense_name = FAMILIES[spec.family].aliases(spec, get.shapes).get(dense_name, dense_name)
+    dense = get.shape(dense_name)
     if len(dense) != 2:
         raise ConversionError(f"head/dense/kernel has shape {list(dense)}, expected [in, classes]")
     if args.num_classes is not None and args.num_classes != dense[1]:
@@ -669,6 +715,8 @@ def _run_cli(args: argparse.Namespace) -> int:
             f"--num-classes {args.num_classes} but the checkpoint's dense kernel has {dense[1]} classes")
     spec = spec.with_classes(int(dense[1]))
     weights = load_weights(spec, get, device, dtype=np.dtype(args.dtype))
+    if after is not None:  # converter/tfref/taps.py (verify --trace): the intermediate tensors too
+        after(spec, get, weights, images, device)
     del get
     t0 = time.perf_counter()
     logits = forward(spec, weights, images, batch_size=args.batch_size)
@@ -681,14 +729,15 @@ def _run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point; returns the exit code (0 ok, 2 bad input)."""
+def main(argv: Optional[Sequence[str]] = None, after: Optional[Callable] = None) -> int:
+    """CLI entry point; returns the exit code (0 ok, 2 bad input). ``after(spec, get, weights, images,
+    device)``: run once the weights are loaded (converter/tfref/taps.py's entry point)."""
     args = _parser().parse_args(argv)
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"  # before TensorFlow is imported
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        return _run_cli(args)
+        return _run_cli(args, after)
     except ConversionError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return e.exit_code

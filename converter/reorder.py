@@ -1,4 +1,4 @@
-"""The one place that decides tensor layout: TensorFlow variable -> PyTorch tensor and back.
+"""Tensor re-ordering, the one place that decides it: TensorFlow variable -> PyTorch tensor and back.
 
 Decided by the kind of the target module (mappings/kinds.py) and the tensor's rank/shape,
 never by name substrings. CondConv variables ([experts, kh*kw*in*out]) also need the unflattened

@@ -1,0 +1,82 @@
+"""The two layers every family's module is built from: TF-'SAME' convolution and TF batch norm.
+
+Kept apart from converter.model so that converter.fast (padding freeze, BN folding) can use
+them without importing the model (one direction: model -> fast -> layers).
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .arch import BN_MOMENTUM_TF, same_padding
+
+
+class BatchNorm2dTF(nn.BatchNorm2d):
+    """BatchNorm with TensorFlow's defaults (eps 1e-3) and no ``num_batches_tracked`` buffer.
+
+    TensorFlow checkpoints have no counter to fill it with, so the state_dict holds exactly
+    the four tensors of tf.layers.BatchNormalization.
+    """
+
+    def __init__(self, num_features: int, eps: float):
+        super().__init__(num_features, eps=eps, momentum=1.0 - BN_MOMENTUM_TF)
+        self.register_buffer("num_batches_tracked", None)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # _NormBase would insert a num_batches_tracked entry for old-format state_dicts;
+        # this module has no such buffer, so load the four tensors only.
+        nn.Module._load_from_state_dict(self, state_dict, prefix, *args, **kwargs)
+
+
+class Conv2dSame(nn.Conv2d):
+    """nn.Conv2d with TensorFlow 'SAME' padding for whatever input size arrives.
+
+    The symmetric part of the padding goes into the convolution itself; the extra pixel
+    (bottom/right, as tf.nn.conv2d pads) goes through one F.pad.
+
+    Static padding: :meth:`set_input_size` computes both parts once for a known input size;
+    an input of that size then takes them as constants (no shape arithmetic per call, nothing
+    computed at run time in an exported graph); any other size takes the dynamic path, which
+    splits the padding the same way, so both give identical numbers.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 groups: int = 1, bias: bool = False):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0,
+                         groups=groups, bias=bias)
+        # plain attributes (not buffers): the state_dict keys stay those of the mapping tables
+        self.static_hw: Tuple[int, int] = (-1, -1)  # the frozen input size; (-1, -1): none
+        self.static_padding: List[int] = [0, 0]  # symmetric part (rows, cols), into the conv
+        self.static_extra: List[int] = [0, 0, 0, 0]  # the rest (left, right, top, bottom), one F.pad
+        self.static_has_extra: bool = False
+
+    def same_pads(self, h: int, w: int) -> Tuple[List[int], List[int]]:
+        """TF 'SAME' padding for an ``h`` x ``w`` input: ([rows, cols] into the conv, [l, r, t, b] by F.pad)."""
+        top, bottom = same_padding(h, self.kernel_size[0], self.stride[0])
+        left, right = same_padding(w, self.kernel_size[1], self.stride[1])
+        ph, pw = min(top, bottom), min(left, right)
+        return [ph, pw], [left - pw, right - pw, top - ph, bottom - ph]
+
+    def set_input_size(self, h: int, w: int) -> Tuple[int, int]:
+        """Freeze the padding for an ``h`` x ``w`` input (-1, -1: none); returns the output size."""
+        if h < 0 or w < 0:
+            self.static_hw, self.static_padding = (-1, -1), [0, 0]
+            self.static_extra, self.static_has_extra = [0, 0, 0, 0], False
+            return (-1, -1)
+        padding, extra = self.same_pads(h, w)
+        self.static_hw, self.static_padding, self.static_extra = (int(h), int(w)), padding, extra
+        self.static_has_extra = any(v != 0 for v in extra)
+        return (-(-h // self.stride[0]), -(-w // self.stride[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] == self.static_hw[0] and x.shape[-1] == self.static_hw[1]:
+            padding, extra, has_extra = self.static_padding, self.static_extra, self.static_has_extra
+        else:
+            padding, extra = self.same_pads(x.shape[-2], x.shape[-1])
+            has_extra = extra[0] != 0 or extra[1] != 0 or extra[2] != 0 or extra[3] != 0
+        if has_extra:
+            x = F.pad(x, extra)
+        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
