@@ -27,6 +27,14 @@ FUSED_STRIDE_PROJECT = "project"
 FUSED_STRIDES = (FUSED_STRIDE_EXPAND, FUSED_STRIDE_PROJECT)
 FUSED_STRIDE_DEFAULT = FUSED_STRIDE_EXPAND
 
+# Block kinds (Block.kind): each has one entry per layer of the toolkit, keyed by this name:
+# BLOCK_KINDS here (cost), converter.model.BLOCK_MODULES (module), converter.mapping.KIND_ROWS
+# (table rule sets), converter.tfref.reference.BLOCK_REFS (official names, kernels, computation).
+KIND_MBCONV = "mbconv"  # efficientnet_model.MBConvBlock
+KIND_FUSED = "fused"  # efficientnet_model.MBConvBlockWithoutDepthwise (EdgeTPU ``c1``)
+KIND_CONDCONV = "condconv"  # efficientnet_model.MBConvBlock with condconv (``cc``)
+KIND_FUSED_V2 = "fused_v2"  # google/automl efficientnetv2 FusedMBConvBlock (registered by converter/arch_v2.py)
+
 # tensorflow/tpu efficientnet_builder.efficientnet(): _DEFAULT_BLOCKS_ARGS
 BASE_BLOCKS = (
     "r1_k3_s11_e1_i32_o16_se0.25",
@@ -155,9 +163,8 @@ class Block:
     # condconv_layers: number of experts of the block's conditional convs (``cc``), 0: none
     experts: int = 0
     fused_stride: str = FUSED_STRIDE_DEFAULT
-    # the block's kind when it is one of BLOCK_KINDS (a family module registers it, e.g.
-    # converter/arch_v2.py's "fused_v2"); "" or "mbconv": decided by ``fused`` / ``experts`` above
-    kind: str = ""
+    # the block's kind (BLOCK_KINDS): what computes it, maps it and costs it in every layer
+    kind: str = KIND_MBCONV
 
     @property
     def has_expand(self) -> bool:
@@ -182,7 +189,7 @@ class Block:
 class ArchSpec:
     """One architecture: efficientnet_builder.efficientnet_params plus the block list."""
 
-    name: str  # registry name, e.g. "b0", "l2-475"
+    name: str  # variant name: the registry's ("b0") or a checkpoint's release at another resolution (RELEASES)
     width: float
     depth: float
     resolution: int
@@ -289,6 +296,7 @@ class ArchSpec:
                         fused=fused,
                         experts=experts,
                         fused_stride=self.fused_stride,
+                        kind=KIND_FUSED if fused else KIND_CONDCONV if experts else KIND_MBCONV,
                     )
                 )
                 prev = out_ch
@@ -376,9 +384,7 @@ ARCHS: Dict[str, ArchSpec] = {
         _spec("b6", 1.8, 2.6, 528, 0.5),
         _spec("b7", 2.0, 3.1, 600, 0.5),
         _spec("b8", 2.2, 3.6, 672, 0.5),
-        _spec("l2", 4.3, 5.3, 800, 0.5),
-        # The NoisyStudent L2 released at 475 px: same weights layout and scope as l2.
-        _spec("l2-475", 4.3, 5.3, 475, 0.5, scope="efficientnet-l2"),
+        _spec("l2", 4.3, 5.3, 800, 0.5),  # its NoisyStudent checkpoint at 475 px too: RELEASES
         # lite/efficientnet_lite_builder.efficientnet_lite_params
         _lite("lite0", 1.0, 1.0, 224, 0.2),
         _lite("lite1", 1.0, 1.1, 240, 0.2),
@@ -397,8 +403,58 @@ ARCHS: Dict[str, ArchSpec] = {
     )
 }
 
-# architectures of the main family (the ones with several released flavors)
-MAIN_FAMILY = tuple(k for k, v in ARCHS.items() if v.family == "efficientnet")
+# variants of the main family (the ones with several released flavors), each architecture followed
+# by its checkpoints' releases at other resolutions (register_release)
+MAIN_FAMILY: List[str] = [k for k, v in ARCHS.items() if v.family == "efficientnet"]
+
+# Checkpoints released at another resolution than their architecture's: variant name ->
+# (architecture, resolution). The resolution belongs to the checkpoint: converter/zoo.py
+# registers these from its rows; get_arch gives the architecture at that resolution, named so.
+RELEASES: Dict[str, Tuple[str, int]] = {}
+
+
+def release_name(arch_name: str, resolution: int) -> str:
+    """The variant name of ``arch_name``'s checkpoint released at ``resolution`` (not its own)."""
+    return f"{arch_name}-{int(resolution)}"
+
+
+def register_release(arch_name: str, resolution: int) -> str:
+    """Register ``arch_name``'s checkpoint released at ``resolution``; returns its variant name."""
+    if arch_name not in ARCHS:
+        raise ConversionError(f"unknown architecture {arch_name!r} for a release at {resolution} px")
+    name = release_name(arch_name, resolution)
+    RELEASES[name] = (arch_name, int(resolution))
+    if arch_name in MAIN_FAMILY and name not in MAIN_FAMILY:
+        MAIN_FAMILY.insert(MAIN_FAMILY.index(arch_name) + 1, name)
+    return name
+
+
+def architecture_name(variant: str) -> str:
+    """The architecture of a variant name (a release's: ``l2`` for its 475 px one; else itself)."""
+    return RELEASES[variant][0] if variant in RELEASES else variant
+
+
+# the --variant help of the EfficientNet (V1) family: its architectures, each group followed by
+# its checkpoints' releases at other resolutions (RELEASES)
+_HELP_GROUPS = ("b0..b8", "l2", "lite0..lite4", "edgetpu-s/m/l", "condconv-b0-4e/-8e/-8e-depth")
+
+
+def variants_help() -> str:
+    """``b0..b8, l2, <l2's releases>, lite0..lite4, ...``: the family's variant names for a --help line."""
+    out: List[str] = []
+    for group in _HELP_GROUPS:
+        out.append(group)
+        out.extend(r for r, (base, _) in RELEASES.items() if base == group)
+    return ", ".join(out)
+
+
+def variant_names() -> List[str]:
+    """Every variant name: each architecture followed by its releases at other resolutions."""
+    out: List[str] = []
+    for name in [*ARCHS, *EXTRA_ARCHS]:
+        out.append(name)
+        out.extend(r for r, (base, _) in RELEASES.items() if base == name)
+    return out
 
 
 @dataclass(frozen=True)
@@ -414,14 +470,77 @@ class BlockKind:
 # architectures in EXTRA_ARCHS (kept apart from ARCHS, the V1 family with its inventories),
 # when their module is imported (converter/__init__.py imports them: converter/arch_v2.py)
 BLOCK_KINDS: Dict[str, BlockKind] = {}
-KIND_FUSED_V2 = "fused_v2"  # google/automl efficientnetv2 FusedMBConvBlock (registered by converter/arch_v2.py)
+
+
+def _down(size: int, stride: int) -> int:
+    """Output size of a TF 'SAME' conv: ceil(size / stride)."""
+    return -(-size // stride)
+
+
+def _mbconv_params(b: Block) -> int:
+    e = b.experts or 1  # CondConv kernels count once per expert
+    n = 0
+    if b.has_expand:
+        n += e * b.in_channels * b.mid_channels + 2 * b.mid_channels
+    n += e * b.kernel_size ** 2 * b.mid_channels + 2 * b.mid_channels
+    if b.se_channels:
+        n += b.mid_channels * b.se_channels + b.se_channels
+        n += b.se_channels * b.mid_channels + b.mid_channels
+    return n + e * b.mid_channels * b.out_channels + 2 * b.out_channels
+
+
+def _mbconv_macs(b: Block, size: int) -> Tuple[int, int]:
+    macs = size * size * b.in_channels * b.mid_channels if b.has_expand else 0
+    size = _down(size, b.stride)
+    macs += size * size * b.kernel_size ** 2 * b.mid_channels
+    if b.se_channels:
+        macs += 2 * b.mid_channels * b.se_channels
+    return macs + size * size * b.mid_channels * b.out_channels, size
+
+
+def _condconv_params(b: Block) -> int:
+    return b.in_channels * b.experts + b.experts + _mbconv_params(b)  # + the routing dense
+
+
+def _condconv_macs(b: Block, size: int) -> Tuple[int, int]:
+    macs, size = _mbconv_macs(b, size)
+    return macs + b.in_channels * b.experts, size  # + the routing dense
+
+
+def _fused_params(b: Block) -> int:
+    n = b.kernel_size ** 2 * b.in_channels * b.mid_channels + 2 * b.mid_channels if b.has_expand else 0
+    return n + b.mid_channels * b.out_channels + 2 * b.out_channels
+
+
+def _fused_macs(b: Block, size: int) -> Tuple[int, int]:
+    macs = 0
+    if b.has_expand:
+        size = _down(size, b.expand_stride)
+        macs += size * size * b.kernel_size ** 2 * b.in_channels * b.mid_channels
+    size = _down(size, b.stride if not b.has_expand else b.project_stride)
+    return macs + size * size * b.mid_channels * b.out_channels, size
+
+
+BLOCK_KINDS.update({
+    KIND_MBCONV: BlockKind(KIND_MBCONV, _mbconv_params, _mbconv_macs),
+    KIND_FUSED: BlockKind(KIND_FUSED, _fused_params, _fused_macs),
+    KIND_CONDCONV: BlockKind(KIND_CONDCONV, _condconv_params, _condconv_macs),
+})
+
+
+def block_kind(b: Block) -> BlockKind:
+    """The registry entry of ``b``'s kind (a kind nobody registered is a bug in a family module)."""
+    try:
+        return BLOCK_KINDS[b.kind]
+    except KeyError:
+        raise RuntimeError(f"block kind {b.kind!r} is not registered in converter.arch.BLOCK_KINDS") from None
 EXTRA_ARCHS: Dict[str, ArchSpec] = {}
 # official model-name prefix -> registry-name prefix (``efficientnetv2-s`` -> ``v2-s``)
 NAME_PREFIXES: Dict[str, str] = {}
 
 
 def get_arch(variant: str) -> ArchSpec:
-    """Look up an architecture by name (``b0``, ``efficientnet-b0``, ``l2-475``...)."""
+    """Look up an architecture by name (``b0``, ``efficientnet-b0``, a release name of RELEASES...)."""
     key = variant.lower().strip()
     if key.startswith("efficientnet-"):
         key = key[len("efficientnet-"):]
@@ -429,11 +548,14 @@ def get_arch(variant: str) -> ArchSpec:
     for official, ours in NAME_PREFIXES.items():
         if key.startswith(official):
             key = ours + key[len(official):]
+    if key in RELEASES:
+        base, resolution = RELEASES[key]
+        return replace(ARCHS[base], name=key, resolution=resolution)
     if key not in ARCHS and key in EXTRA_ARCHS:
         return EXTRA_ARCHS[key]
     if key not in ARCHS:
         raise ConversionError(
-            f"unknown variant {variant!r}; known: {', '.join([*ARCHS, *EXTRA_ARCHS])}")
+            f"unknown variant {variant!r}; known: {', '.join(variant_names())}")
     return ARCHS[key]
 
 
@@ -455,24 +577,7 @@ def count_params(spec: ArchSpec) -> int:
     """
     n = 3 * 3 * 3 * spec.stem_channels + 2 * spec.stem_channels
     for b in spec.blocks():
-        if b.kind in BLOCK_KINDS:
-            n += BLOCK_KINDS[b.kind].params(b)
-            continue
-        e = b.experts or 1
-        if b.condconv:
-            n += b.in_channels * b.experts + b.experts  # routing dense
-        if b.fused:
-            if b.has_expand:
-                n += b.kernel_size ** 2 * b.in_channels * b.mid_channels + 2 * b.mid_channels
-            n += b.mid_channels * b.out_channels + 2 * b.out_channels
-            continue
-        if b.has_expand:
-            n += e * b.in_channels * b.mid_channels + 2 * b.mid_channels
-        n += e * b.kernel_size ** 2 * b.mid_channels + 2 * b.mid_channels
-        if b.se_channels:
-            n += b.mid_channels * b.se_channels + b.se_channels
-            n += b.se_channels * b.mid_channels + b.mid_channels
-        n += e * b.mid_channels * b.out_channels + 2 * b.out_channels
+        n += block_kind(b).params(b)
     last = spec.blocks()[-1].out_channels
     n += last * spec.head_channels + 2 * spec.head_channels
     n += spec.head_channels * spec.num_classes + spec.num_classes
@@ -484,34 +589,11 @@ def count_macs(spec: ArchSpec, resolution: Optional[int] = None) -> int:
 
     A CondConv layer costs what one conv of its shape costs (plus the kernel mixing, not counted).
     """
-    size = resolution or spec.resolution
-
-    def down(s: int, stride: int) -> int:
-        return -(-s // stride)
-
-    size = down(size, 2)
+    size = _down(resolution or spec.resolution, 2)
     macs = size * size * 3 * 3 * 3 * spec.stem_channels
     for b in spec.blocks():
-        if b.kind in BLOCK_KINDS:
-            cost, size = BLOCK_KINDS[b.kind].macs(b, size)
-            macs += cost
-            continue
-        if b.condconv:
-            macs += b.in_channels * b.experts
-        if b.fused:
-            if b.has_expand:
-                size = down(size, b.expand_stride)
-                macs += size * size * b.kernel_size ** 2 * b.in_channels * b.mid_channels
-            size = down(size, b.stride if not b.has_expand else b.project_stride)
-            macs += size * size * b.mid_channels * b.out_channels
-            continue
-        if b.has_expand:
-            macs += size * size * b.in_channels * b.mid_channels
-        size = down(size, b.stride)
-        macs += size * size * b.kernel_size ** 2 * b.mid_channels
-        if b.se_channels:
-            macs += 2 * b.mid_channels * b.se_channels
-        macs += size * size * b.mid_channels * b.out_channels
+        cost, size = block_kind(b).macs(b, size)
+        macs += cost
     macs += size * size * spec.blocks()[-1].out_channels * spec.head_channels
     macs += spec.head_channels * spec.num_classes
     return macs

@@ -8,7 +8,7 @@ import re
 import sys
 import traceback
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .errors import ConversionError, first_line
@@ -36,8 +36,9 @@ def _convert_parser() -> argparse.ArgumentParser:
                "convert-effnet export --weights FILE --onnx OUT.onnx [--torchscript OUT.pt]. "
                "Without --checkpoint the official tarball is downloaded into $EFFNET_CACHE "
                "(default ~/.cache/effnet-convert).")
-    p.add_argument("--variant", help="b0..b8, l2, l2-475, lite0..lite4, edgetpu-s/m/l, condconv-b0-4e/-8e/-8e-depth, "
-                                     "v2-b0..v2-b3, v2-s, v2-m, v2-l, v2-xl (EfficientNetV2)")
+    from .arch import variants_help
+
+    p.add_argument("--variant", help=f"{variants_help()}, v2-b0..v2-b3, v2-s, v2-m, v2-l, v2-xl (EfficientNetV2)")
     p.add_argument("--flavor", help="standard, aa, advprop, noisystudent, randaug; EfficientNetV2: 1k, 21k, 21k-ft1k; "
                                     "or a zoo model name / an official name (efficientnetv2-s-21k-ft1k)")
     p.add_argument("--checkpoint", help="checkpoint prefix, a folder holding model.ckpt*, the official .tar.gz, "
@@ -45,11 +46,14 @@ def _convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=".", help="where to write (default: current folder)")
     p.add_argument("--format", default="safetensors", choices=("safetensors", "pth", "both"),
                    help="safetensors (default), pth (a plain state_dict) or both")
-    p.add_argument("--layout", default="native",
-                   help="state_dict keys of the output: native (default, converter.load_model), "
-                        "timm (tf_efficientnet_*, the family too: lite*, es/em/el, cc_*), "
-                        "mmpretrain (its EfficientNet: b0-b8, l2, EdgeTPU es/em), "
-                        "transformers (a from_pretrained folder: b0-b8, l2; padded for --resolution)")
+    from .mapping import layouts
+
+    # the layouts the table files in mappings/ declare; a value not among them is refused by
+    # mapping.get_layout in one line (argparse's choices= would print its usage too)
+    known = layouts()
+    p.add_argument("--layout", default="native", metavar="{" + ",".join(known) + "}",
+                   help="state_dict keys of the output: " + ", ".join(
+                       f"{name} ({'default, ' if name == 'native' else ''}{lay.summary})" for name, lay in known.items()))
     p.add_argument("--no-ema", action="store_true", help="take the raw weights instead of their EMA twins")
     p.add_argument("--num-classes", type=int,
                    help="classes of the converted classifier; must agree with the checkpoint (default: read from it)")
@@ -267,15 +271,13 @@ def _flavor_names_checkpoint(flavor) -> bool:
 
 def infer_variant(reader) -> str:
     """The variant named by the checkpoint's scope (``efficientnet-b3`` -> ``b3``)."""
-    from .arch import ARCHS
+    from .arch import get_arch, variant_names
     from .convert import checkpoint_scopes
 
     scopes = checkpoint_scopes(reader)
     if len(scopes) != 1:
         raise ConversionError(f"cannot infer the variant: the checkpoint has scopes {scopes}; pass --variant")
-    from .arch import EXTRA_ARCHS
-
-    matches = [a.name for a in [*ARCHS.values(), *EXTRA_ARCHS.values()] if a.scope == scopes[0]]
+    matches = [v for v in variant_names() if get_arch(v).scope == scopes[0]]
     if not matches:
         raise ConversionError(f"the checkpoint's scope {scopes[0]} is no known EfficientNet; pass --variant")
     if len(matches) > 1:
@@ -310,7 +312,8 @@ def run_convert_keras(args) -> int:
         for p in fmt_paths:
             if p.exists() and not args.force:
                 raise ConversionError(f"{p} exists; pass --force to overwrite it")
-        spec = spec.with_classes(_checkpoint_classes(reader, spec, args))
+        classes, drop_background = _checkpoint_classes(reader, spec, args)
+        spec = spec.with_classes(classes)
         cfg: Dict[str, object] = {
             "variant": spec.name,
             "flavor": "keras",
@@ -323,7 +326,7 @@ def run_convert_keras(args) -> int:
                    keras_format=reader.format)
         result = convert(reader, spec, cfg, fmt_paths, layout=layout, use_ema=False, force=args.force,
                          allow_nonfinite=args.allow_nonfinite, progress=not args.quiet,
-                         drop_background=args.drop_background)
+                         drop_background=drop_background)
     finally:
         reader.close()
     classes = result.metadata["num_classes"]
@@ -333,27 +336,29 @@ def run_convert_keras(args) -> int:
     return 0
 
 
-def _checkpoint_classes(reader, spec, args) -> int:
-    """Classes of the checkpoint's classifier, checked against --num-classes / --drop-background."""
+def _checkpoint_classes(reader, spec, args) -> Tuple[int, Optional[bool]]:
+    """(classes of the checkpoint's classifier, whether to drop its background class), checked
+    against --num-classes / --drop-background (``args`` is not changed)."""
     from .convert import checkpoint_num_classes
 
     n = checkpoint_num_classes(reader, spec)
+    drop = args.drop_background
     if n is None:  # no classifier found: the totality check reports it
-        return args.num_classes or spec.num_classes
-    if args.drop_background is None:  # neither flag: the library layouts drop it, native keeps it
-        args.drop_background = n == 1001 and args.layout != "native" and args.num_classes != n
-        if args.drop_background:
+        return args.num_classes or spec.num_classes, drop
+    if drop is None:  # neither flag: the library layouts drop it, native keeps it
+        drop = n == 1001 and args.layout != "native" and args.num_classes != n
+        if drop:
             from .mapping import library_model
 
             log.warning("note: %s's %s has ImageNet's 1000 classes: the checkpoint's background class (output 0) "
                         "is dropped; --keep-background keeps all 1001", args.layout, library_model(spec, args.layout))
-    out = n - 1 if args.drop_background else n
+    out = n - 1 if drop else n
     if args.num_classes is not None and args.num_classes != out:
-        extra = " after --drop-background" if args.drop_background else ""
+        extra = " after --drop-background" if drop else ""
         raise ConversionError(f"--num-classes {args.num_classes} but the checkpoint's classifier has {out} classes{extra}")
     if n != spec.num_classes:
         log.info("the checkpoint's classifier has %d classes", n)
-    return n
+    return n, drop
 
 
 def _open_source(path: str, args: argparse.Namespace):
@@ -395,24 +400,26 @@ def run_convert(args: argparse.Namespace) -> int:
     if getattr(args, "trace", False) and not args.verify:
         raise ConversionError("--trace is a verification option; add --verify")
     reader = prefix = None
-    if args.checkpoint and not args.variant and not _flavor_names_checkpoint(args.flavor):
+    variant = args.variant
+    if args.checkpoint and not variant and not _flavor_names_checkpoint(args.flavor):
         reader, prefix = _open_source(args.checkpoint, args)
-        args.variant = infer_variant(reader)
-        log.info("variant %s (from the checkpoint's scope)", args.variant)
+        variant = infer_variant(reader)
+        log.info("variant %s (from the checkpoint's scope)", variant)
     if args.checkpoint and not args.flavor:
-        ckpt = find_checkpoint(args.variant, None)  # works only where a variant has one checkpoint
+        ckpt = find_checkpoint(variant, None)  # works only where a variant has one checkpoint
     else:
-        ckpt = find_checkpoint(args.variant, args.flavor)
+        ckpt = find_checkpoint(variant, args.flavor)
     spec = get_arch(ckpt.variant)
     if args.fused_stride is not None:  # EdgeTPU's fused blocks (arch.FUSED_STRIDES)
         if not spec.has_strided_fused:
             raise ConversionError(f"--fused-stride applies to models with strided fused blocks (edgetpu-s/m/l); "
                                   f"{spec.name} has none")
         spec = spec.with_fused_stride(args.fused_stride)
-    from .mapping import check_variant, output_stem
+    from .mapping import check_variant, get_layout, output_stem
 
     check_variant(spec, args.layout)  # an unknown layout, or a variant its library lacks: before any download
-    if args.layout == "transformers":  # a from_pretrained folder, padded for --resolution (converter/hf.py)
+    folder = get_layout(args.layout).file_form == "folder"
+    if folder:  # a from_pretrained folder (transformers), padded for --resolution (converter/hf.py)
         from .hf_write import folder_converter
 
         convert, output_paths = folder_converter(convert, args.resolution)
@@ -444,21 +451,22 @@ def run_convert(args: argparse.Namespace) -> int:
         source_sha = Deferred.run(sources.sha256_file, tarball)
         reader, prefix = _open_source(str(tarball), args)
 
-    spec = spec.with_classes(_checkpoint_classes(reader, spec, args))
+    classes, drop_background = _checkpoint_classes(reader, spec, args)
+    spec = spec.with_classes(classes)
     cfg = ckpt.pretrained_cfg()
     cfg.update(source=source, source_sha256=source_sha)
     # files stay under their temp names until _finish names them (after the check, with --verify);
     # a folder output (--layout transformers) is committed by its own writer: with --verify, under a
     # hidden name that _finish gives its final name after the check
-    staged = {} if args.layout == "transformers" else {"commit": False}
+    staged = {} if folder else {"commit": False}
     targets = fmt_paths
-    if args.layout == "transformers" and plan is not None:
+    if folder and plan is not None:
         import secrets
 
         targets = [p.with_name(f".{p.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}") for p in fmt_paths]
     result = convert(reader, spec, cfg, targets, layout=args.layout, use_ema=not args.no_ema, force=args.force,
                      allow_nonfinite=args.allow_nonfinite, progress=not args.quiet,
-                     drop_background=args.drop_background, **staged)
+                     drop_background=drop_background, **staged)
     return _finish(result, ckpt, prefix, plan, args, finals=fmt_paths)
 
 

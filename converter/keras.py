@@ -39,6 +39,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .arch import ArchSpec, get_arch
+from .arch_v2 import FAMILY as V2_FAMILY
 from .errors import ConversionError, first_line, listing
 from .mappings import keras as table
 from .mappings.kinds import DENSE, VARIABLES
@@ -109,8 +110,9 @@ def keras_layers(spec: ArchSpec) -> List[KerasLayer]:
     """Every weighted Keras layer of ``spec`` (classifier included), in Keras's model order."""
     out = [KerasLayer(k, o, kind) for k, o, kind in table.STEM]
     for b in spec.blocks():
-        rows = table.V2_BLOCK_ROWS.get((b.kind, b.has_expand))  # EfficientNetV2's blocks
-        if rows is None:
+        if spec.family == V2_FAMILY:  # EfficientNetV2's blocks: Keras names them otherwise
+            rows = table.V2_BLOCK_ROWS[(b.kind, b.has_expand)]
+        else:
             rows = table.BLOCK_EXPAND if b.has_expand else table.BLOCK_NO_EXPAND
         fmt = {"name": keras_block_name(b.stage, b.index_in_stage), "i": b.index}
         for k, o, kind in rows:

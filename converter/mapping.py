@@ -1,25 +1,26 @@
 """Expand a layout's mapping table over an architecture's decoded blocks."""
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 import re
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .arch import FUSED_STRIDE_EXPAND, FUSED_STRIDE_PROJECT, ArchSpec, Block, get_arch
+from .arch import (FUSED_STRIDE_EXPAND, KIND_CONDCONV, KIND_FUSED, KIND_MBCONV, ArchSpec,
+                   Block, get_arch)
 from .arch_v2 import FUSED_V2
 from .errors import ConversionError
 from .keras_names import match_counters
-from .reorder import relayout, same_layout, torch_shape
+from .reorder import torch_shape
 from .mappings.kinds import CONSTANTS, DENSE, FLATTENED, VARIABLES
 
 # official variable names that hold a kernel (the row's whole shape)
 KERNEL_VARIABLES = ("kernel", "depthwise_kernel", "condconv_kernel", "depthwise_condconv_kernel")
 
-# layout name -> table module under converter.mappings
-LAYOUTS = {"native": "efficientnet", "timm": "timm", "mmpretrain": "mmpretrain", "transformers": "transformers"}
 
 
 @dataclass(frozen=True)
@@ -40,25 +41,68 @@ class Entry:
     kernel: Tuple[int, ...] = ()
 
 
-# families whose official names are not EfficientNet's: (family, layout) -> table module; a
-# layout missing for such a family has no model for it. These tables give ``model_rows(spec)``.
-FAMILY_TABLES = {("mnasnet", "native"): "mnasnet", ("mixnet", "native"): "mnasnet",
-                 ("mnasnet", "timm"): "timm_mnasnet", ("mixnet", "timm"): "timm_mnasnet"}
-_OWN_TABLES = {family for family, _ in FAMILY_TABLES}
+@functools.lru_cache(maxsize=None)
+def _declared() -> Tuple[Tuple[object, object], ...]:
+    """(layout, table module) of every table file in converter.mappings that declares a ``LAYOUT``
+    (mappings/layout.py ``Layout``), native first, then by name."""
+    package = importlib.import_module(f"{__package__}.mappings")
+    found = []
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        layout = getattr(module, "LAYOUT", None)
+        if layout is not None:
+            found.append((layout, module))
+    keys = [(lay.name, fam) for lay, _ in found for fam in (lay.families or (None,))]
+    if len(keys) != len(set(keys)):  # two table files declaring one layout for one family
+        raise RuntimeError(f"layouts declared twice: {sorted({k for k in keys if keys.count(k) > 1}, key=str)}")
+    return tuple(sorted(found, key=lambda lm: (not lm[0].native, lm[0].name, lm[0].families)))
+
+
+def layouts() -> Dict[str, object]:
+    """Layout name -> its ``Layout`` (the declaration for EfficientNet's names): the --layout choices."""
+    out: Dict[str, object] = {}
+    for layout, _ in _declared():
+        if layout.name not in out or not layout.families:
+            out[layout.name] = layout
+    return out
+
+
+def _find(layout: str, spec: Optional[ArchSpec] = None):
+    """(Layout, table module) of ``layout`` for ``spec``'s family (its own table where it has one)."""
+    declared = _declared()
+    if layout not in {lay.name for lay, _ in declared}:
+        raise ConversionError(f"unknown layout {layout!r}; known: {', '.join(layouts())}")
+    family = getattr(spec, "family", None)
+    own = {fam for lay, _ in declared for fam in lay.families}
+    for lay, module in declared:
+        if lay.name == layout and (family in lay.families if family in own else not lay.families):
+            return lay, module
+    if family in own:
+        have = ", ".join(lay.name for lay, _ in declared if family in lay.families)
+        raise ConversionError(f"layout {layout} has no model for variant {spec.name} ({family} layouts: "
+                              f"{have}); use --layout native")
+    raise ConversionError(f"layout {layout} has no model for variant {getattr(spec, 'name', '?')}; use --layout native")
+
+
+def get_layout(layout: str, spec: Optional[ArchSpec] = None):
+    """The ``Layout`` named ``layout`` (mappings/layout.py), for ``spec``'s family when it has its own table."""
+    return _find(layout, spec)[0]
 
 
 def load_table(layout: str, spec: Optional[ArchSpec] = None):
     """The table module of a layout (``native``...), for ``spec``'s family when it has its own."""
-    if layout not in LAYOUTS:
-        raise ConversionError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
-    family = getattr(spec, "family", None)
-    if family in _OWN_TABLES:
-        if (family, layout) not in FAMILY_TABLES:
-            have = ", ".join(lay for fam, lay in FAMILY_TABLES if fam == family)
-            raise ConversionError(f"layout {layout} has no model for variant {spec.name} ({family} layouts: "
-                                  f"{have}); use --layout native")
-        return importlib.import_module(f"converter.mappings.{FAMILY_TABLES[(family, layout)]}")
-    return importlib.import_module(f"converter.mappings.{LAYOUTS[layout]}")
+    return _find(layout, spec)[1]
+
+
+def __getattr__(name: str):
+    """``LAYOUTS`` (layout name -> table module name) and ``FAMILY_TABLES`` ((family, layout) -> table
+    module name), read from the declarations."""
+    if name == "LAYOUTS":
+        return {lay.name: module.__name__.rpartition(".")[2] for lay, module in _declared() if not lay.families}
+    if name == "FAMILY_TABLES":
+        return {(fam, lay.name): module.__name__.rpartition(".")[2]
+                for lay, module in _declared() for fam in lay.families}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _resolve(shape: Sequence[Union[int, str]], dims: Dict[str, int]) -> Tuple[int, ...]:
@@ -108,29 +152,23 @@ def _keras_name(base: str, n: int) -> str:
 
 
 # block kind (arch.BLOCK_KINDS) -> the table's rule sets (with, without expand conv) and what to call it
-KIND_ROWS = {FUSED_V2: ("BLOCK_FUSED_V2_EXPAND", "BLOCK_FUSED_V2_NO_EXPAND", "fused (EfficientNetV2)")}
+KIND_ROWS = {
+    KIND_MBCONV: ("BLOCK_EXPAND", "BLOCK_NO_EXPAND", "MBConv"),
+    KIND_FUSED: ("BLOCK_FUSED_EXPAND", "BLOCK_FUSED_NO_EXPAND", "fused (EdgeTPU)"),
+    KIND_CONDCONV: ("BLOCK_CONDCONV_EXPAND", "BLOCK_CONDCONV_NO_EXPAND", "CondConv"),
+    FUSED_V2: ("BLOCK_FUSED_V2_EXPAND", "BLOCK_FUSED_V2_NO_EXPAND", "fused (EfficientNetV2)"),
+}
 
 
 def _block_rows(table, b: Block):
-    """The rule set of one block: MBConv / fused (EdgeTPU) / CondConv, with or without expand conv."""
-    if b.kind in KIND_ROWS:
+    """The rule set of one block: by its kind (KIND_ROWS), with or without expand conv."""
+    try:
         expand_rows, plain_rows, what = KIND_ROWS[b.kind]
-        name = expand_rows if b.has_expand else plain_rows
-        rows = getattr(table, name, None)
-        if rows is None:
-            raise ConversionError(f"layout {getattr(table, 'LAYOUT', table.__name__)} has no rules for "
-                                  f"{what} blocks ({name}); use --layout native")
-        return rows
-    if b.fused:
-        names = ("BLOCK_FUSED_EXPAND", "BLOCK_FUSED_NO_EXPAND")
-    elif b.condconv:
-        names = ("BLOCK_CONDCONV_EXPAND", "BLOCK_CONDCONV_NO_EXPAND")
-    else:
-        names = ("BLOCK_EXPAND", "BLOCK_NO_EXPAND")
-    name = names[0] if b.has_expand else names[1]
+    except KeyError:
+        raise RuntimeError(f"block kind {b.kind!r} has no rule sets in converter.mapping.KIND_ROWS") from None
+    name = expand_rows if b.has_expand else plain_rows
     rows = getattr(table, name, None)
     if rows is None:
-        what = "fused (EdgeTPU)" if b.fused else "CondConv" if b.condconv else "MBConv"
         raise ConversionError(f"layout {getattr(table, 'LAYOUT', table.__name__)} has no rules for "
                               f"{what} blocks ({name}); use --layout native")
     return rows
@@ -210,25 +248,13 @@ def expand(variant: Union[str, ArchSpec], layout: str = "native") -> List[Entry]
 
 
 def library_model(spec: ArchSpec, layout: str) -> str:
-    """The name of ``spec``'s model in ``layout``'s library (its table's ``VARIANTS``; else the variant)."""
-    return getattr(load_table(layout, spec), "VARIANTS", {}).get(spec.name, spec.name)
+    """The name of ``spec``'s model in ``layout``'s library (``Layout.library_model``)."""
+    return get_layout(layout, spec).library_model(spec)
 
 
 def check_variant(spec: ArchSpec, layout: str) -> None:
-    """Refuse (ConversionError) a variant that ``layout``'s library has no model for.
-
-    A table may list ``VARIANTS`` (our variant name -> the library's model/arch name; a table
-    without that list, native, takes every variant) and ``NOT_OFFICIAL`` (variant -> why the
-    library's model of that name cannot hold the official weights).
-    """
-    table = load_table(layout, spec)
-    why = getattr(table, "NOT_OFFICIAL", {}).get(spec.name)
-    if why:
-        raise ConversionError(f"layout {layout} has no model for variant {spec.name}: {why}; use --layout native")
-    variants = getattr(table, "VARIANTS", None)
-    if variants is not None and spec.name not in variants:
-        raise ConversionError(f"layout {layout} has no model for variant {spec.name} (it has {', '.join(variants)}); "
-                              "use --layout native")
+    """Refuse (ConversionError) a variant that ``layout``'s library has no model for (``Layout.check_variant``)."""
+    get_layout(layout, spec).check_variant(spec)
 
 
 def stride_groups(blocks: Sequence[Block], per_stage: bool = False) -> Dict[int, Tuple[int, int]]:
@@ -252,50 +278,18 @@ def stride_groups(blocks: Sequence[Block], per_stage: bool = False) -> Dict[int,
 
 
 def to_native(state_dict: Dict[str, object], spec: ArchSpec, layout: str) -> Dict[str, object]:
-    """A ``layout`` state_dict re-keyed for the native model (constants such as num_batches_tracked dropped).
-
-    Both tables name the same official variables; a tensor moves as is where both kinds lay it
-    out the same way and is re-laid otherwise (timm's CondConv kernels). Raises ConversionError
-    when the keys are not exactly the layout's.
-    """
-    if layout == "native":
-        return dict(state_dict)
-    entries = expand(spec, layout)
-    want = {e.key for e in entries}
-    missing, unexpected = sorted(want - set(state_dict)), sorted(set(state_dict) - want)
-    if missing or unexpected:
-        raise ConversionError(f"the weights do not fit the {layout} layout of {spec.name}: "
-                              f"{len(missing)} missing, {len(unexpected)} unexpected keys "
-                              f"({', '.join((missing + unexpected)[:3])})")
-    native = {e.tf_name: e for e in expand(spec, "native")}
-    out = {}
-    for e in entries:
-        if e.const is not None:
-            continue
-        n, t = native[e.tf_name], state_dict[e.key]
-        if not same_layout(e.kind, n.kind):
-            import torch
-
-            t = torch.from_numpy(relayout(t.detach().cpu().numpy(), e.kind, n.kind, e.kernel))
-        out[n.key] = t
-    return out
+    """A ``layout`` state_dict re-keyed for the native model (``Layout.to_native``)."""
+    return get_layout(layout, spec).to_native(state_dict, spec)
 
 
 def output_stem(name: str, layout: str) -> str:
-    """File name stem of a conversion: ``efficientnet-b4_advprop`` (native) or ``efficientnet-b4_advprop.timm``."""
-    load_table(layout)  # an unknown layout: ConversionError
-    return name if layout == "native" else f"{name}.{layout}"
-
-
-# a table's FUSED_STRIDE_ON (where its library's fused block strides) -> arch.FUSED_STRIDES name;
-# a table without it (native) computes whatever placement the spec says
-_TABLE_FUSED_STRIDE = {"kxk": FUSED_STRIDE_EXPAND, "1x1": FUSED_STRIDE_PROJECT}
+    """File name stem of a conversion (``Layout.output_stem``); an unknown layout: ConversionError."""
+    return get_layout(layout).output_stem(name)
 
 
 def library_fused_stride(layout: str) -> Optional[str]:
     """Where ``layout``'s library model strides a fused block (arch.FUSED_STRIDES), None: as the spec says."""
-    on = getattr(load_table(layout), "FUSED_STRIDE_ON", None)
-    return None if on is None else _TABLE_FUSED_STRIDE[on]
+    return get_layout(layout).library_fused_stride()
 
 
 def fused_stride_exact(spec: ArchSpec, size: int, placement: str = FUSED_STRIDE_EXPAND) -> bool:
@@ -317,22 +311,5 @@ def fused_stride_exact(spec: ArchSpec, size: int, placement: str = FUSED_STRIDE_
 
 
 def layout_caveat(spec: ArchSpec, layout: str) -> Optional[str]:
-    """One line on where ``layout``'s library computes differently from ``spec``, or None.
-
-    The weights are exact in every layout. timm's and mmpretrain's EdgeResidual stride the kxk
-    expand conv (table attribute ``FUSED_STRIDE_ON = "kxk"``), as the official code does since
-    tensorflow/tpu 32572cb: exact for the default placement; for a file converted with the 2019
-    placement (``--fused-stride project``) only at input sizes where every strided fused block
-    sees an odd input (:func:`fused_stride_exact`).
-    """
-    lib = library_fused_stride(layout)
-    if lib is None or lib == spec.fused_stride or not spec.has_strided_fused:
-        return None
-    res = spec.resolution
-    near = sorted((s for s in range(max(res - 16, 1), res + 17) if fused_stride_exact(spec, s, lib)),
-                  key=lambda s: (abs(s - res), s))[:4]
-    convs = {FUSED_STRIDE_EXPAND: "kxk expand conv", FUSED_STRIDE_PROJECT: "1x1 project conv"}
-    return (f"{layout}'s {library_model(spec, layout)} strides its fused blocks' {convs[lib]}, this file's "
-            f"--fused-stride {spec.fused_stride} the {convs[spec.fused_stride]}: its logits equal this placement's "
-            f"only at input sizes where the strided fused blocks see odd inputs (e.g. {', '.join(map(str, sorted(near)))}; "
-            f"not {res}); the weights are exact, --layout native computes this placement at every size")
+    """One line on where ``layout``'s library computes differently from ``spec``, or None (``Layout.caveat``)."""
+    return get_layout(layout).caveat(spec)

@@ -25,15 +25,13 @@ def pth_payload(state_dict, encoded: Dict[str, str]):
     """What ``torch.save`` writes for a ``.pth`` output, in the form its layout's library reads.
 
     Default: the state_dict itself, the metadata in its ``effnet_metadata`` attribute. A layout
-    whose table sets ``PTH_FORM = "mmengine"`` (mmpretrain) gets mmengine's checkpoint form,
-    ``{"state_dict": ..., "meta": metadata}``, which ``mmengine.runner.load_checkpoint`` reads.
+    declared with ``pth_form="mmengine"`` (mmpretrain) gets mmengine's checkpoint form,
+    ``{"state_dict": ..., "meta": metadata}``, which ``mmengine.runner.load_checkpoint`` reads
+    (mappings/layout.py ``Layout.pth_payload``).
     """
-    from .mapping import load_table
+    from .mapping import get_layout
 
-    if getattr(load_table(encoded.get("layout", "native")), "PTH_FORM", None) == "mmengine":
-        return {"meta": dict(encoded), "state_dict": state_dict}
-    setattr(state_dict, PTH_ATTRIBUTE, dict(encoded))
-    return state_dict
+    return get_layout(encoded.get("layout", "native")).pth_payload(state_dict, encoded)
 
 
 def pth_unpack(obj) -> Tuple[Dict[str, object], Dict[str, str]]:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arch import ArchSpec, Block, get_arch
+from .arch import KIND_CONDCONV, KIND_FUSED, KIND_MBCONV, ArchSpec, Block, get_arch
 from .arch_v2 import FUSED_V2
 from .layers import BatchNorm2dTF, Conv2dSame
 from .mnasnet import MIXCONV, MixBlock
@@ -292,19 +292,18 @@ class MixConvBlock(MBConv):
         self.act = make_activation(b.activation)
 
 
-# block kind (arch.Block.kind) -> module class, for the kinds registered in arch.BLOCK_KINDS
-BLOCK_MODULES = {FUSED_V2: FusedMBConvV2, MIXCONV: MixConvBlock}
+# block kind (arch.Block.kind, arch.BLOCK_KINDS) -> its module class
+BLOCK_MODULES = {KIND_MBCONV: MBConv, KIND_FUSED: FusedMBConv, KIND_CONDCONV: CondConvMBConv,
+                 FUSED_V2: FusedMBConvV2, MIXCONV: MixConvBlock}
 
 
 def make_block(b: Block, eps: float, act: str) -> nn.Module:
-    """The module of one block: MBConv, FusedMBConv (EdgeTPU ``c1``) or CondConvMBConv (``cc``)."""
-    if b.kind in BLOCK_MODULES:
-        return BLOCK_MODULES[b.kind](b, eps, act)
-    if b.fused:
-        return FusedMBConv(b, eps, act)
-    if b.condconv:
-        return CondConvMBConv(b, eps, act)
-    return MBConv(b, eps, act)
+    """The module of one block, by its kind (BLOCK_MODULES)."""
+    try:
+        cls = BLOCK_MODULES[b.kind]
+    except KeyError:
+        raise RuntimeError(f"block kind {b.kind!r} has no module in converter.model.BLOCK_MODULES") from None
+    return cls(b, eps, act)
 
 
 class EfficientNet(nn.Module):
@@ -355,7 +354,7 @@ class EfficientNet(nn.Module):
 
 
 def build_model(variant: Union[str, ArchSpec], num_classes: Optional[int] = None) -> EfficientNet:
-    """An EfficientNet for ``variant`` (``b0``..``b8``, ``l2``, ``l2-475``, ``lite0``..``lite4``,
+    """An EfficientNet for ``variant`` (``b0``..``b8``, ``l2`` and its 475 px release, ``lite0``..``lite4``,
     ``edgetpu-s/m/l``, ``condconv-b0-4e``...) with random weights.
 
     ``num_classes``: default the architecture's own (1000; 1001 for EdgeTPU).

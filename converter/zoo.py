@@ -8,10 +8,11 @@ tensorflow/tpu's.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .arch import ArchSpec, get_arch
+from .arch import ArchSpec, architecture_name, get_arch, register_release, release_name
 from .errors import ConversionError
 
 # tensorflow/tpu efficientnet README: where the released checkpoints live
@@ -65,6 +66,9 @@ class Checkpoint:
     path: Optional[str] = None
     norm: Optional[Tuple[Tuple[float, float, float], Tuple[float, float, float]]] = None
     zoo_top1: Optional[float] = None  # the OpenMMLab zoo page's top-1 of its conversion (%)
+    # the resolution it was released at when not its architecture's (the NoisyStudent L2 at 475 px);
+    # ``variant`` is then its release name (converter.arch.RELEASES)
+    release_resolution: Optional[int] = None
 
     @property
     def zoo_top1_differs(self) -> bool:
@@ -83,7 +87,12 @@ class Checkpoint:
 
     @property
     def resolution(self) -> int:
-        return self.arch.resolution
+        return self.release_resolution or self.arch.resolution
+
+    @property
+    def arch_name(self) -> str:
+        """The architecture's registry name (``l2`` for the L2 released at 475 px)."""
+        return architecture_name(self.variant)
 
     @property
     def crop_pct(self) -> float:
@@ -114,7 +123,8 @@ class Checkpoint:
     def relative_path(self) -> str:
         if self.path:
             return self.path
-        v = self.variant.replace("l2-475", "l2_475")
+        # official file names spell a release at another resolution efficientnet-<arch>_<resolution>
+        v = f"{self.arch_name}_{self.release_resolution}" if self.release_resolution else self.variant
         return _PATHS[self.flavor].format(v=v)
 
     @property
@@ -154,7 +164,7 @@ _OFFICIAL = {
     "advprop": {"b0": 77.6, "b1": 79.6, "b2": 80.5, "b3": 81.9, "b4": 83.3, "b5": 84.3, "b6": 84.8, "b7": 85.2,
                 "b8": 85.5},
     "noisystudent": {"b0": 78.8, "b1": 81.5, "b2": 82.4, "b3": 84.1, "b4": 85.3, "b5": 86.1, "b6": 86.4, "b7": 86.9,
-                     "l2-475": 88.2, "l2": 88.4},
+                     release_name("l2", 475): 88.2, "l2": 88.4},
 }
 OFFICIAL_TOP1: Dict[Tuple[str, str], float] = {(v, f): t for f, row in _OFFICIAL.items() for v, t in row.items()}
 
@@ -194,13 +204,18 @@ efficientnet-b7_3rdparty_8xb32-aa-advprop_in1k,b7,advprop,66.35,39.32,85.14,97.2
 efficientnet-b7_3rdparty-ra-noisystudent_in1k,b7,noisystudent,66.35,39.32,86.83,98.08
 efficientnet-b8_3rdparty_8xb32-aa-advprop_in1k,b8,advprop,87.41,65.00,85.38,97.28
 efficientnet-l2_3rdparty-ra-noisystudent_in1k-800px,l2,noisystudent,480.31,174.20,88.33,98.65
-efficientnet-l2_3rdparty-ra-noisystudent_in1k-475px,l2-475,noisystudent,480.31,484.98,88.18,98.55
+efficientnet-l2_3rdparty-ra-noisystudent_in1k-475px,l2,noisystudent,480.31,484.98,88.18,98.55
 """
     rows = []
     for line in zoo.strip().splitlines():
         name, variant, flavor, params, flops, top1, top5 = line.split(",")
+        # a zoo name ending in -<N>px at another than the architecture's resolution: a release at N px
+        px = re.search(r"-(\d+)px$", name)
+        res = int(px.group(1)) if px and int(px.group(1)) != get_arch(variant).resolution else None
+        if res:
+            variant = register_release(variant, res)
         rows.append(Checkpoint(variant, flavor, name, float(params), float(flops), OFFICIAL_TOP1[variant, flavor],
-                               float(top5), zoo_top1=float(top1)))
+                               float(top5), zoo_top1=float(top1), release_resolution=res))
     # Beyond the zoo: RandAugment checkpoints (tensorflow/tpu efficientnet README:
     # B5 83.7% and B7 84.7% top-1 with RandAugment; no top-5 published).
     rows.append(Checkpoint("b5", "randaug", None, 30.39, None, OFFICIAL_TOP1["b5", "randaug"], None))

@@ -10,8 +10,10 @@ counters, filled by converter.mapping.expand); their shape is (experts, kh, kw, 
 variable is [experts, kh*kw*in*out] (kinds.FLATTENED).
 """
 from .kinds import BN, CONDCONV, CONV, CONV_BIAS, DENSE, DWCONDCONV, DWCONV
+from .layout import Layout
 
-LAYOUT = "native"
+# every variant; computes the fused-stride placement the spec says; a plain state_dict file
+LAYOUT = Layout("native", summary="converter.load_model", native=True)
 
 STEM = (
     # official layer                     module                kind       TF kernel shape

@@ -9,12 +9,11 @@ tf-ported zoo configs use ``Conv2dAdaptivePadding`` (TF 'SAME') and BN eps 1e-3.
 classifier is ``LinearClsHead``'s ``head.fc``. BatchNorm2d carries ``num_batches_tracked``.
 """
 from .kinds import BN_TRACKED, CONV, CONV_BIAS, DENSE, DWCONV
-
-LAYOUT = "mmpretrain"
+from .layout import Layout
 
 # our variant -> mmpretrain's EfficientNet arch (EfficientNet.arch_settings); the 475 px L2
 # release has the L2 architecture (zoo name efficientnet-l2_3rdparty-ra-noisystudent_in1k-475px)
-VARIANTS = {**{f"b{n}": f"b{n}" for n in range(9)}, "l2": "l2", "l2-475": "l2",
+VARIANTS = {**{f"b{n}": f"b{n}" for n in range(9)}, "l2": "l2",
             "edgetpu-s": "es", "edgetpu-m": "em",
             # EfficientNetV2 backbone (mmpretrain/models/backbones/efficientnet_v2.py arch_settings)
             **{f"v2-{n}": f"v2-{n}" for n in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl")}}
@@ -27,12 +26,10 @@ NOT_OFFICIAL = {
 
 # mmpretrain's EdgeResidual puts a fused block's stride on its kxk conv (conv1), as the official
 # block does since tensorflow/tpu 32572cb (the 2019 placement, --fused-stride project, differs:
-# converter.mapping.layout_caveat)
-FUSED_STRIDE_ON = "kxk"
-
-# the .pth form mmengine.runner.load_checkpoint / mmpretrain.get_model(name, pretrained=path)
-# reads: {"state_dict": ..., "meta": ...}
-PTH_FORM = "mmengine"
+# Layout.caveat); its .pth is the form mmengine.runner.load_checkpoint /
+# mmpretrain.get_model(name, pretrained=path) reads: {"state_dict": ..., "meta": ...}
+LAYOUT = Layout("mmpretrain", summary="its EfficientNet: b0-b8, l2, EdgeTPU es/em", variants=VARIANTS,
+                not_official=NOT_OFFICIAL, fused_stride_on="kxk", pth_form="mmengine")
 
 STEM = (
     # official layer                     module                          kind        TF kernel shape

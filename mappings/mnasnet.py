@@ -16,8 +16,9 @@ from typing import Callable, Dict, List, Tuple
 
 from ..mnasnet import MixBlock, layers
 from .kinds import BN, CONV, CONV_BIAS, DENSE, DWCONV
+from .layout import Layout
 
-LAYOUT = "native"
+LAYOUT = Layout("native", families=("mnasnet", "mixnet"), native=True)
 
 STEM = (
     ("stem",      "stem.conv",   CONV,  (3, 3, 3, "stem")),

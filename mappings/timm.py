@@ -13,15 +13,13 @@ CondConv blocks are ``CondConvResidual`` (InvertedResidual's names plus ``routin
 CondConv2d weights flattened per expert in PyTorch order: kinds CONDCONV_OIHW / DWCONDCONV_OIHW).
 """
 from .kinds import BN_TRACKED, CONDCONV_OIHW, CONV, CONV_BIAS, DENSE, DWCONDCONV_OIHW, DWCONV
-
-LAYOUT = "timm"
+from .layout import Layout
 
 # our variant -> the timm model name it loads into (timm.list_models("tf_efficientnet_*"));
 # the 475 px L2 release has the L2 architecture (timm tag tf_efficientnet_l2.ns_jft_in1k_475)
 VARIANTS = {
     **{f"b{n}": f"tf_efficientnet_b{n}" for n in range(9)},
     "l2": "tf_efficientnet_l2",
-    "l2-475": "tf_efficientnet_l2",
     **{f"lite{n}": f"tf_efficientnet_lite{n}" for n in range(5)},
     "edgetpu-s": "tf_efficientnet_es", "edgetpu-m": "tf_efficientnet_em", "edgetpu-l": "tf_efficientnet_el",
     "condconv-b0-4e": "tf_efficientnet_cc_b0_4e", "condconv-b0-8e": "tf_efficientnet_cc_b0_8e",
@@ -33,8 +31,9 @@ VARIANTS = {
 
 # timm's EdgeResidual puts a fused block's stride on its kxk conv, as the official block
 # (MBConvBlockWithoutDepthwise) does since tensorflow/tpu 32572cb (the 2019 placement,
-# --fused-stride project, differs: converter.mapping.layout_caveat)
-FUSED_STRIDE_ON = "kxk"
+# --fused-stride project, differs: Layout.caveat)
+LAYOUT = Layout("timm", summary="tf_efficientnet_*, the family too: lite*, es/em/el, cc_*", variants=VARIANTS,
+                fused_stride_on="kxk")
 
 STEM = (
     # official layer                     module          kind        TF kernel shape

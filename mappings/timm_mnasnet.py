@@ -14,9 +14,8 @@ from __future__ import annotations
 from typing import Dict, List, Tuple
 
 from .kinds import BN_TRACKED, CONV, CONV_BIAS, DENSE, DWCONV
+from .layout import Layout
 from .mnasnet import Rows, role_rows
-
-LAYOUT = "timm"
 
 VARIANTS = {"mixnet-s": "tf_mixnet_s", "mixnet-m": "tf_mixnet_m", "mixnet-l": "tf_mixnet_l",
             "mnasnet-a1": "semnasnet_100", "mnasnet-a1_d1.4": "semnasnet_140", "mnasnet-a1_d0.75": "semnasnet_075",
@@ -33,6 +32,8 @@ NOT_OFFICIAL = {
     **{v: "timm has no MnasNet-A1 at depth multiplier 0.35" for v in
        ("mnasnet-a1_d0.35", *(f"mnasnet-a1_d0.35_i{r}" for r in (192, 160, 128, 96)))},
 }
+LAYOUT = Layout("timm", families=("mnasnet", "mixnet"), variants=VARIANTS, not_official=NOT_OFFICIAL,
+                model_kwargs=MODEL_KWARGS)
 
 # timm's stages: how many official block strings each holds (its arch_def rows)
 STAGE_STRINGS = {"mixnet": (1, 2, 2, 2, 2, 2), "mnasnet": (1, 1, 1, 1, 1, 1, 1)}

@@ -11,12 +11,11 @@ input size: converter/hf.py computes the config (``depthwise_padding``) that rep
 one input size and says where that is impossible.
 """
 from .kinds import BN_TRACKED, CONV, CONV_BIAS, DENSE, DWCONV
-
-LAYOUT = "transformers"
+from .layout import Layout
 
 # the model class every variant loads into; the family has no transformers model (NOT_OFFICIAL)
 _MODEL = "EfficientNetForImageClassification"
-VARIANTS = {**{f"b{n}": _MODEL for n in range(9)}, "l2": _MODEL, "l2-475": _MODEL}
+VARIANTS = {**{f"b{n}": _MODEL for n in range(9)}, "l2": _MODEL}
 
 _NO_SE = "transformers' EfficientNet always has squeeze-excitation and swish"
 NOT_OFFICIAL = {
@@ -24,6 +23,9 @@ NOT_OFFICIAL = {
     **{f"edgetpu-{s}": f"{_NO_SE} and no fused blocks (EdgeTPU: ReLU, fused blocks, no SE)" for s in "sml"},
     **{f"condconv-b0-{e}": "transformers' EfficientNet has no CondConv blocks" for e in ("4e", "8e", "8e-depth")},
 }
+# a from_pretrained folder, its config padded for --resolution (converter/hf_write.py)
+LAYOUT = Layout("transformers", summary="a from_pretrained folder: b0-b8, l2; padded for --resolution",
+                variants=VARIANTS, not_official=NOT_OFFICIAL, file_form="folder")
 
 STEM = (
     # official layer                     module                              kind        TF kernel shape

@@ -46,6 +46,14 @@ def timed(cmd, env=None):
     return dt, int(m.group(1)) / 1024 if m else float("nan")
 
 
+def _flavor_args(variant: str):
+    """``--flavor F`` naming the variant's first released checkpoint (none where it has one only)."""
+    from converter.zoo import all_checkpoints
+
+    mine = [c for c in all_checkpoints() if c.variant == variant]
+    return [] if len(mine) <= 1 else ["--flavor", mine[0].flavor]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", nargs="+", default=["b0", "b7"])
@@ -75,12 +83,12 @@ def main(argv=None) -> int:
         data = next(ck.glob("model.ckpt.data-*"))
         t_cp, _ = timed(["cp", str(data), str(work / "cp.tmp")], env)
         os.unlink(work / "cp.tmp")
-        flavor = {"b8": "advprop", "l2": "noisystudent", "l2-475": "noisystudent"}.get(v, "aa")
+        flavor = _flavor_args(v)
         for reader in args.readers:
             out = work / f"out-{v}"
             shutil.rmtree(out, ignore_errors=True)
             t_read, rss_read = timed([sys.executable, "-c", READ_SNIPPET, str(prefix), reader], env)
-            t_conv, rss_conv = timed([sys.executable, "-m", "converter", "--variant", v, "--flavor", flavor,
+            t_conv, rss_conv = timed([sys.executable, "-m", "converter", "--variant", v, *flavor,
                                       "--checkpoint", str(prefix), "--output-dir", str(out), "--format",
                                       args.format, "--quiet", "--reader", reader], env)
             size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
@@ -103,7 +111,7 @@ def main(argv=None) -> int:
             shutil.rmtree(xdir, ignore_errors=True)
             out = work / f"out-{v}"
             shutil.rmtree(out, ignore_errors=True)
-            t_conv, rss_conv = timed([sys.executable, "-m", "converter", "--variant", v, "--flavor", flavor,
+            t_conv, rss_conv = timed([sys.executable, "-m", "converter", "--variant", v, *flavor,
                                       "--checkpoint", str(tarball), "--output-dir", str(out), "--format",
                                       args.format, "--quiet"], env)
             size = sum(f.stat().st_size for f in out.iterdir()) / 2**20

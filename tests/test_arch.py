@@ -140,3 +140,47 @@ def test_macs_b0_paper():
     # the paper's 0.39B FLOPs (multiply-adds) for B0 at 224
     assert round(count_macs(get_arch("b0")) / 1e9, 2) == 0.39
     assert count_macs(get_arch("l2")) > count_macs(get_arch("l2-475"))
+
+
+def test_every_block_kind_has_all_its_parts():
+    """A block kind is one registry entry + its parts: cost (arch), module (model), rule sets
+    (mapping, in the native table), TF reference (tfref) unless its family has its own reference."""
+    import converter  # noqa: F401  (registers the families' kinds)
+    from converter import mapping, model
+    from converter.arch import ARCHS, BLOCK_KINDS, EXTRA_ARCHS, block_kind
+    from converter.mappings import efficientnet as native
+    from converter.tfref.families import FAMILIES
+
+    used = {}
+    for spec in [*ARCHS.values(), *EXTRA_ARCHS.values()]:
+        for b in spec.blocks():
+            used.setdefault(b.kind, spec)
+            assert block_kind(b) is BLOCK_KINDS[b.kind]
+    assert set(used) == set(BLOCK_KINDS), "a registered kind no architecture uses, or the reverse"
+    assert set(model.BLOCK_MODULES) == set(BLOCK_KINDS)
+    for kind, spec in used.items():
+        if spec.family in FAMILIES:
+            continue  # its own table (mappings/mnasnet.py) and reference (tfref.families)
+        expand_rows, plain_rows, _ = mapping.KIND_ROWS[kind]
+        assert hasattr(native, expand_rows) and hasattr(native, plain_rows), kind
+    import importlib.util
+    if importlib.util.find_spec("tensorflow") is not None:
+        from converter.tfref.reference import BLOCK_REFS
+
+        own = {k for k, spec in used.items() if spec.family in FAMILIES}
+        assert set(BLOCK_REFS) | own == set(BLOCK_KINDS)
+
+
+def test_unregistered_block_kind_is_refused_everywhere():
+    from dataclasses import replace
+
+    import pytest as _pytest
+    from converter import mapping, model
+    from converter.arch import block_kind, get_arch
+    from converter.mappings import efficientnet as native
+
+    b = replace(get_arch("b0").blocks()[1], kind="nonesuch")
+    for call in (lambda: block_kind(b), lambda: model.make_block(b, 1e-3, "swish"),
+                 lambda: mapping._block_rows(native, b)):
+        with _pytest.raises(RuntimeError, match="nonesuch"):
+            call()

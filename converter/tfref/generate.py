@@ -43,7 +43,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..arch import ArchSpec, get_arch
+from ..arch import ArchSpec, get_arch, variants_help
 from ..errors import ConversionError
 from ..synthetic import ADVPROP_MEAN, ADVPROP_STD, IMAGENET_MEAN, IMAGENET_STD
 from ..synthetic import calibration_images as _synthetic_calibration_images
@@ -403,7 +403,7 @@ def make_tarball(prefix: str, tar_path: str, folder_name: str, compresslevel: in
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m converter.tfref.generate",
                                 description="Write a random-weight checkpoint in the official EfficientNet layout.")
-    p.add_argument("--variant", required=True, help="b0..b8, l2, l2-475, lite0..lite4, edgetpu-s/m/l, condconv-b0-4e/-8e/-8e-depth")
+    p.add_argument("--variant", required=True, help=variants_help())
     p.add_argument("--out", required=True, help="checkpoint prefix, e.g. DIR/model.ckpt")
     p.add_argument("--mode", choices=MODES, default="full")
     p.add_argument("--seed", type=int, default=0)

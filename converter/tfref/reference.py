@@ -31,7 +31,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..arch import FUSED_STRIDE_DEFAULT, FUSED_STRIDES, ArchSpec, Block, get_arch
+from ..arch import (FUSED_STRIDE_DEFAULT, FUSED_STRIDES, KIND_CONDCONV, KIND_FUSED, KIND_MBCONV, ArchSpec, Block,
+                    get_arch, variants_help)
 from ..errors import ConversionError
 from ..keras_names import match_counters
 from .families import FAMILIES  # families with their own names and blocks (converter/tfref/mnasnet.py)
@@ -97,42 +98,57 @@ def _counter_name(base: str, n: int) -> str:
     return base if n == 0 else f"{base}_{n}"
 
 
-def block_names(spec: ArchSpec, block: Block) -> BlockNames:
-    """Official name prefixes of ``block`` in ``spec``."""
+def _fused_v2_names(spec: ArchSpec, block: Block) -> BlockNames:
+    # google/automl efficientnetv2 effnetv2_model.FusedMBConvBlock._build: conv2d (kxk expand,
+    # strided), BN, se/..., conv2d_1 (1x1 project), BN_1; expand ratio 1: se/..., conv2d
+    # (the strided kxk conv), BN. ``bn2`` is the last conv's BN.
     p = f"{spec.scope}/blocks_{block.index}"
-    se = bool(block.se_channels)
-    if block.kind == FUSED_V2:
-        # google/automl efficientnetv2 effnetv2_model.FusedMBConvBlock._build: conv2d (kxk expand,
-        # strided), BN, se/..., conv2d_1 (1x1 project), BN_1; expand ratio 1: se/..., conv2d
-        # (the strided kxk conv), BN. ``bn2`` is the last conv's BN.
-        se_names = (f"{p}/se/conv2d", f"{p}/se/conv2d_1") if se else (None, None)
-        if block.has_expand:
-            return BlockNames(expand=f"{p}/conv2d", bn0=f"{p}/{BN_NAME}", depthwise=None, bn1=None,
-                              se_reduce=se_names[0], se_expand=se_names[1],
-                              project=f"{p}/conv2d_1", bn2=f"{p}/{BN_NAME}_1")
-        return BlockNames(expand=None, bn0=None, depthwise=None, bn1=None, se_reduce=se_names[0],
-                          se_expand=se_names[1], project=f"{p}/conv2d", bn2=f"{p}/{BN_NAME}")
-    if block.fused:
-        if block.has_expand:
-            return BlockNames(expand=f"{p}/conv2d", bn0=f"{p}/{BN_NAME}", depthwise=None, bn1=None,
-                              se_reduce=None, se_expand=None, project=f"{p}/conv2d_1", bn2=f"{p}/{BN_NAME}_1")
-        return BlockNames(expand=None, bn0=None, depthwise=None, bn1=None, se_reduce=None, se_expand=None,
-                          project=f"{p}/conv2d", bn2=f"{p}/{BN_NAME}")
-    se_reduce = f"{p}/se/conv2d" if se else None
-    se_expand = f"{p}/se/conv2d_1" if se else None
-    if block.condconv:
-        # MBConvBlock._build with condconv: CondConv2D fused (no variables: unused), expand,
-        # project per block, one DepthwiseCondConv2D; Keras counts them over the whole model
-        k = sum(1 for b in spec.blocks()[:block.index] if b.condconv)
-        m = f"{spec.scope}/model/blocks_{block.index}"
-        bn = [f"{p}/{BN_NAME}", f"{p}/{BN_NAME}_1", f"{p}/{BN_NAME}_2"]
-        if not block.has_expand:
-            bn = [None] + bn[:2]
-        return BlockNames(
-            expand=f"{m}/{_counter_name('cond_conv2d', 3 * k + 1)}" if block.has_expand else None,
-            bn0=bn[0], depthwise=f"{m}/{_counter_name('depthwise_cond_conv2d', k)}", bn1=bn[1],
-            se_reduce=se_reduce, se_expand=se_expand,
-            project=f"{m}/{_counter_name('cond_conv2d', 3 * k + 2)}", bn2=bn[2], routing=f"{p}/dense")
+    se_names = (f"{p}/se/conv2d", f"{p}/se/conv2d_1") if block.se_channels else (None, None)
+    if block.has_expand:
+        return BlockNames(expand=f"{p}/conv2d", bn0=f"{p}/{BN_NAME}", depthwise=None, bn1=None,
+                          se_reduce=se_names[0], se_expand=se_names[1],
+                          project=f"{p}/conv2d_1", bn2=f"{p}/{BN_NAME}_1")
+    return BlockNames(expand=None, bn0=None, depthwise=None, bn1=None, se_reduce=se_names[0],
+                      se_expand=se_names[1], project=f"{p}/conv2d", bn2=f"{p}/{BN_NAME}")
+
+
+def _fused_names(spec: ArchSpec, block: Block) -> BlockNames:
+    # efficientnet_model.MBConvBlockWithoutDepthwise._build: conv2d (kxk expand), BN, conv2d_1, BN_1
+    p = f"{spec.scope}/blocks_{block.index}"
+    if block.has_expand:
+        return BlockNames(expand=f"{p}/conv2d", bn0=f"{p}/{BN_NAME}", depthwise=None, bn1=None,
+                          se_reduce=None, se_expand=None, project=f"{p}/conv2d_1", bn2=f"{p}/{BN_NAME}_1")
+    return BlockNames(expand=None, bn0=None, depthwise=None, bn1=None, se_reduce=None, se_expand=None,
+                      project=f"{p}/conv2d", bn2=f"{p}/{BN_NAME}")
+
+
+def _se_names(spec: ArchSpec, block: Block) -> Tuple[Optional[str], Optional[str]]:
+    p = f"{spec.scope}/blocks_{block.index}"
+    return (f"{p}/se/conv2d", f"{p}/se/conv2d_1") if block.se_channels else (None, None)
+
+
+def _condconv_names(spec: ArchSpec, block: Block) -> BlockNames:
+    # MBConvBlock._build with condconv: CondConv2D fused (no variables: unused), expand,
+    # project per block, one DepthwiseCondConv2D; Keras counts them over the whole model
+    p = f"{spec.scope}/blocks_{block.index}"
+    se_reduce, se_expand = _se_names(spec, block)
+    k = sum(1 for b in spec.blocks()[:block.index] if b.condconv)
+    m = f"{spec.scope}/model/blocks_{block.index}"
+    bn = [f"{p}/{BN_NAME}", f"{p}/{BN_NAME}_1", f"{p}/{BN_NAME}_2"]
+    if not block.has_expand:
+        bn = [None] + bn[:2]
+    return BlockNames(
+        expand=f"{m}/{_counter_name('cond_conv2d', 3 * k + 1)}" if block.has_expand else None,
+        bn0=bn[0], depthwise=f"{m}/{_counter_name('depthwise_cond_conv2d', k)}", bn1=bn[1],
+        se_reduce=se_reduce, se_expand=se_expand,
+        project=f"{m}/{_counter_name('cond_conv2d', 3 * k + 2)}", bn2=bn[2], routing=f"{p}/dense")
+
+
+def _mbconv_names(spec: ArchSpec, block: Block) -> BlockNames:
+    # efficientnet_model.MBConvBlock._build: conv2d, BN, depthwise_conv2d, BN_1, se/..., conv2d_1, BN_2
+    # (without expand conv: depthwise_conv2d, BN, se/..., conv2d, BN_1)
+    p = f"{spec.scope}/blocks_{block.index}"
+    se_reduce, se_expand = _se_names(spec, block)
     if block.has_expand:
         return BlockNames(
             expand=f"{p}/conv2d", bn0=f"{p}/{BN_NAME}",
@@ -146,34 +162,54 @@ def block_names(spec: ArchSpec, block: Block) -> BlockNames:
         project=f"{p}/conv2d", bn2=f"{p}/{BN_NAME}_1")
 
 
-def _kernel_vars(b: Block, n: BlockNames) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
-    """{role: (variable name, TF shape)} of the block's expand / depthwise / project kernels."""
+def block_names(spec: ArchSpec, block: Block) -> BlockNames:
+    """Official name prefixes of ``block`` in ``spec``."""
+    return block_ref(block).names(spec, block)
+
+
+Kernels = Dict[str, Tuple[str, Tuple[int, ...]]]  # {role: (variable name, TF shape)}
+
+
+def _fused_v2_kernels(b: Block, n: BlockNames) -> Kernels:
     k = b.kernel_size
-    out: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
-    if b.kind == FUSED_V2:
-        if n.expand:
-            out["expand"] = (f"{n.expand}/kernel", (k, k, b.in_channels, b.mid_channels))
-            out["project"] = (f"{n.project}/kernel", (1, 1, b.mid_channels, b.out_channels))
-        else:
-            out["project"] = (f"{n.project}/kernel", (k, k, b.in_channels, b.out_channels))
-        return out
-    if b.fused:
-        if n.expand:
-            out["expand"] = (f"{n.expand}/kernel", (k, k, b.in_channels, b.mid_channels))
-        out["project"] = (f"{n.project}/kernel", (1, 1, b.mid_channels, b.out_channels))
-        return out
-    if b.condconv:
-        e = b.experts
-        if n.expand:
-            out["expand"] = (f"{n.expand}/condconv_kernel", (e, b.in_channels * b.mid_channels))
-        out["depthwise"] = (f"{n.depthwise}/depthwise_condconv_kernel", (e, k * k * b.mid_channels))
-        out["project"] = (f"{n.project}/condconv_kernel", (e, b.mid_channels * b.out_channels))
-        return out
+    if n.expand:
+        return {"expand": (f"{n.expand}/kernel", (k, k, b.in_channels, b.mid_channels)),
+                "project": (f"{n.project}/kernel", (1, 1, b.mid_channels, b.out_channels))}
+    return {"project": (f"{n.project}/kernel", (k, k, b.in_channels, b.out_channels))}
+
+
+def _fused_kernels(b: Block, n: BlockNames) -> Kernels:
+    k = b.kernel_size
+    out: Kernels = {}
+    if n.expand:
+        out["expand"] = (f"{n.expand}/kernel", (k, k, b.in_channels, b.mid_channels))
+    out["project"] = (f"{n.project}/kernel", (1, 1, b.mid_channels, b.out_channels))
+    return out
+
+
+def _condconv_kernels(b: Block, n: BlockNames) -> Kernels:
+    k, e = b.kernel_size, b.experts
+    out: Kernels = {}
+    if n.expand:
+        out["expand"] = (f"{n.expand}/condconv_kernel", (e, b.in_channels * b.mid_channels))
+    out["depthwise"] = (f"{n.depthwise}/depthwise_condconv_kernel", (e, k * k * b.mid_channels))
+    out["project"] = (f"{n.project}/condconv_kernel", (e, b.mid_channels * b.out_channels))
+    return out
+
+
+def _mbconv_kernels(b: Block, n: BlockNames) -> Kernels:
+    k = b.kernel_size
+    out: Kernels = {}
     if n.expand:
         out["expand"] = (f"{n.expand}/kernel", (1, 1, b.in_channels, b.mid_channels))
     out["depthwise"] = (f"{n.depthwise}/depthwise_kernel", (k, k, b.mid_channels, 1))
     out["project"] = (f"{n.project}/kernel", (1, 1, b.mid_channels, b.out_channels))
     return out
+
+
+def _kernel_vars(b: Block, n: BlockNames) -> Kernels:
+    """{role: (variable name, TF shape)} of the block's expand / depthwise / project kernels."""
+    return block_ref(b).kernels(b, n)
 
 
 def condconv_kernel_shapes(spec: ArchSpec) -> Dict[str, Tuple[int, int, int, int]]:
@@ -457,6 +493,95 @@ def _se_gate(x, n: BlockNames, w: Callable[[str], object], act):
     return tf.sigmoid(se) * x
 
 
+def _fused_v2_call(b: Block, n: BlockNames, kv: Kernels, x, w, bn, act):
+    # effnetv2_model.FusedMBConvBlock.call: the kxk expand conv carries the stride, then
+    # act, [SE], the 1x1 project conv + BN; without expansion one strided kxk conv + BN + act
+    if n.expand:
+        x = act(bn(n.bn0, _conv(x, w(kv["expand"][0]), b.stride)))
+    if n.se_reduce:
+        x = _se_gate(x, n, w, act)
+    x = bn(n.bn2, _conv(x, w(kv["project"][0]), 1 if n.expand else b.stride))
+    return x if n.expand else act(x)  # "add act if no expansion"
+
+
+def _fused_call(b: Block, n: BlockNames, kv: Kernels, x, w, bn, act):
+    # efficientnet_model.MBConvBlockWithoutDepthwise._build/call: the stride on the kxk
+    # expand conv (tensorflow/tpu since 32572cb, 2020-12-27; HEAD 7dc921f) or, with
+    # spec.fused_stride "project", on the 1x1 project conv (631fb4c, 2019-07-19)
+    if b.fused_stride == "expand":
+        expand_stride, project_stride = b.stride, 1
+    elif b.fused_stride == "project":
+        expand_stride, project_stride = 1, b.stride
+    else:
+        raise ConversionError(f"unknown fused-block stride placement {b.fused_stride!r}")
+    if n.expand:
+        x = act(bn(n.bn0, _conv(x, w(kv["expand"][0]), expand_stride)))
+    elif expand_stride != 1:
+        raise ConversionError(f"blocks_{b.index}: a strided fused block without expand conv")
+    return bn(n.bn2, _conv(x, w(kv["project"][0]), project_stride))
+
+
+def _mbconv_body(b: Block, n: BlockNames, x, w, bn, act, conv):
+    # efficientnet_model.MBConvBlock.call: [expand conv, BN, act], depthwise, BN, act, [SE], project, BN
+    if n.expand:
+        x = act(bn(n.bn0, conv(x, "expand", 1)))
+    x = act(bn(n.bn1, conv(x, "depthwise", b.stride)))
+    if n.se_reduce:
+        x = _se_gate(x, n, w, act)
+    return bn(n.bn2, conv(x, "project", 1))
+
+
+def _mbconv_call(b: Block, n: BlockNames, kv: Kernels, x, w, bn, act):
+    tf = _tf()
+
+    def conv(t, role, stride):
+        if role == "depthwise":
+            return tf.nn.depthwise_conv2d(t, w(kv[role][0]), strides=[1, stride, stride, 1], padding="SAME")
+        return _conv(t, w(kv[role][0]), stride)
+
+    return _mbconv_body(b, n, x, w, bn, act, conv)
+
+
+def _condconv_call(b: Block, n: BlockNames, kv: Kernels, x, w, bn, act):
+    # MBConvBlock.call with condconv: GlobalAveragePooling2D of the block input -> Dense(sigmoid)
+    tf = _tf()
+    pooled = tf.reduce_mean(x, [1, 2])
+    routing = tf.sigmoid(tf.matmul(pooled, w(f"{n.routing}/kernel")) + w(f"{n.routing}/bias"))
+    k = b.kernel_size
+    per_example = {"expand": (1, 1, b.in_channels, b.mid_channels), "depthwise": (k, k, b.mid_channels, 1),
+                   "project": (1, 1, b.mid_channels, b.out_channels)}  # condconv_kernel_shapes
+
+    def conv(t, role, stride):
+        return _condconv(t, routing, w(kv[role][0]), per_example[role], stride, role == "depthwise")
+
+    return _mbconv_body(b, n, x, w, bn, act, conv)
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    """The TF reference of one block kind (arch.BLOCK_KINDS): official names, kernels, eval computation."""
+
+    names: Callable[[ArchSpec, Block], BlockNames]
+    kernels: Callable[[Block, BlockNames], Kernels]
+    call: Callable  # (block, names, kernels, x, w, bn, act) -> the block's output before the residual
+
+
+BLOCK_REFS: Dict[str, BlockRef] = {
+    KIND_MBCONV: BlockRef(_mbconv_names, _mbconv_kernels, _mbconv_call),
+    KIND_FUSED: BlockRef(_fused_names, _fused_kernels, _fused_call),
+    KIND_CONDCONV: BlockRef(_condconv_names, _condconv_kernels, _condconv_call),
+    FUSED_V2: BlockRef(_fused_v2_names, _fused_v2_kernels, _fused_v2_call),
+}
+
+
+def block_ref(b: Block) -> BlockRef:
+    """The reference entry of ``b``'s kind (families with their own reference: tfref.families)."""
+    try:
+        return BLOCK_REFS[b.kind]
+    except KeyError:
+        raise RuntimeError(f"block kind {b.kind!r} has no TF reference in converter.tfref.reference.BLOCK_REFS") from None
+
+
 def _walk(spec: ArchSpec, w: Callable[[str], object], x, bn: Callable[[str, object], object],
           trace: Optional[Trace] = None):
     """One eval-mode pass; ``w(name)`` gives a variable, ``bn(prefix, x)`` applies one BN."""
@@ -465,7 +590,6 @@ def _walk(spec: ArchSpec, w: Callable[[str], object], x, bn: Callable[[str, obje
     tf = _tf()
     s = spec.scope
     act = _activation(spec.activation)
-    cc_shapes = condconv_kernel_shapes(spec) if spec.condconv_experts else {}
 
     def emit(name: str, t) -> None:
         if trace is not None:
@@ -478,52 +602,7 @@ def _walk(spec: ArchSpec, w: Callable[[str], object], x, bn: Callable[[str, obje
         n = block_names(spec, b)
         kv = _kernel_vars(b, n)
         inputs = x
-        if b.kind == FUSED_V2:
-            # effnetv2_model.FusedMBConvBlock.call: the kxk expand conv carries the stride, then
-            # act, [SE], the 1x1 project conv + BN; without expansion one strided kxk conv + BN + act
-            if n.expand:
-                x = act(bn(n.bn0, _conv(x, w(kv["expand"][0]), b.stride)))
-            if n.se_reduce:
-                x = _se_gate(x, n, w, act)
-            x = bn(n.bn2, _conv(x, w(kv["project"][0]), 1 if n.expand else b.stride))
-            if not n.expand:
-                x = act(x)  # "add act if no expansion"
-        elif b.fused:
-            # efficientnet_model.MBConvBlockWithoutDepthwise._build/call: the stride on the kxk
-            # expand conv (tensorflow/tpu since 32572cb, 2020-12-27; HEAD 7dc921f) or, with
-            # spec.fused_stride "project", on the 1x1 project conv (631fb4c, 2019-07-19)
-            if b.fused_stride == "expand":
-                expand_stride, project_stride = b.stride, 1
-            elif b.fused_stride == "project":
-                expand_stride, project_stride = 1, b.stride
-            else:
-                raise ConversionError(f"unknown fused-block stride placement {b.fused_stride!r}")
-            if n.expand:
-                x = act(bn(n.bn0, _conv(x, w(kv["expand"][0]), expand_stride)))
-            elif expand_stride != 1:
-                raise ConversionError(f"blocks_{b.index}: a strided fused block without expand conv")
-            x = bn(n.bn2, _conv(x, w(kv["project"][0]), project_stride))
-        else:
-            if b.condconv:
-                # MBConvBlock.call: GlobalAveragePooling2D of the block input -> Dense(sigmoid)
-                pooled = tf.reduce_mean(inputs, [1, 2])
-                routing = tf.sigmoid(tf.matmul(pooled, w(f"{n.routing}/kernel")) + w(f"{n.routing}/bias"))
-
-                def conv(t, role, stride):
-                    name = kv[role][0]
-                    return _condconv(t, routing, w(name), cc_shapes[name], stride, role == "depthwise")
-            else:
-                def conv(t, role, stride):
-                    if role == "depthwise":
-                        return tf.nn.depthwise_conv2d(t, w(kv[role][0]), strides=[1, stride, stride, 1],
-                                                      padding="SAME")
-                    return _conv(t, w(kv[role][0]), stride)
-            if n.expand:
-                x = act(bn(n.bn0, conv(x, "expand", 1)))
-            x = act(bn(n.bn1, conv(x, "depthwise", b.stride)))
-            if n.se_reduce:
-                x = _se_gate(x, n, w, act)
-            x = bn(n.bn2, conv(x, "project", 1))
+        x = block_ref(b).call(b, n, kv, x, w, bn, act)
         if b.residual:
             x = x + inputs
         emit(f"{s}/blocks_{b.index}", x)
@@ -660,7 +739,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m converter.tfref.reference",
         description="TensorFlow reference logits of an official-layout EfficientNet checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint prefix (DIR/model.ckpt) or folder")
-    p.add_argument("--variant", required=True, help="b0..b8, l2, l2-475, lite0..lite4, edgetpu-s/m/l, condconv-b0-4e/-8e/-8e-depth")
+    p.add_argument("--variant", required=True, help=variants_help())
     p.add_argument("--images", required=True, help=".npz with key 'images' (normalized NHWC float32)")
     p.add_argument("--out", required=True, help=".npz to write: logits, seconds, device")
     p.add_argument("--no-ema", action="store_true", help="read raw variables, not the EMA twins")
