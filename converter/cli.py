@@ -248,14 +248,6 @@ def list_checkpoints(out=None) -> None:
         out.write(line + "\n")
 
 
-def _hash_checkpoint_files(prefix: str):
-    """sha256 over the .index file then each .data shard, in order: computed beside the conversion."""
-    from .pipeline import Deferred, sha256_files
-
-    files = [Path(prefix + ".index")] + sorted(Path(prefix).parent.glob(Path(prefix).name + ".data-*"))
-    return Deferred.run(sha256_files, files)
-
-
 def _flavor_names_checkpoint(flavor) -> bool:
     """Whether --flavor alone names a checkpoint (an official file name such as ``mnasnet-a1-140``)."""
     from .zoo import find_checkpoint
@@ -361,36 +353,17 @@ def _checkpoint_classes(reader, spec, args) -> Tuple[int, Optional[bool]]:
     return n, drop
 
 
-def _open_source(path: str, args: argparse.Namespace):
-    """(reader, prefix) for --checkpoint: a tarball is read as a stream, without extracting it,
-    unless the TensorFlow side needs files (--verify, --reader tf); ``prefix`` is None then."""
-    from . import sources
-    from .readers import READER_ENV, open_reader
-
-    p = Path(path).expanduser()
-    kind = (args.reader or os.environ.get(READER_ENV) or "bundle").lower()
-    if p.is_file() and sources.is_tarball(p) and not args.verify and kind == "bundle":
-        from .tarball import TarballReader
-
-        return TarballReader(p), None
-    prefix = sources.resolve_checkpoint(path)
-    return open_reader(prefix, args.reader), prefix
-
-
 def run_convert(args: argparse.Namespace) -> int:
     from . import sources
     from .arch import get_arch
     from .convert import convert, output_paths
-    from .pipeline import Deferred
     from .zoo import find_checkpoint
 
     if not args.variant and not args.flavor and not args.checkpoint:
         raise ConversionError("--variant is required (e.g. convert-effnet --variant b4 --flavor advprop); see --list")
-    if args.checkpoint:
-        from .keras import is_keras_file
-
-        if is_keras_file(args.checkpoint):  # a keras.applications EfficientNet .h5 / .weights.h5
-            return run_convert_keras(args)
+    kind = sources.classify(args.checkpoint) if args.checkpoint else "download"  # classified once
+    if kind == "keras":  # a keras.applications EfficientNet .h5 / .weights.h5
+        return run_convert_keras(args)
     if args.verify:  # before any download or conversion
         from .verify import require_tensorflow
 
@@ -399,11 +372,12 @@ def run_convert(args: argparse.Namespace) -> int:
         raise ConversionError("--max-rel-error is a verification option; add --verify")
     if getattr(args, "trace", False) and not args.verify:
         raise ConversionError("--trace is a verification option; add --verify")
-    reader = prefix = None
+    source = None
+    need_files = bool(args.verify)  # TensorFlow verifies from files: a tarball is extracted then
     variant = args.variant
     if args.checkpoint and not variant and not _flavor_names_checkpoint(args.flavor):
-        reader, prefix = _open_source(args.checkpoint, args)
-        variant = infer_variant(reader)
+        source = sources.Source.open(args.checkpoint, need_files, args.reader, kind)
+        variant = infer_variant(source.reader)
         log.info("variant %s (from the checkpoint's scope)", variant)
     if args.checkpoint and not args.flavor:
         ckpt = find_checkpoint(variant, None)  # works only where a variant has one checkpoint
@@ -436,25 +410,17 @@ def run_convert(args: argparse.Namespace) -> int:
 
         plan = plan_verification(ckpt.pretrained_cfg(), progress=not args.quiet, **_verify_kwargs(args))
 
-    if args.checkpoint:
-        src = Path(args.checkpoint)
-        source = str(src.resolve()) if src.exists() else args.checkpoint
-        if reader is None:
-            reader, prefix = _open_source(args.checkpoint, args)
-        if src.is_file() and sources.is_tarball(src):
-            source_sha = Deferred.run(sources.sha256_file, src)  # memoized: free when extraction hashed it
-        else:
-            source_sha = _hash_checkpoint_files(prefix)
-    else:
+    if source is None and args.checkpoint:
+        source = sources.Source.open(args.checkpoint, need_files, args.reader, kind)
+    elif source is None:
         tarball = sources.fetch_checkpoint(ckpt, sha256=args.sha256, progress=not args.quiet)
-        source = ckpt.download_url()
-        source_sha = Deferred.run(sources.sha256_file, tarball)
-        reader, prefix = _open_source(str(tarball), args)
+        source = sources.Source.open(tarball, need_files, args.reader, "download", origin=ckpt.download_url())
+    reader, prefix = source.reader, source.prefix
 
     classes, drop_background = _checkpoint_classes(reader, spec, args)
     spec = spec.with_classes(classes)
     cfg = ckpt.pretrained_cfg()
-    cfg.update(source=source, source_sha256=source_sha)
+    cfg.update(source=source.origin, source_sha256=source.sha256)
     # files stay under their temp names until _finish names them (after the check, with --verify);
     # a folder output (--layout transformers) is committed by its own writer: with --verify, under a
     # hidden name that _finish gives its final name after the check

@@ -634,3 +634,69 @@ def fetch_checkpoint(ckpt: "Checkpoint", sha256: Optional[str] = None, progress:
             log.warning("cached %s is incomplete or does not match its sha256; downloading it again", dest)
         download(ckpt.download_url(), dest, expected_sha256=want, progress=progress)
     return dest
+
+
+# --------------------------------------------------------------------------- the resolved source
+
+SOURCE_KINDS = ("keras", "tarball", "folder", "prefix", "download")
+
+
+def classify(path: PathLike) -> str:
+    """What a --checkpoint argument is: ``keras`` (an .h5), ``tarball``, ``folder`` or ``prefix``
+    (a prefix, its .index/.data file or the ``checkpoint`` file; checked when it is opened)."""
+    from .keras import is_keras_file
+
+    p = Path(os.fspath(path)).expanduser()
+    if p.is_dir():
+        return "folder"
+    if is_keras_file(p):
+        return "keras"
+    if is_tarball(p):
+        return "tarball"
+    return "prefix"
+
+
+class Source:
+    """One resolved checkpoint source, built once: its kind (SOURCE_KINDS), the reader over it, the
+    prefix on disk (None while a tarball is streamed), what the metadata records as its origin and
+    its sha256 (a pipeline.Deferred computed beside the conversion)."""
+
+    def __init__(self, kind: str, path: Path, origin: str, reader, prefix: Optional[str], sha256):
+        self.kind, self.path, self.origin = kind, path, origin
+        self.reader, self.prefix, self.sha256 = reader, prefix, sha256
+
+    @classmethod
+    def open(cls, path: PathLike, need_files: bool = False, reader: Optional[str] = None,
+             kind: Optional[str] = None, origin: Optional[str] = None) -> "Source":
+        """Open --checkpoint ``path`` (a download: ``kind="download"`` and its URL as ``origin``).
+
+        A tarball is read as a stream, nothing extracted, unless files are needed (``need_files``:
+        TensorFlow verifies, or ``reader`` is ``tf``); then it is extracted safely into the cache.
+        """
+        from .pipeline import Deferred, sha256_files
+        from .readers import READER_ENV, open_reader
+
+        p = Path(os.fspath(path)).expanduser()
+        kind = kind or classify(p)
+        if kind == "keras":
+            raise ConversionError(f"{p} is a Keras HDF5 file: convert it with convert-effnet --checkpoint {p}")
+        origin = origin or (str(p.resolve()) if p.exists() else os.fspath(path))
+        reader_kind = (reader or os.environ.get(READER_ENV) or "bundle").lower()
+        if kind in ("tarball", "download"):
+            sha = Deferred.run(sha256_file, p)  # memoized: free when extraction hashed it
+            if not need_files and reader_kind == "bundle":
+                from .tarball import TarballReader
+
+                return cls(kind, p, origin, TarballReader(p), None, sha)
+            prefix = _resolve_tarball(p, None)
+        else:
+            prefix = resolve_checkpoint(p)
+            index = Path(prefix + ".index")
+            shards = sorted(index.parent.glob(Path(prefix).name + ".data-*"))
+            sha = Deferred.run(sha256_files, [index, *shards])  # the .index, then each .data shard
+        return cls(kind, p, origin, open_reader(prefix, reader), prefix, sha)
+
+    def close(self) -> None:
+        close = getattr(self.reader, "close", None)
+        if close is not None:
+            close()

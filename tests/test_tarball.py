@@ -151,3 +151,36 @@ def test_missing_data_member(ck, tmp_path):
     name = r.names()[0]
     with pytest.raises(ConversionError, match="missing from the tarball"):
         r.read(name)
+
+
+def test_source_resolved_once_by_kind(ck, tmp_path, cache):
+    """sources.Source: a --checkpoint is classified once; a tarball is streamed unless TensorFlow needs
+    files (then extracted); the sha256 is the tarball's, or the index + data shards' for a prefix."""
+    import hashlib
+
+    from converter import sources
+    from converter.bundle import BundleReader
+    from converter.tarball import TarballReader
+
+    tarball = _tar(ck, tmp_path / "t.tar.gz")
+    assert [sources.classify(p) for p in (tarball, ck.parent, ck, Path(str(ck) + ".index"))] == \
+        ["tarball", "folder", "prefix", "prefix"]
+
+    streamed = sources.Source.open(tarball)
+    extracted = sources.Source.open(tarball, need_files=True)
+    plain = sources.Source.open(ck)
+    try:
+        assert isinstance(streamed.reader, TarballReader) and streamed.prefix is None
+        assert isinstance(extracted.reader, BundleReader) and Path(extracted.prefix + ".index").is_file()
+        assert str(cache) in extracted.prefix  # extracted into the cache, not beside the tarball
+        assert streamed.kind == extracted.kind == "tarball" and plain.kind == "prefix"
+        assert streamed.origin == str(tarball.resolve())
+        assert streamed.sha256.result() == extracted.sha256.result() == hashlib.sha256(tarball.read_bytes()).hexdigest()
+        h = hashlib.sha256(Path(str(ck) + ".index").read_bytes())
+        for shard in sorted(ck.parent.glob(ck.name + ".data-*")):
+            h.update(shard.read_bytes())
+        assert plain.sha256.result() == h.hexdigest() and plain.prefix == str(ck)
+        assert sorted(streamed.reader.names()) == sorted(plain.reader.names())
+    finally:
+        for s in (streamed, extracted, plain):
+            s.close()
