@@ -256,10 +256,14 @@ BILINEAR_PREPROCESSING = "mnasnet"
 RESIZES = ("bicubic", "bilinear")
 
 
-def _bilinear_taps(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """resize_bilinear_op.cc compute_interpolation_weights with the LegacyScaler: lower, upper, lerp."""
+def _bilinear_taps(in_size: int, out_size: int, half_pixel: bool = False) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """resize_bilinear_op.cc compute_interpolation_weights: lower, upper, lerp; source coordinate by the
+    LegacyScaler ``float(i) * scale`` or, ``half_pixel``, the HalfPixelScaler ``(i + 0.5) * scale - 0.5``."""
     scale = np.float32(in_size) / np.float32(out_size)  # CalculateResizeScale, align_corners=False
-    src = np.arange(out_size, dtype=np.float32) * scale  # LegacyScaler: float(i) * scale
+    if half_pixel:
+        src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    else:
+        src = np.arange(out_size, dtype=np.float32) * scale
     floor = np.floor(src)
     lower = np.maximum(floor.astype(np.int64), 0)
     upper = np.minimum(np.ceil(src).astype(np.int64), in_size - 1)
@@ -282,9 +286,13 @@ def resize_bilinear_legacy(image: np.ndarray, size: Union[int, Sequence[int]]) -
     in_h, in_w = x.shape[-3], x.shape[-2]
     if min(out_h, out_w, in_h, in_w) <= 0:
         raise ConversionError(f"resize_bilinear_legacy: cannot resize {in_h}x{in_w} to {out_h}x{out_w}")
-    x = x.astype(np.float32)
-    y0, y1, ly = _bilinear_taps(in_h, out_h)
-    x0, x1, lx = _bilinear_taps(in_w, out_w)
+    return _bilinear(x.astype(np.float32), _bilinear_taps(in_h, out_h), _bilinear_taps(in_w, out_w))
+
+
+def _bilinear(x: np.ndarray, rows, cols) -> np.ndarray:
+    """resize_bilinear_op.cc compute_lerp in float32 over [..., H, W, C]: ``top = tl + (tr - tl) * x_lerp``,
+    ``bottom`` likewise, ``top + (bottom - top) * y_lerp``."""
+    (y0, y1, ly), (x0, x1, lx) = rows, cols
     top_rows, bottom_rows = x[..., y0, :, :], x[..., y1, :, :]
     lx = lx[:, None]
     top = top_rows[..., x0, :] + (top_rows[..., x1, :] - top_rows[..., x0, :]) * lx
@@ -403,23 +411,8 @@ def resize_bilinear_half_pixel(image: np.ndarray, size: Union[int, Sequence[int]
     in_h, in_w = x.shape[0], x.shape[1]
     if min(out_h, out_w, in_h, in_w) <= 0:
         raise ConversionError(f"resize_bilinear_half_pixel: cannot resize {in_h}x{in_w} to {out_h}x{out_w}")
-    x = x.astype(np.float32)
-
-    def taps(n_in: int, n_out: int):
-        scale = np.float32(n_in) / np.float32(n_out)
-        src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-        fl = np.floor(src)
-        lower = np.maximum(fl.astype(np.int64), 0)
-        upper = np.minimum(np.ceil(src).astype(np.int64), n_in - 1)
-        return lower, upper, (src - fl).astype(np.float32)
-
-    y0, y1, ly = taps(in_h, out_h)
-    x0, x1, lx = taps(in_w, out_w)
-    top_rows, bottom_rows = x[y0], x[y1]
-    lx = lx[:, None]
-    top = top_rows[:, x0] + (top_rows[:, x1] - top_rows[:, x0]) * lx
-    bottom = bottom_rows[:, x0] + (bottom_rows[:, x1] - bottom_rows[:, x0]) * lx
-    return (top + (bottom - top) * ly[:, None, None]).astype(np.float32, copy=False)
+    return _bilinear(x.astype(np.float32), _bilinear_taps(in_h, out_h, half_pixel=True),
+                     _bilinear_taps(in_w, out_w, half_pixel=True))
 
 
 def crop_window_v2(height: int, width: int, resolution: int) -> Tuple[int, int, int]:
