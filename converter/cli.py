@@ -396,8 +396,10 @@ def run_convert(args: argparse.Namespace) -> int:
     if folder:  # a from_pretrained folder (transformers), padded for --resolution (converter/hf.py)
         from .hf_write import folder_converter
 
-        convert, output_paths = folder_converter(convert, args.resolution)
-    fmt_paths = output_paths(Path(args.output_dir), output_stem(ckpt.name, args.layout), args.format)
+        write, paths = folder_converter(convert, args.resolution)
+    else:
+        write, paths = convert, output_paths
+    fmt_paths = paths(Path(args.output_dir), output_stem(ckpt.name, args.layout), args.format)
     for p in fmt_paths:  # say so before downloading gigabytes
         if p.exists() and not args.force:
             raise ConversionError(f"{p} exists; pass --force to overwrite it")
@@ -430,7 +432,7 @@ def run_convert(args: argparse.Namespace) -> int:
         import secrets
 
         targets = [p.with_name(f".{p.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}") for p in fmt_paths]
-    result = convert(reader, spec, cfg, targets, layout=args.layout, use_ema=not args.no_ema, force=args.force,
+    result = write(reader, spec, cfg, targets, layout=args.layout, use_ema=not args.no_ema, force=args.force,
                      allow_nonfinite=args.allow_nonfinite, progress=not args.quiet,
                      drop_background=drop_background, **staged)
     return _finish(result, ckpt, prefix, plan, args, finals=fmt_paths)

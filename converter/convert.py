@@ -15,7 +15,6 @@ from .arch import ArchSpec
 from .errors import ConversionError, listing
 from .reorder import tf_to_torch
 from .mapping import Entry, expand, is_classifier, layout_caveat, resolve_names
-from .mappings.kinds import DENSE
 from .metadata import encode, pth_payload
 from .readers import CheckpointReader
 from .pipeline import Deferred, SyncingWriter, patch_header, prefetch
