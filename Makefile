@@ -61,10 +61,11 @@ convert:            ## make convert VARIANT=b4 FLAVOR=advprop [OUT=converted]
 
 # Every zoo checkpoint (33), converted and verified into $(OUT); each target is its own file, so
 # `make -j4 all` is safe (downloads and extractions lock their cache entries).
-ZOO := $(shell $(PYTHON) -c 'from converter.zoo import CHECKPOINTS; print(" ".join(c.name for c in CHECKPOINTS if c.zoo_name))' 2>/dev/null)
+ZOO := $(shell $(PYTHON) -c 'from converter.batch import select_checkpoints; print(" ".join(c.name for c in select_checkpoints()))' 2>/dev/null)
 ALL_OUTPUTS := $(patsubst %,$(OUT)/%.safetensors,$(ZOO))
-# The rest of the family (11: Lite0-4, EdgeTPU S/M/L, CondConv), one checkpoint each
-FAMILY := $(shell $(PYTHON) -c 'from converter.arch import get_arch; from converter.zoo import CHECKPOINTS; print(" ".join(c.name for c in CHECKPOINTS if get_arch(c.variant).family != "efficientnet"))' 2>/dev/null)
+# The rest of that family (11: Lite0-4, EdgeTPU S/M/L, CondConv), one checkpoint each: its variants
+# beyond its main line (Family.labels[0])
+FAMILY := $(shell $(PYTHON) -c 'from converter.registry import families; print(" ".join(c.name for f in families() if f.batch_default for c in f.checkpoints() if c.family != f.labels[0]))' 2>/dev/null)
 FAMILY_OUTPUTS := $(patsubst %,$(OUT)/%.safetensors,$(FAMILY))
 
 .PHONY: all family parity

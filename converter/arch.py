@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .errors import ConversionError
@@ -27,13 +27,11 @@ FUSED_STRIDE_PROJECT = "project"
 FUSED_STRIDES = (FUSED_STRIDE_EXPAND, FUSED_STRIDE_PROJECT)
 FUSED_STRIDE_DEFAULT = FUSED_STRIDE_EXPAND
 
-# Block kinds (Block.kind): each has one entry per layer of the toolkit, keyed by this name:
-# BLOCK_KINDS here (cost), converter.model.BLOCK_MODULES (module), converter.mapping.KIND_ROWS
-# (table rule sets), converter.tfref.reference.BLOCK_REFS (official names, kernels, computation).
+# Block kinds (Block.kind) of this family: each is declared with all its parts (cost, module,
+# table rows, TF reference) by the family package (converter/families/efficientnet/)
 KIND_MBCONV = "mbconv"  # efficientnet_model.MBConvBlock
 KIND_FUSED = "fused"  # efficientnet_model.MBConvBlockWithoutDepthwise (EdgeTPU ``c1``)
 KIND_CONDCONV = "condconv"  # efficientnet_model.MBConvBlock with condconv (``cc``)
-KIND_FUSED_V2 = "fused_v2"  # google/automl efficientnetv2 FusedMBConvBlock (registered by converter/arch_v2.py)
 
 # tensorflow/tpu efficientnet_builder.efficientnet(): _DEFAULT_BLOCKS_ARGS
 BASE_BLOCKS = (
@@ -156,14 +154,14 @@ class Block:
     out_channels: int
     se_channels: int  # 0: no squeeze-excitation
     residual: bool
-    # efficientnet_model.MBConvBlockWithoutDepthwise (block string ``c1``): a regular kxk
-    # expand conv, no depthwise conv, no SE, then the 1x1 project conv; ``fused_stride`` says
-    # which of the two carries the stride (FUSED_STRIDES)
-    fused: bool = False
     # condconv_layers: number of experts of the block's conditional convs (``cc``), 0: none
     experts: int = 0
+    # fused blocks (kind ``fused``, efficientnet_model.MBConvBlockWithoutDepthwise, block string
+    # ``c1``: a regular kxk expand conv, no depthwise conv, no SE, then the 1x1 project conv):
+    # which of the two carries the stride (FUSED_STRIDES)
     fused_stride: str = FUSED_STRIDE_DEFAULT
-    # the block's kind (BLOCK_KINDS): what computes it, maps it and costs it in every layer
+    # the block's kind (converter.family.Kind, declared by its family): what computes it, maps it
+    # and costs it in every layer
     kind: str = KIND_MBCONV
 
     @property
@@ -173,16 +171,12 @@ class Block:
     @property
     def expand_stride(self) -> int:
         """Stride of a fused block's kxk expand conv."""
-        return self.stride if self.fused and self.fused_stride == FUSED_STRIDE_EXPAND else 1
+        return self.stride if self.kind == KIND_FUSED and self.fused_stride == FUSED_STRIDE_EXPAND else 1
 
     @property
     def project_stride(self) -> int:
         """Stride of a fused block's 1x1 project conv."""
-        return self.stride if self.fused and self.fused_stride == FUSED_STRIDE_PROJECT else 1
-
-    @property
-    def condconv(self) -> bool:
-        return self.experts > 0
+        return self.stride if self.kind == KIND_FUSED and self.fused_stride == FUSED_STRIDE_PROJECT else 1
 
 
 @dataclass(frozen=True)
@@ -207,6 +201,20 @@ class ArchSpec:
     condconv_experts: int = 0  # GlobalParams.condconv_num_experts (CondConv)
     family: str = "efficientnet"  # efficientnet, lite, edgetpu, condconv
     fused_stride: str = FUSED_STRIDE_DEFAULT  # fused blocks: the conv carrying the stride (FUSED_STRIDES)
+    # a release at another resolution (``at_resolution`` under its own name): its architecture's name
+    base: str = field(default="", compare=False)
+
+    @property
+    def arch_name(self) -> str:
+        """The architecture's registry name (``l2`` for the L2 released at 475 px; else ``name``)."""
+        return self.base or self.name
+
+    def at_resolution(self, resolution: int, name: Optional[str] = None) -> "ArchSpec":
+        """This architecture evaluated at ``resolution``: under ``name`` (a release of its own,
+        ``l2-475``, ``mnasnet-a1_d1.0_i192``) or under its own name (V2's 21k checkpoints at 224)."""
+        if name is None or name == self.name:
+            return replace(self, resolution=int(resolution))
+        return replace(self, resolution=int(resolution), name=name, base=self.arch_name)
 
     def round_filters(self, filters: int) -> int:
         """efficientnet_builder.round_filters (min_depth None, depth_divisor 8)."""
@@ -293,7 +301,6 @@ class ArchSpec:
                         out_channels=out_ch,
                         se_channels=se,
                         residual=args.id_skip and stride == 1 and args_in == out_ch,
-                        fused=fused,
                         experts=experts,
                         fused_stride=self.fused_stride,
                         kind=KIND_FUSED if fused else KIND_CONDCONV if experts else KIND_MBCONV,
@@ -308,7 +315,7 @@ class ArchSpec:
     @property
     def has_strided_fused(self) -> bool:
         """Whether some fused block strides (where ``fused_stride`` changes the computation)."""
-        return any(b.fused and b.stride > 1 for b in self.blocks())
+        return any(b.kind == KIND_FUSED and b.stride > 1 for b in self.blocks())
 
     def with_fused_stride(self, placement: Optional[str]) -> "ArchSpec":
         """This architecture with its fused blocks strided on ``placement`` (None: the default)."""
@@ -409,7 +416,7 @@ MAIN_FAMILY: List[str] = [k for k, v in ARCHS.items() if v.family == "efficientn
 
 # Checkpoints released at another resolution than their architecture's: variant name ->
 # (architecture, resolution). The resolution belongs to the checkpoint: converter/zoo.py
-# registers these from its rows; get_arch gives the architecture at that resolution, named so.
+# registers these from its rows; ``lookup`` gives the architecture at that resolution, named so.
 RELEASES: Dict[str, Tuple[str, int]] = {}
 
 
@@ -429,9 +436,12 @@ def register_release(arch_name: str, resolution: int) -> str:
     return name
 
 
-def architecture_name(variant: str) -> str:
-    """The architecture of a variant name (a release's: ``l2`` for its 475 px one; else itself)."""
-    return RELEASES[variant][0] if variant in RELEASES else variant
+def lookup(key: str) -> Optional[ArchSpec]:
+    """The architecture (or release, RELEASES) of a normalised name (``b0``, ``l2-475``), or None."""
+    if key in RELEASES:
+        base, resolution = RELEASES[key]
+        return ARCHS[base].at_resolution(resolution, name=key)
+    return ARCHS.get(key)
 
 
 # the --variant help of the EfficientNet (V1) family: its architectures, each group followed by
@@ -449,27 +459,12 @@ def variants_help() -> str:
 
 
 def variant_names() -> List[str]:
-    """Every variant name: each architecture followed by its releases at other resolutions."""
+    """The family's variant names: each architecture followed by its releases at other resolutions."""
     out: List[str] = []
-    for name in [*ARCHS, *EXTRA_ARCHS]:
+    for name in ARCHS:
         out.append(name)
         out.extend(r for r, (base, _) in RELEASES.items() if base == name)
     return out
-
-
-@dataclass(frozen=True)
-class BlockKind:
-    """A block type registered by its family module: its cost, as count_params/count_macs need it."""
-
-    name: str
-    params: Callable[[Block], int]  # parameters of one block (BN moving statistics not counted)
-    macs: Callable[[Block, int], Tuple[int, int]]  # (multiply-adds, output size) for a square input size
-
-
-# kind name -> BlockKind; families beyond EfficientNet (V1) register theirs here, and their
-# architectures in EXTRA_ARCHS (kept apart from ARCHS, the V1 family with its inventories),
-# when their module is imported (converter/__init__.py imports them: converter/arch_v2.py)
-BLOCK_KINDS: Dict[str, BlockKind] = {}
 
 
 def _down(size: int, stride: int) -> int:
@@ -477,8 +472,9 @@ def _down(size: int, stride: int) -> int:
     return -(-size // stride)
 
 
-def _mbconv_params(b: Block) -> int:
-    e = b.experts or 1  # CondConv kernels count once per expert
+def mbconv_params(b: Block) -> int:
+    """Parameters of an MBConv block (CondConv kernels once per expert)."""
+    e = b.experts or 1
     n = 0
     if b.has_expand:
         n += e * b.in_channels * b.mid_channels + 2 * b.mid_channels
@@ -489,7 +485,8 @@ def _mbconv_params(b: Block) -> int:
     return n + e * b.mid_channels * b.out_channels + 2 * b.out_channels
 
 
-def _mbconv_macs(b: Block, size: int) -> Tuple[int, int]:
+def mbconv_macs(b: Block, size: int) -> Tuple[int, int]:
+    """(multiply-adds, output size) of an MBConv block for a square input of ``size``."""
     macs = size * size * b.in_channels * b.mid_channels if b.has_expand else 0
     size = _down(size, b.stride)
     macs += size * size * b.kernel_size ** 2 * b.mid_channels
@@ -498,21 +495,21 @@ def _mbconv_macs(b: Block, size: int) -> Tuple[int, int]:
     return macs + size * size * b.mid_channels * b.out_channels, size
 
 
-def _condconv_params(b: Block) -> int:
-    return b.in_channels * b.experts + b.experts + _mbconv_params(b)  # + the routing dense
+def condconv_params(b: Block) -> int:
+    return b.in_channels * b.experts + b.experts + mbconv_params(b)  # + the routing dense
 
 
-def _condconv_macs(b: Block, size: int) -> Tuple[int, int]:
-    macs, size = _mbconv_macs(b, size)
+def condconv_macs(b: Block, size: int) -> Tuple[int, int]:
+    macs, size = mbconv_macs(b, size)
     return macs + b.in_channels * b.experts, size  # + the routing dense
 
 
-def _fused_params(b: Block) -> int:
+def fused_params(b: Block) -> int:
     n = b.kernel_size ** 2 * b.in_channels * b.mid_channels + 2 * b.mid_channels if b.has_expand else 0
     return n + b.mid_channels * b.out_channels + 2 * b.out_channels
 
 
-def _fused_macs(b: Block, size: int) -> Tuple[int, int]:
+def fused_macs(b: Block, size: int) -> Tuple[int, int]:
     macs = 0
     if b.has_expand:
         size = _down(size, b.expand_stride)
@@ -521,42 +518,27 @@ def _fused_macs(b: Block, size: int) -> Tuple[int, int]:
     return macs + size * size * b.mid_channels * b.out_channels, size
 
 
-BLOCK_KINDS.update({
-    KIND_MBCONV: BlockKind(KIND_MBCONV, _mbconv_params, _mbconv_macs),
-    KIND_FUSED: BlockKind(KIND_FUSED, _fused_params, _fused_macs),
-    KIND_CONDCONV: BlockKind(KIND_CONDCONV, _condconv_params, _condconv_macs),
-})
+def params_with(spec: ArchSpec, block_params: Callable[[Block], int]) -> int:
+    """Parameters of the inference model (BN moving statistics not counted): stem, every block by
+    ``block_params`` (its kind's cost), head, classifier (converter.registry.count_params)."""
+    n = 3 * 3 * 3 * spec.stem_channels + 2 * spec.stem_channels
+    blocks = spec.blocks()
+    n += sum(block_params(b) for b in blocks)
+    n += blocks[-1].out_channels * spec.head_channels + 2 * spec.head_channels
+    return n + spec.head_channels * spec.num_classes + spec.num_classes
 
 
-def block_kind(b: Block) -> BlockKind:
-    """The registry entry of ``b``'s kind (a kind nobody registered is a bug in a family module)."""
-    try:
-        return BLOCK_KINDS[b.kind]
-    except KeyError:
-        raise RuntimeError(f"block kind {b.kind!r} is not registered in converter.arch.BLOCK_KINDS") from None
-EXTRA_ARCHS: Dict[str, ArchSpec] = {}
-# official model-name prefix -> registry-name prefix (``efficientnetv2-s`` -> ``v2-s``)
-NAME_PREFIXES: Dict[str, str] = {}
-
-
-def get_arch(variant: str) -> ArchSpec:
-    """Look up an architecture by name (``b0``, ``efficientnet-b0``, a release name of RELEASES...)."""
-    key = variant.lower().strip()
-    if key.startswith("efficientnet-"):
-        key = key[len("efficientnet-"):]
-    key = key.replace("_", "-")
-    for official, ours in NAME_PREFIXES.items():
-        if key.startswith(official):
-            key = ours + key[len(official):]
-    if key in RELEASES:
-        base, resolution = RELEASES[key]
-        return replace(ARCHS[base], name=key, resolution=resolution)
-    if key not in ARCHS and key in EXTRA_ARCHS:
-        return EXTRA_ARCHS[key]
-    if key not in ARCHS:
-        raise ConversionError(
-            f"unknown variant {variant!r}; known: {', '.join(variant_names())}")
-    return ARCHS[key]
+def macs_with(spec: ArchSpec, block_macs: Callable[[Block, int], Tuple[int, int]],
+              resolution: Optional[int] = None) -> int:
+    """Multiply-adds of one forward pass, every block by ``block_macs`` (converter.registry.count_macs)."""
+    size = _down(resolution or spec.resolution, 2)
+    macs = size * size * 3 * 3 * 3 * spec.stem_channels
+    blocks = spec.blocks()
+    for b in blocks:
+        cost, size = block_macs(b, size)
+        macs += cost
+    macs += size * size * blocks[-1].out_channels * spec.head_channels
+    return macs + spec.head_channels * spec.num_classes
 
 
 def same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
@@ -570,30 +552,19 @@ def same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def count_params(spec: ArchSpec) -> int:
-    """Parameters of the inference model (BN moving statistics not counted).
+def fused_stride_exact(spec: ArchSpec, size: int, placement: str = FUSED_STRIDE_EXPAND) -> bool:
+    """Whether fused blocks strided on ``placement`` compute what ``spec``'s (``spec.fused_stride``) do at input ``size``.
 
-    CondConv kernels count once per expert, plus the routing dense (kernel and bias).
+    The same placement: at every size. Otherwise (the stride on the kxk expand conv vs on the
+    1x1 project conv), with TF 'SAME' padding a stride-2 kxk conv over an odd input centres its
+    outputs on the even pixels, as a stride-1 kxk conv + stride-2 1x1 conv does; over an even
+    input the kxk conv is padded only at the end and centres them on the odd pixels instead.
     """
-    n = 3 * 3 * 3 * spec.stem_channels + 2 * spec.stem_channels
+    if placement == spec.fused_stride:
+        return True
+    size_here = -(-size // 2)  # after the stem's stride-2 conv
     for b in spec.blocks():
-        n += block_kind(b).params(b)
-    last = spec.blocks()[-1].out_channels
-    n += last * spec.head_channels + 2 * spec.head_channels
-    n += spec.head_channels * spec.num_classes + spec.num_classes
-    return n
-
-
-def count_macs(spec: ArchSpec, resolution: Optional[int] = None) -> int:
-    """Multiply-adds of one forward pass (convs, SE, routing and the classifier), as the paper counts FLOPs.
-
-    A CondConv layer costs what one conv of its shape costs (plus the kernel mixing, not counted).
-    """
-    size = _down(resolution or spec.resolution, 2)
-    macs = size * size * 3 * 3 * 3 * spec.stem_channels
-    for b in spec.blocks():
-        cost, size = block_kind(b).macs(b, size)
-        macs += cost
-    macs += size * size * spec.blocks()[-1].out_channels * spec.head_channels
-    macs += spec.head_channels * spec.num_classes
-    return macs
+        if b.kind == KIND_FUSED and b.stride > 1 and size_here % 2 == 0:
+            return False
+        size_here = -(-size_here // b.stride)
+    return True

@@ -4,9 +4,9 @@ Everything here mirrors google/automl ``efficientnetv2/`` at 6a54c87 (2025-03-01
 effnetv2_configs.py (block strings, ``efficientnetv2_params``, BlockDecoder), effnetv2_model.py
 (round_filters, round_repeats, MBConvBlock, FusedMBConvBlock, Stem, Head, EffNetV2Model._build)
 and hparams.py (``base_config``: feature_size 1280, bn_epsilon 1e-3, depth_divisor 8,
-min_depth 8, act_fn silu). Importing this module registers the eight architectures
-(``v2-b0`` .. ``v2-xl``, also found as ``efficientnetv2-s`` ...) and the ``fused_v2`` block kind
-in converter.arch (converter/__init__.py imports it).
+min_depth 8, act_fn silu): the eight architectures (``v2-b0`` .. ``v2-xl``, also found as
+``efficientnetv2-s`` ...) and the ``fused_v2`` block kind's data and cost; the family package
+(converter/families/efficientnet_v2/) declares them.
 
 Differences from V1 that matter for the weights and the numbers:
 - block strings use a one-digit stride (``s2``) and ``c1`` marks a FusedMBConvBlock;
@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import ClassVar, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from . import arch as _arch
-from .arch import ArchSpec, Block, BlockKind, split_block_code
+from .arch import KIND_MBCONV, ArchSpec, Block, mbconv_macs, mbconv_params, split_block_code
 from .errors import ConversionError
 
-FAMILY = "efficientnetv2"
-FUSED_V2 = _arch.KIND_FUSED_V2  # block kind: effnetv2_model.FusedMBConvBlock
-MBCONV = "mbconv"  # effnetv2_model.MBConvBlock: the V1 MBConv computation and names
+FAMILY = "efficientnetv2"  # ArchSpec.family
+FUSED_V2 = "fused_v2"  # block kind: effnetv2_model.FusedMBConvBlock
+MBCONV = KIND_MBCONV  # effnetv2_model.MBConvBlock: the V1 MBConv computation and names
 
 FEATURE_SIZE = 1280  # hparams.base_config.model.feature_size
 BN_EPS = 1e-3  # hparams.base_config.model.bn_epsilon
@@ -148,9 +147,6 @@ class ArchSpecV2(ArchSpec):
     """One EfficientNetV2 architecture (effnetv2_configs.efficientnetv2_params)."""
 
     train_size: int = 0  # efficientnetv2_params train_size (the eval size is ``resolution``)
-    # library layouts: mmpretrain's EfficientNetV2 backbone has one ``layers`` entry per block
-    # string (converter.mapping.stride_groups per_stage), not V1's stride groups
-    groups_per_stage: ClassVar[bool] = True
 
     def round_filters(self, filters: int) -> int:
         return round_filters_v2(filters, self.width)
@@ -199,7 +195,7 @@ class ArchSpecV2(ArchSpec):
         return out
 
 
-def _fused_params(b: Block) -> int:
+def fused_v2_params(b: Block) -> int:
     n = 0
     k2 = b.kernel_size ** 2
     if b.has_expand:
@@ -212,7 +208,7 @@ def _fused_params(b: Block) -> int:
     return n + k2 * b.in_channels * b.out_channels + 2 * b.out_channels
 
 
-def _fused_macs(b: Block, size: int) -> Tuple[int, int]:
+def fused_v2_macs(b: Block, size: int) -> Tuple[int, int]:
     k2 = b.kernel_size ** 2
     out = -(-size // b.stride)
     if b.has_expand:
@@ -224,21 +220,8 @@ def _fused_macs(b: Block, size: int) -> Tuple[int, int]:
     return macs, out
 
 
-def bn_channels(spec: ArchSpec) -> int:
-    """Channels over all batch norms: each has a moving mean and variance (2 per channel)."""
-    n = spec.stem_channels + spec.head_channels
-    for b in spec.blocks():
-        if b.kind == FUSED_V2:
-            n += (b.mid_channels if b.has_expand else 0) + b.out_channels
-        else:
-            n += (b.mid_channels if b.has_expand else 0) + b.mid_channels + b.out_channels
-    return n
-
-
-def count_weights_keras(spec: ArchSpec) -> int:
-    """What Keras' ``model.count_params()`` reports (effnetv2_model_test.py): the trainable
-    parameters plus every BN's moving mean and variance."""
-    return _arch.count_params(spec) + 2 * bn_channels(spec)
+# block kind -> (parameters, multiply-adds) of one block (the family declares its kinds with them)
+COST = {MBCONV: (mbconv_params, mbconv_macs), FUSED_V2: (fused_v2_params, fused_v2_macs)}
 
 
 # effnetv2_model_test.py test_effnetv2: model.count_params() with 1000 classes
@@ -271,13 +254,3 @@ V2_ARCHS: Dict[str, ArchSpecV2] = {
         _v2("xl", V2_XL_BLOCK, 1.0, 1.0, 384, 512, 0.4),
     )
 }
-
-
-def with_resolution(spec: ArchSpecV2, resolution: int) -> ArchSpecV2:
-    """``spec`` evaluated at another size (the 21k checkpoints evaluate at 224: datasets.ImageNet21k)."""
-    return replace(spec, resolution=int(resolution))
-
-
-_arch.BLOCK_KINDS[FUSED_V2] = BlockKind(FUSED_V2, _fused_params, _fused_macs)
-_arch.EXTRA_ARCHS.update(V2_ARCHS)
-_arch.NAME_PREFIXES["efficientnetv2-"] = "v2-"

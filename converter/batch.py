@@ -29,7 +29,8 @@ from typing import Deque, Dict, Iterator, List, Optional, Sequence, TextIO, Tupl
 from .convert import output_paths
 from .errors import ConversionError
 from .verify import report_path_for
-from .zoo import CHECKPOINTS, Checkpoint, all_checkpoints
+from .checkpoint import Checkpoint
+from .registry import all_checkpoints, families
 
 try:  # POSIX; elsewhere two batches in one folder are not prevented
     import fcntl
@@ -67,7 +68,7 @@ def select_checkpoints(only: Optional[Sequence[str]] = None) -> List[Checkpoint]
     ones included when a pattern matches them; a pattern matching nothing is an error.
     """
     if not only:
-        return [c for c in CHECKPOINTS if c.zoo_name]
+        return [c for f in families() if f.batch_default for c in f.checkpoints() if c.zoo_name]
     chosen = set()
     for pattern in only:
         p = pattern.strip().lower()

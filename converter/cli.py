@@ -36,9 +36,9 @@ def _convert_parser() -> argparse.ArgumentParser:
                "convert-effnet export --weights FILE --onnx OUT.onnx [--torchscript OUT.pt]. "
                "Without --checkpoint the official tarball is downloaded into $EFFNET_CACHE "
                "(default ~/.cache/effnet-convert).")
-    from .arch import variants_help
+    from .registry import variants_help
 
-    p.add_argument("--variant", help=f"{variants_help()}, v2-b0..v2-b3, v2-s, v2-m, v2-l, v2-xl (EfficientNetV2)")
+    p.add_argument("--variant", help=variants_help())
     p.add_argument("--flavor", help="standard, aa, advprop, noisystudent, randaug; EfficientNetV2: 1k, 21k, 21k-ft1k; "
                                     "or a zoo model name / an official name (efficientnetv2-s-21k-ft1k)")
     p.add_argument("--checkpoint", help="checkpoint prefix, a folder holding model.ckpt*, the official .tar.gz, "
@@ -209,18 +209,19 @@ def _finish_folder(staged: Path, final: Path, prefix: Optional[str], plan, args:
     import shutil
 
     from . import interrupts
-    from .hf import add_verification
-    from .hf_write import commit_folder
+    from .mapping import get_layout
     from .verify import checked_report, report_path_for, write_report
+
+    writer = get_layout(args.layout).folder_writer()
 
     try:
         report = checked_report(staged, prefix, record_as=final, plan=plan, progress=not args.quiet)
         print(report.summary())
         if report.passed:
             write_report(report, report_path_for(staged))
-            add_verification(staged, report)
+            writer.add_verification(staged, report)
             interrupts.check()
-            commit_folder(staged, final)
+            writer.commit_folder(staged, final)
             print(f"wrote {final} {what}")
             print(f"report: {report_path_for(final)}")
             return 0
@@ -241,16 +242,16 @@ def _finish_folder(staged: Path, final: Path, prefix: Optional[str], plan, args:
 
 def list_checkpoints(out=None) -> None:
     """Print the registry: names (both accepted by --flavor), parameters, FLOPs, resolution, top-1, URL."""
-    from .zoo import list_lines
+    from .registry import list_lines
 
     out = out or sys.stdout
-    for line in list_lines():  # EfficientNet, then the other families (zoo.all_checkpoints)
+    for line in list_lines():  # every family's checkpoints (registry.all_checkpoints)
         out.write(line + "\n")
 
 
 def _flavor_names_checkpoint(flavor) -> bool:
     """Whether --flavor alone names a checkpoint (an official file name such as ``mnasnet-a1-140``)."""
-    from .zoo import find_checkpoint
+    from .registry import find_checkpoint
 
     if not flavor:
         return False
@@ -263,7 +264,7 @@ def _flavor_names_checkpoint(flavor) -> bool:
 
 def infer_variant(reader) -> str:
     """The variant named by the checkpoint's scope (``efficientnet-b3`` -> ``b3``)."""
-    from .arch import get_arch, variant_names
+    from .registry import get_arch, variant_names
     from .convert import checkpoint_scopes
 
     scopes = checkpoint_scopes(reader)
@@ -283,7 +284,7 @@ def run_convert_keras(args) -> int:
     from . import sources
     from .convert import convert, output_paths
     from .keras import KerasH5Reader, output_stem
-    from .zoo import CROP_PADDING
+    from .checkpoint import official_crop
 
     if args.verify:
         raise ConversionError("--verify compares against a TensorFlow checkpoint; a Keras .h5 has none "
@@ -310,7 +311,7 @@ def run_convert_keras(args) -> int:
             "variant": spec.name,
             "flavor": "keras",
             "input_size": [3, spec.resolution, spec.resolution],  # keras EfficientNetBn default_size
-            "crop_pct": spec.resolution / (spec.resolution + CROP_PADDING),  # the official eval crop
+            "crop_pct": official_crop(spec.resolution),  # the official eval crop
             "interpolation": "bicubic",
         }
         cfg.update(reader.preprocessing())
@@ -355,9 +356,9 @@ def _checkpoint_classes(reader, spec, args) -> Tuple[int, Optional[bool]]:
 
 def run_convert(args: argparse.Namespace) -> int:
     from . import sources
-    from .arch import get_arch
+    from .registry import get_arch
     from .convert import convert, output_paths
-    from .zoo import find_checkpoint
+    from .registry import find_checkpoint
 
     if not args.variant and not args.flavor and not args.checkpoint:
         raise ConversionError("--variant is required (e.g. convert-effnet --variant b4 --flavor advprop); see --list")
@@ -392,11 +393,10 @@ def run_convert(args: argparse.Namespace) -> int:
     from .mapping import check_variant, get_layout, output_stem
 
     check_variant(spec, args.layout)  # an unknown layout, or a variant its library lacks: before any download
-    folder = get_layout(args.layout).file_form == "folder"
-    if folder:  # a from_pretrained folder (transformers), padded for --resolution (converter/hf.py)
-        from .hf_write import folder_converter
-
-        write, paths = folder_converter(convert, args.resolution)
+    layout = get_layout(args.layout, spec)
+    folder = layout.file_form == "folder"
+    if folder:  # written by the layout's own writer (transformers: a from_pretrained folder, padded for --resolution)
+        write, paths = layout.folder_writer().folder_converter(convert, args.resolution)
     else:
         write, paths = convert, output_paths
     fmt_paths = paths(Path(args.output_dir), output_stem(ckpt.name, args.layout), args.format)

@@ -14,8 +14,8 @@ from . import __version__
 from .arch import ArchSpec
 from .errors import ConversionError, listing
 from .reorder import tf_to_torch
-from .mapping import Entry, expand, is_classifier, layout_caveat, resolve_names
-from .metadata import encode, pth_payload
+from .mapping import Entry, expand, get_layout, is_classifier, layout_caveat, resolve_names
+from .metadata import encode
 from .readers import CheckpointReader
 from .pipeline import Deferred, SyncingWriter, patch_header, prefetch
 from .writer import STALE_TEMP_AGE_S, AtomicFile, remove_stale_temps, write_safetensors
@@ -371,7 +371,7 @@ def _write_pth(tmp: Path, safetensors_file: Optional[Path], tensors, encoded: Di
     else:
         for k, arr in tensors:
             sd[k] = torch.from_numpy(arr)
-    torch.save(pth_payload(sd, encoded), tmp)
+    torch.save(get_layout(encoded.get("layout", "native")).pth_payload(sd, encoded), tmp)
 
 
 def _progress_bar(total: int, name: str):

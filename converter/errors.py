@@ -14,8 +14,9 @@ class VerificationError(ConversionError):
 
 
 def first_line(e: BaseException, default: str = "", limit: int = 300) -> str:
-    """The first non-empty line of ``str(e)`` (``default``, else the type's name, when it has none), cut to ``limit``."""
-    for line in str(e).strip().splitlines():
+    """The first non-empty line of ``e``'s message (TensorFlow's ``e.message``, else ``str(e)``; ``default``,
+    else the type's name, when it has none), cut to ``limit``."""
+    for line in str(getattr(e, "message", None) or e).strip().splitlines():
         if line.strip():
             return line.strip()[:limit]
     return (default or type(e).__name__)[:limit]

@@ -381,6 +381,6 @@ def add_verification(folder: Path, report) -> None:
 
 
 def _spec_of(meta: Dict[str, object]) -> ArchSpec:
-    from .arch import get_arch
+    from .registry import get_arch
 
     return get_arch(str(meta["variant"])).with_classes(int(meta["num_classes"]))

@@ -22,6 +22,9 @@ from .arch import BN_MOMENTUM_TF, DEPTH_DIVISOR, ArchSpec
 from .errors import ConversionError
 from .hf import (CARD_NAME, CONFIG_NAME, DROP_CONNECT_RATE, ERROR_KEY, LAYOUT, MEASURE_IMAGES, MODEL_CLASS,
                  PROCESSOR_NAME, TRANSFORMERS_VERSION, WEIGHTS_NAME, PaddingPlan, padding_plan)
+# the folder writer's protocol (mappings/layout.py ``Layout.writer``): beside folder_converter and
+# commit_folder below, reading a folder and its report
+from .hf import REPORT_NAME, add_verification, folder_weights  # noqa: F401,E402
 
 log = logging.getLogger("converter")
 
@@ -184,7 +187,7 @@ def convert_folder(convert, reader, spec: ArchSpec, cfg: Dict[str, object], outp
 
     ``resolution``: the input size the config is padded for (default: the checkpoint's).
     """
-    from .zoo import CROP_PADDING
+    from .checkpoint import official_crop
 
     kwargs.pop("layout", None)
     kwargs.pop("commit", None)  # the folder is committed whole, by commit_folder
@@ -198,7 +201,7 @@ def convert_folder(convert, reader, spec: ArchSpec, cfg: Dict[str, object], outp
     plan = padding_plan(spec, res)
     cfg = dict(cfg)
     if res != native_res:  # the official eval at another size: its crop rule at that size
-        cfg.update(input_size=[3, res, res], crop_pct=res / (res + CROP_PADDING))
+        cfg.update(input_size=[3, res, res], crop_pct=official_crop(res))
     caveat = plan.caveat()
     if caveat:
         cfg.update(layout_caveat=caveat, **{ERROR_KEY: _ERROR_PLACEHOLDER})

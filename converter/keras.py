@@ -38,11 +38,11 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .arch import ArchSpec, get_arch
-from .arch_v2 import FAMILY as V2_FAMILY
+from .arch import ArchSpec
 from .errors import ConversionError, first_line, listing
 from .mappings import keras as table
 from .mappings.kinds import DENSE, VARIABLES
+from .registry import family_of, get_arch
 
 log = logging.getLogger("converter")
 
@@ -108,12 +108,12 @@ def keras_block_name(stage: int, index_in_stage: int) -> str:
 
 def keras_layers(spec: ArchSpec) -> List[KerasLayer]:
     """Every weighted Keras layer of ``spec`` (classifier included), in Keras's model order."""
+    keras_rows = family_of(spec).keras_rows
+    if keras_rows is None:
+        raise ConversionError(f"keras.applications has no model of {spec.name}")
     out = [KerasLayer(k, o, kind) for k, o, kind in table.STEM]
     for b in spec.blocks():
-        if spec.family == V2_FAMILY:  # EfficientNetV2's blocks: Keras names them otherwise
-            rows = table.V2_BLOCK_ROWS[(b.kind, b.has_expand)]
-        else:
-            rows = table.BLOCK_EXPAND if b.has_expand else table.BLOCK_NO_EXPAND
+        rows = getattr(table, keras_rows(b))  # the family's: EfficientNetV2's blocks are named otherwise
         fmt = {"name": keras_block_name(b.stage, b.index_in_stage), "i": b.index}
         for k, o, kind in rows:
             if "se_" in k and not b.se_channels:

@@ -18,6 +18,11 @@ from .errors import ConversionError
 EMA_SUFFIX = "/ExponentialMovingAverage"
 
 
+def counter_name(base: str, n: int) -> str:
+    """Keras' unique layer names: ``base``, ``base_1``, ``base_2``, ..."""
+    return base if n == 0 else f"{base}_{n}"
+
+
 def match_counters(wanted: Iterable[str], available: Iterable[str], pattern: "re.Pattern[str]",
                    key: Callable[["re.Match[str]"], Hashable],
                    describe: Callable[[Hashable], Tuple[str, str]], suffix: str = "") -> Dict[str, str]:

@@ -106,10 +106,10 @@ def read_weights(path) -> Tuple[Dict[str, "object"], Dict[str, object]]:
     import torch
 
     path = Path(path)
-    if path.is_dir():  # a --layout transformers folder: its model.safetensors (converter/hf.py)
-        from .hf import folder_weights
+    if path.is_dir():  # a folder layout's output (--layout transformers): its weights file
+        from .mapping import folder_writer_of
 
-        path = folder_weights(path)
+        path = folder_writer_of(path).folder_weights(path)
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     problem = sniff_weights(path)  # a TF checkpoint, a tarball, ONNX, text...: say what it is
@@ -151,7 +151,7 @@ def load_model(path, device: str = "cpu"):
 
     A timm / mmpretrain layout file is re-keyed to the native model (mapping.to_native).
     """
-    from .arch import get_arch
+    from .registry import get_arch
     from .model import build_model
 
     sd, cfg = read_weights(path)

@@ -10,13 +10,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .arch import (FUSED_STRIDE_EXPAND, KIND_CONDCONV, KIND_FUSED, KIND_MBCONV, ArchSpec,
-                   Block, get_arch)
-from .arch_v2 import FUSED_V2
+from .arch import ArchSpec, Block
 from .errors import ConversionError
-from .keras_names import match_counters
-from .reorder import torch_shape
+from .keras_names import counter_name, match_counters
 from .mappings.kinds import CONSTANTS, DENSE, FLATTENED, VARIABLES
+from .registry import family_of, get_arch, kind_of
+from .reorder import torch_shape
 
 # official variable names that hold a kernel (the row's whole shape)
 KERNEL_VARIABLES = ("kernel", "depthwise_kernel", "condconv_kernel", "depthwise_condconv_kernel")
@@ -55,6 +54,10 @@ def _declared() -> Tuple[Tuple[object, object], ...]:
     keys = [(lay.name, fam) for lay, _ in found for fam in (lay.families or (None,))]
     if len(keys) != len(set(keys)):  # two table files declaring one layout for one family
         raise RuntimeError(f"layouts declared twice: {sorted({k for k in keys if keys.count(k) > 1}, key=str)}")
+    for lay, _ in found:  # what a layout's name decides must not depend on the family
+        first = next(x for x, _ in found if x.name == lay.name)
+        if lay.form() != first.form():
+            raise RuntimeError(f"layout {lay.name}: its declarations differ in {lay.form()} vs {first.form()}")
     return tuple(sorted(found, key=lambda lm: (not lm[0].native, lm[0].name, lm[0].families)))
 
 
@@ -84,8 +87,29 @@ def _find(layout: str, spec: Optional[ArchSpec] = None):
     raise ConversionError(f"layout {layout} has no model for variant {getattr(spec, 'name', '?')}; use --layout native")
 
 
+def folder_writer_of(path):
+    """The writer (``Layout.folder_writer``) of a converted folder on disk: the folder layout whose
+    weights file it holds (ConversionError when none does)."""
+    error = None
+    for lay in layouts().values():
+        if lay.file_form == "folder":
+            writer = lay.folder_writer()
+            try:
+                writer.folder_weights(path)
+                return writer
+            except ConversionError as e:
+                error = error or e
+    raise error or ConversionError(f"{path} is a folder, not converted weights")
+
+
 def get_layout(layout: str, spec: Optional[ArchSpec] = None):
-    """The ``Layout`` named ``layout`` (mappings/layout.py), for ``spec``'s family when it has its own table."""
+    """The ``Layout`` named ``layout`` (mappings/layout.py) for ``spec``'s family. Without ``spec``: a
+    declaration of that name for what the name alone decides (``Layout.form``: file or folder, its
+    writer, the ``.pth`` form, the file name), which every family's declaration shares (checked)."""
+    if spec is None:
+        if layout not in layouts():
+            raise ConversionError(f"unknown layout {layout!r}; known: {', '.join(layouts())}")
+        return layouts()[layout]
     return _find(layout, spec)[0]
 
 
@@ -94,44 +118,45 @@ def load_table(layout: str, spec: Optional[ArchSpec] = None):
     return _find(layout, spec)[1]
 
 
-def __getattr__(name: str):
-    """``LAYOUTS`` (layout name -> table module name) and ``FAMILY_TABLES`` ((family, layout) -> table
-    module name), read from the declarations."""
-    if name == "LAYOUTS":
-        return {lay.name: module.__name__.rpartition(".")[2] for lay, module in _declared() if not lay.families}
-    if name == "FAMILY_TABLES":
-        return {(fam, lay.name): module.__name__.rpartition(".")[2]
-                for lay, module in _declared() for fam in lay.families}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _resolve(shape: Sequence[Union[int, str]], dims: Dict[str, int]) -> Tuple[int, ...]:
     return tuple(d if isinstance(d, int) else dims[d] for d in shape)
 
 
-def _rows(rows, scope: str, fmt: Dict[str, int], dims: Dict[str, int]) -> List[Entry]:
+def _rows(rows, scope: str, fmt: Dict[str, object], dims: Dict[str, int]) -> List[Entry]:
+    """The entries of ``rows``. A row's layer is a format string over ``fmt``, or a role: a key of
+    ``fmt`` whose value is the layer, None (no such layer here: skipped) or ``[(layer, dims), ...]``
+    (one layer per group; the module path's ``{g}`` is the group, ``{G}`` ``.g`` or "" for one)."""
     out = []
     for layer, module, kind, shape in rows:
         if "se" in shape and not dims.get("se"):
             continue  # no squeeze-excitation in this block
-        tf_kernel = _resolve(shape, dims)
-        kernel: Tuple[int, ...] = ()
-        if kind in FLATTENED:  # row shape (experts, kh, kw, in, out); the variable [experts, kh*kw*in*out]
-            kernel = tf_kernel[1:]
-            tf_kernel = (tf_kernel[0], int(np.prod(kernel)))
-        for tf_var, torch_var in VARIABLES[kind]:
-            tf_shape = tf_kernel if tf_var in KERNEL_VARIABLES else (tf_kernel[-1] if tf_var == "bias" else tf_kernel[0],)
-            out.append(Entry(
-                tf_name=f"{scope}/{layer.format(**fmt)}/{tf_var}",
-                key=f"{module.format(**fmt)}.{torch_var}",
-                kind=kind,
-                tf_shape=tf_shape,
-                shape=torch_shape(kind, tf_shape),
-                kernel=kernel if tf_var in KERNEL_VARIABLES else (),
-            ))
-        for torch_var, value, dtype in CONSTANTS.get(kind, ()):
-            out.append(Entry(tf_name="", key=f"{module.format(**fmt)}.{torch_var}", kind=kind,
-                             tf_shape=(), shape=(), const=value, dtype=dtype))
+        if layer in fmt:
+            role = fmt[layer]
+            if role is None:
+                continue
+            groups = role if isinstance(role, list) else [(role, {})]
+            for g, (name, group_dims) in enumerate(groups):
+                path = module.format(g=g, G="" if len(groups) == 1 else f".{g}", **fmt)
+                out += _entries(f"{scope}/{name}", path, kind, shape, {**dims, **group_dims})
+        else:
+            out += _entries(f"{scope}/{layer.format(**fmt)}", module.format(**fmt), kind, shape, dims)
+    return out
+
+
+def _entries(tf_layer: str, path: str, kind: str, shape, dims: Dict[str, int]) -> List[Entry]:
+    tf_kernel = _resolve(shape, dims)
+    kernel: Tuple[int, ...] = ()
+    if kind in FLATTENED:  # row shape (experts, kh, kw, in, out); the variable [experts, kh*kw*in*out]
+        kernel = tf_kernel[1:]
+        tf_kernel = (tf_kernel[0], int(np.prod(kernel)))
+    out = []
+    for tf_var, torch_var in VARIABLES[kind]:
+        tf_shape = tf_kernel if tf_var in KERNEL_VARIABLES else (tf_kernel[-1] if tf_var == "bias" else tf_kernel[0],)
+        out.append(Entry(tf_name=f"{tf_layer}/{tf_var}", key=f"{path}.{torch_var}", kind=kind, tf_shape=tf_shape,
+                         shape=torch_shape(kind, tf_shape), kernel=kernel if tf_var in KERNEL_VARIABLES else ()))
+    for torch_var, value, dtype in CONSTANTS.get(kind, ()):
+        out.append(Entry(tf_name="", key=f"{path}.{torch_var}", kind=kind, tf_shape=(), shape=(), const=value,
+                         dtype=dtype))
     return out
 
 
@@ -146,31 +171,17 @@ def is_classifier(e: Entry) -> bool:
     return e.kind == DENSE and ("/head/" in e.tf_name or "/mnas_head/" in e.tf_name)
 
 
-def _keras_name(base: str, n: int) -> str:
-    """Keras' unique layer names: base, base_1, base_2, ..."""
-    return base if n == 0 else f"{base}_{n}"
-
-
-# block kind (arch.BLOCK_KINDS) -> the table's rule sets (with, without expand conv) and what to call it
-KIND_ROWS = {
-    KIND_MBCONV: ("BLOCK_EXPAND", "BLOCK_NO_EXPAND", "MBConv"),
-    KIND_FUSED: ("BLOCK_FUSED_EXPAND", "BLOCK_FUSED_NO_EXPAND", "fused (EdgeTPU)"),
-    KIND_CONDCONV: ("BLOCK_CONDCONV_EXPAND", "BLOCK_CONDCONV_NO_EXPAND", "CondConv"),
-    FUSED_V2: ("BLOCK_FUSED_V2_EXPAND", "BLOCK_FUSED_V2_NO_EXPAND", "fused (EfficientNetV2)"),
-}
-
-
-def _block_rows(table, b: Block):
-    """The rule set of one block: by its kind (KIND_ROWS), with or without expand conv."""
-    try:
-        expand_rows, plain_rows, what = KIND_ROWS[b.kind]
-    except KeyError:
-        raise RuntimeError(f"block kind {b.kind!r} has no rule sets in converter.mapping.KIND_ROWS") from None
-    name = expand_rows if b.has_expand else plain_rows
-    rows = getattr(table, name, None)
+def _block_rows(table, layout, b: Block):
+    """The rule set of one block: its kind's rows in the layout's table (with or without an expand
+    conv), else the ones its family brings for that layout."""
+    kind = kind_of(b)
+    name = kind.rows[0] if b.has_expand else kind.rows[1]
+    rows = getattr(table, name, None) if name else None
+    if rows is None and layout.name in kind.rows_by_layout:
+        rows = kind.rows_by_layout[layout.name][0 if b.has_expand else 1]
     if rows is None:
-        raise ConversionError(f"layout {getattr(table, 'LAYOUT', table.__name__)} has no rules for "
-                              f"{what} blocks ({name}); use --layout native")
+        raise ConversionError(f"layout {layout} has no rules for {kind.what} blocks ({name or kind.name}); "
+                              "use --layout native")
     return rows
 
 
@@ -201,45 +212,47 @@ def resolve_condconv_names(entries: List[Entry], names: Sequence[str]) -> List[E
 
 def resolve_names(spec: ArchSpec, entries: List[Entry], names: Sequence[str]) -> List[Entry]:
     """``entries`` with the names that carry Keras counters replaced by the checkpoint's own:
-    CondConv kernels (``resolve_condconv_names``) and, for MnasNet/MixNet, every Keras layer
-    (converter.mnasnet.keras_aliases: by block and by order, with or without the model element)."""
-    entries = resolve_condconv_names(entries, names)
-    if spec.family not in ("mnasnet", "mixnet"):
-        return entries
-    from .mnasnet import keras_aliases
+    CondConv kernels (``resolve_condconv_names``) and every name the family's reference matches
+    (``ModelRef.aliases``: MnasNet/MixNet's Keras layers, by block and by order)."""
+    from .tfref.ops import ModelRef  # (no TensorFlow: the family's names only)
 
-    rename = keras_aliases([e.tf_name for e in entries if e.tf_name], names)
+    entries = resolve_condconv_names(entries, names)
+    ref = family_of(spec).reference()
+    if ref.aliases is ModelRef.aliases:
+        return entries
+    rename = ref.aliases(spec, [e.tf_name for e in entries if e.tf_name], names)
     return [replace(e, tf_name=rename.get(e.tf_name, e.tf_name)) for e in entries]
 
 
 def expand(variant: Union[str, ArchSpec], layout: str = "native") -> List[Entry]:
-    """Every (official variable -> state_dict key) of ``variant`` in ``layout``, in model order."""
+    """Every (official variable -> state_dict key) of ``variant`` in ``layout``, in model order.
+
+    Stem and head rows come from the table (their roles named by the family, ``Family.roles``),
+    each block's from its kind (``_block_rows``) with the format fields of its place, of its kind
+    (``Kind.fields``: CondConv's counters, MnasNet's layers) and of the layout (``Layout.fields``).
+    """
     spec = variant if isinstance(variant, ArchSpec) else get_arch(variant)
-    table = load_table(layout, spec)
-    check_variant(spec, layout)
-    if hasattr(table, "model_rows"):  # rows already resolved per layer (mappings/mnasnet.py)
-        entries = [e for rows, dims in table.model_rows(spec) for e in _rows(rows, spec.scope, {}, dims)]
-        if len({e.key for e in entries}) != len(entries):  # a table bug, not user input
-            raise RuntimeError(f"mapping table {layout} maps two variables to one key")
-        return entries
+    lay, table = _find(layout, spec)
+    lay.check_variant(spec)
+    family = family_of(spec)
     blocks = spec.blocks()
     model_dims = {"stem": spec.stem_channels, "head": spec.head_channels,
                   "last": blocks[-1].out_channels, "classes": spec.num_classes}
-    groups = stride_groups(blocks, per_stage=getattr(spec, "groups_per_stage", False))
-    model_fmt = {"head_group": max(groups.values(), default=(0, 0))[0] + 1}
+    groups = stride_groups(blocks, per_stage=family.groups_per_stage)
+    model_fmt = {"head_group": max(groups.values(), default=(0, 0))[0] + 1, **(family.roles(spec) if family.roles else {})}
     entries = _rows(table.STEM, spec.scope, model_fmt, model_dims)
-    cc = 0  # CondConv blocks so far: the Keras layer counters are model-wide
+    by_kind: Dict[str, Dict[int, Dict[str, object]]] = {}
+    own = lay.fields(spec) if lay.fields else {}
     for b in blocks:
-        rows = _block_rows(table, b)
+        kind = kind_of(b)
         fmt = {"i": b.index, "stage": b.stage, "j": b.index_in_stage,
                "group": groups[b.index][0], "group_j": groups[b.index][1]}
-        if b.condconv:
-            # efficientnet_model.MBConvBlock._build creates three CondConv2D per block (fused,
-            # expand, project; only expand and project get variables) and one depthwise
-            fmt.update(cce=_keras_name("cond_conv2d", 3 * cc + 1), ccp=_keras_name("cond_conv2d", 3 * cc + 2),
-                       ccd=_keras_name("depthwise_cond_conv2d", cc))
-            cc += 1
-        entries += _rows(rows, spec.scope, fmt, block_dims(b))
+        if kind.fields:
+            if kind.name not in by_kind:
+                by_kind[kind.name] = kind.fields(spec)
+            fmt.update(by_kind[kind.name][b.index])
+        fmt.update(own.get(b.index, {}))
+        entries += _rows(_block_rows(table, lay, b), spec.scope, fmt, block_dims(b))
     entries += _rows(table.HEAD, spec.scope, model_fmt, model_dims)
     keys = [e.key for e in entries]
     if len(set(keys)) != len(keys):  # a table bug, not user input
@@ -265,7 +278,7 @@ def stride_groups(blocks: Sequence[Block], per_stage: bool = False) -> Dict[int,
     the group before it. (mmpretrain's EfficientNet ``model_scaling`` groups its
     ``backbone.layers`` this way; ``head_group``, the model-level field, is the number of groups + 1.)
     ``per_stage``: every stage is a group (mmpretrain's EfficientNetV2 backbone, one layer per
-    block string: ArchSpec ``groups_per_stage``).
+    block string: ``Family.groups_per_stage``).
     """
     out: Dict[int, Tuple[int, int]] = {}
     group, j = 0, 0
@@ -278,8 +291,35 @@ def stride_groups(blocks: Sequence[Block], per_stage: bool = False) -> Dict[int,
 
 
 def to_native(state_dict: Dict[str, object], spec: ArchSpec, layout: str) -> Dict[str, object]:
-    """A ``layout`` state_dict re-keyed for the native model (``Layout.to_native``)."""
-    return get_layout(layout, spec).to_native(state_dict, spec)
+    """A ``layout`` state_dict re-keyed for the native model (constants such as num_batches_tracked dropped).
+
+    Both tables name the same official variables; a tensor moves as is where both kinds lay it
+    out the same way and is re-laid otherwise (timm's CondConv kernels). Raises ConversionError
+    when the keys are not exactly this layout's.
+    """
+    from .reorder import relayout, same_layout
+
+    if get_layout(layout, spec).native:
+        return dict(state_dict)
+    entries = expand(spec, layout)
+    want = {e.key for e in entries}
+    missing, unexpected = sorted(want - set(state_dict)), sorted(set(state_dict) - want)
+    if missing or unexpected:
+        raise ConversionError(f"the weights do not fit the {layout} layout of {spec.name}: "
+                              f"{len(missing)} missing, {len(unexpected)} unexpected keys "
+                              f"({', '.join((missing + unexpected)[:3])})")
+    native = {e.tf_name: e for e in expand(spec, "native")}
+    out = {}
+    for e in entries:
+        if e.const is not None:
+            continue
+        n, t = native[e.tf_name], state_dict[e.key]
+        if not same_layout(e.kind, n.kind):
+            import torch
+
+            t = torch.from_numpy(relayout(t.detach().cpu().numpy(), e.kind, n.kind, e.kernel))
+        out[n.key] = t
+    return out
 
 
 def output_stem(name: str, layout: str) -> str:
@@ -287,29 +327,11 @@ def output_stem(name: str, layout: str) -> str:
     return get_layout(layout).output_stem(name)
 
 
-def library_fused_stride(layout: str) -> Optional[str]:
-    """Where ``layout``'s library model strides a fused block (arch.FUSED_STRIDES), None: as the spec says."""
-    return get_layout(layout).library_fused_stride()
-
-
-def fused_stride_exact(spec: ArchSpec, size: int, placement: str = FUSED_STRIDE_EXPAND) -> bool:
-    """Whether fused blocks strided on ``placement`` compute what ``spec``'s (``spec.fused_stride``) do at input ``size``.
-
-    The same placement: at every size. Otherwise (the stride on the kxk expand conv vs on the
-    1x1 project conv), with TF 'SAME' padding a stride-2 kxk conv over an odd input centres its
-    outputs on the even pixels, as a stride-1 kxk conv + stride-2 1x1 conv does; over an even
-    input the kxk conv is padded only at the end and centres them on the odd pixels instead.
-    """
-    if placement == spec.fused_stride:
-        return True
-    size_here = -(-size // 2)  # after the stem's stride-2 conv
-    for b in spec.blocks():
-        if b.fused and b.stride > 1 and size_here % 2 == 0:
-            return False
-        size_here = -(-size_here // b.stride)
-    return True
+def library_fused_stride(layout: str, spec: Optional[ArchSpec] = None) -> Optional[str]:
+    """Where ``layout``'s library model (of ``spec``) strides a fused block (arch.FUSED_STRIDES), None: as the spec says."""
+    return get_layout(layout, spec).library_fused_stride()
 
 
 def layout_caveat(spec: ArchSpec, layout: str) -> Optional[str]:
     """One line on where ``layout``'s library computes differently from ``spec``, or None (``Layout.caveat``)."""
-    return get_layout(layout).caveat(spec)
+    return get_layout(layout, spec).caveat(spec)

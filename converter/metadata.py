@@ -21,21 +21,9 @@ def decode(meta: Dict[str, str]) -> Dict[str, object]:
     return {k: json.loads(v) if k in JSON_KEYS else v for k, v in meta.items()}
 
 
-def pth_payload(state_dict, encoded: Dict[str, str]):
-    """What ``torch.save`` writes for a ``.pth`` output, in the form its layout's library reads.
-
-    Default: the state_dict itself, the metadata in its ``effnet_metadata`` attribute. A layout
-    declared with ``pth_form="mmengine"`` (mmpretrain) gets mmengine's checkpoint form,
-    ``{"state_dict": ..., "meta": metadata}``, which ``mmengine.runner.load_checkpoint`` reads
-    (mappings/layout.py ``Layout.pth_payload``).
-    """
-    from .mapping import get_layout
-
-    return get_layout(encoded.get("layout", "native")).pth_payload(state_dict, encoded)
-
-
 def pth_unpack(obj) -> Tuple[Dict[str, object], Dict[str, str]]:
-    """(state_dict, encoded metadata or {}) of a loaded ``.pth`` in either form of :func:`pth_payload`."""
+    """(state_dict, encoded metadata or {}) of a loaded ``.pth`` in either form a layout writes
+    (mappings/layout.py ``Layout.pth_payload``)."""
     if isinstance(obj, dict) and set(obj) == {"meta", "state_dict"} and isinstance(obj["meta"], dict):
         return obj["state_dict"], obj["meta"]
     return obj, (getattr(obj, PTH_ATTRIBUTE, None) or {})

@@ -4,9 +4,9 @@ Mirrors tensorflow/tpu models/official/mnasnet at 7dc921f846c9e4071f3884b768a7dd
 mnasnet_models.py (MnasNetDecoder, mnasnet_a1, mnasnet_small), mnasnet_model.py (MnasBlock,
 MnasNetModel, round_filters), mixnet/mixnet_builder.py (MixnetDecoder, mixnet_s/m/l),
 mixnet/mixnet_model.py (MixnetBlock, MixnetModel), mixnet/custom_layers.py (GroupedConv2D,
-MixConv, _split_channels). Importing this module registers the architectures in
-``converter.arch`` (EXTRA_ARCHS) and the MixNet block kind (BLOCK_KINDS); converter/__init__.py
-imports it. Nothing here imports torch or TensorFlow.
+MixConv, _split_channels): the architectures, their block kinds' data and cost, the official
+names; the family package (converter/families/mnasnet/) declares them. Nothing here imports
+torch or TensorFlow.
 
 Differences from EfficientNet that the numbers depend on: ReLU everywhere in MnasNet (SE
 included); MixNet stem/head ReLU, swish in ``sw`` blocks and their SE; the head conv is NOT
@@ -17,14 +17,14 @@ grouped 1x1 convs, channels split equally with the remainder in the FIRST group.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from . import arch as _arch
-from .arch import ArchSpec, Block, BlockKind
+from .arch import REQUIRED_OPTIONS, ArchSpec, Block, mbconv_macs, mbconv_params, split_block_code
 from .errors import ConversionError
-from .keras_names import match_counters
+from .keras_names import counter_name, match_counters
 
+MNASBLOCK = "mnasblock"  # block kind: mnasnet_model.MnasBlock (MBConv's computation, ReLU, Keras counters)
 MIXCONV = "mixconv"  # block kind: mixnet_model.MixnetBlock
 MNASNET, MIXNET = "mnasnet", "mixnet"  # ArchSpec.family
 # mnasnet_models.mnasnet_a1/_small, mixnet_builder.mixnet_s/_m: batch_norm_epsilon=1e-3,
@@ -64,10 +64,10 @@ class MixBlockArgs:
     @classmethod
     def decode(cls, code: str, mixnet: bool) -> "MixBlockArgs":
         """``r1_k3.5.7_a1.1_p1.1_s22_e6_i40_o80_se0.25_sw`` (MixNet) or ``r2_k3_s22_e6_i16_o24_se0.25``."""
-        options, flags = _arch.split_block_code(
-            code, _arch.REQUIRED_OPTIONS + ("se",) + (("a", "p") if mixnet else ()),
+        options, flags = split_block_code(
+            code, REQUIRED_OPTIONS + ("se",) + (("a", "p") if mixnet else ()),
             ("noskip",) + (("sw", "dilated") if mixnet else ()),
-            required=_arch.REQUIRED_OPTIONS + (("a", "p") if mixnet else ()))
+            required=REQUIRED_OPTIONS + (("a", "p") if mixnet else ()))
         if len(options["s"]) != 2:
             raise ConversionError(f"block string {code!r}: strides must be a pair of digits")
 
@@ -181,15 +181,12 @@ class MnasSpec(ArchSpec):
                                         expand_groups=len(args.expand_kernels),
                                         project_groups=len(args.project_kernels), swish=args.swish, **common))
                 else:
-                    out.append(Block(**common))  # MnasBlock == MBConvBlock with ReLU
+                    out.append(Block(kind=MNASBLOCK, **common))  # MnasBlock == MBConvBlock with ReLU
                 prev = out_ch
         return out
 
-    def with_resolution(self, resolution: int, name: str) -> "MnasSpec":
-        return replace(self, resolution=int(resolution), name=name)
 
-
-def _mix_params(b: Block) -> int:
+def mix_params(b: Block) -> int:
     assert isinstance(b, MixBlock)
     s = b.splits()
     n = 0
@@ -201,7 +198,7 @@ def _mix_params(b: Block) -> int:
     return n + sum(i * o for i, o in zip(s["project_in"], s["project_out"])) + 2 * b.out_channels
 
 
-def _mix_macs(b: Block, size: int) -> Tuple[int, int]:
+def mix_macs(b: Block, size: int) -> Tuple[int, int]:
     assert isinstance(b, MixBlock)
     s = b.splits()
     macs = 0
@@ -213,6 +210,10 @@ def _mix_macs(b: Block, size: int) -> Tuple[int, int]:
         macs += 2 * b.mid_channels * b.se_channels
     macs += size * size * sum(i * o for i, o in zip(s["project_in"], s["project_out"]))
     return macs, size
+
+
+# block kind -> (parameters, multiply-adds) of one block; MnasBlock costs what MBConvBlock costs
+COST = {MNASBLOCK: (mbconv_params, mbconv_macs), MIXCONV: (mix_params, mix_macs)}
 
 
 # mnasnet_models.mnasnet_a1 / mnasnet_small: blocks_args
@@ -289,7 +290,7 @@ def _registry() -> Dict[str, MnasSpec]:
         base = _mnas("mnasnet-a1" if w == 1.0 else f"mnasnet-a1_d{width_tag(w)}", "mnasnet-a1",
                      MNASNET_A1_BLOCKS, 32, w, 224, 0.2)
         specs.append(base)
-        specs += [base.with_resolution(r, f"mnasnet-a1_d{width_tag(w)}_i{r}") for r in GRID_RESOLUTIONS]
+        specs += [base.at_resolution(r, f"mnasnet-a1_d{width_tag(w)}_i{r}") for r in GRID_RESOLUTIONS]
     specs.append(_mnas("mnasnet-small", "mnasnet-small", MNASNET_SMALL_BLOCKS, 8, 1.0, 224, 0.0))
     specs.append(_mix("mixnet-s", MIXNET_S_BLOCKS, 16, 1.0, 0.2))
     specs.append(_mix("mixnet-m", MIXNET_M_BLOCKS, 24, 1.0, 0.25))
@@ -298,7 +299,7 @@ def _registry() -> Dict[str, MnasSpec]:
 
 
 def registry_key(name: str) -> str:
-    """How arch.get_arch normalises a name (lower case, ``_`` -> ``-``)."""
+    """How converter.registry.get_arch normalises a name (lower case, ``_`` -> ``-``)."""
     return name.lower().strip().replace("_", "-")
 
 
@@ -310,10 +311,6 @@ STEM_SCOPE = {MNASNET: "mnas_stem", MIXNET: "stem"}
 BLOCK_SCOPE = {MNASNET: "mnas_blocks_{i}", MIXNET: "blocks_{i}"}
 HEAD_SCOPE = {MNASNET: "mnas_head", MIXNET: "head"}
 BN_LAYER = "batch_normalization"  # tf.layers.BatchNormalization, uniquified per variable scope
-
-
-def _counter(base: str, n: int) -> str:
-    return base if n == 0 else f"{base}_{n}"
 
 
 @dataclass(frozen=True)
@@ -364,24 +361,24 @@ def layers(spec: MnasSpec) -> ModelLayers:
         ng = len(b.dw_kernels) if isinstance(b, MixBlock) else 1
         expand: Tuple[str, ...] = ()
         if b.has_expand:
-            expand = tuple(f"{model}/{p}/{_counter('conv2d', conv + g)}" for g in range(eg))
+            expand = tuple(f"{model}/{p}/{counter_name('conv2d', conv + g)}" for g in range(eg))
             conv += eg
-        depthwise = tuple(f"{model}/{p}/{_counter('depthwise_conv2d', dw + g)}" for g in range(ng))
+        depthwise = tuple(f"{model}/{p}/{counter_name('depthwise_conv2d', dw + g)}" for g in range(ng))
         dw += ng
         se_reduce = se_expand = None
         if b.se_channels:
-            se_reduce, se_expand = (f"{model}/{p}/se/{_counter('conv2d', conv + g)}" for g in range(2))
+            se_reduce, se_expand = (f"{model}/{p}/se/{counter_name('conv2d', conv + g)}" for g in range(2))
             conv += 2
-        project = tuple(f"{model}/{p}/{_counter('conv2d', conv + g)}" for g in range(pg))
+        project = tuple(f"{model}/{p}/{counter_name('conv2d', conv + g)}" for g in range(pg))
         conv += pg
-        bns = [f"{p}/{_counter(BN_LAYER, n)}" for n in range(3)]
+        bns = [f"{p}/{counter_name(BN_LAYER, n)}" for n in range(3)]
         if not b.has_expand:
             bns = [None] + bns[:2]
         blocks.append(BlockLayers(expand, bns[0], depthwise, bns[1], se_reduce, se_expand, project, bns[2]))
     stem, head = STEM_SCOPE[fam], HEAD_SCOPE[fam]
     return ModelLayers(
-        stem=f"{model}/{stem}/{_counter('conv2d', conv)}", stem_bn=f"{stem}/{BN_LAYER}",
-        blocks=tuple(blocks), head=f"{model}/{head}/{_counter('conv2d', conv + 1)}",
+        stem=f"{model}/{stem}/{counter_name('conv2d', conv)}", stem_bn=f"{stem}/{BN_LAYER}",
+        blocks=tuple(blocks), head=f"{model}/{head}/{counter_name('conv2d', conv + 1)}",
         head_bn=f"{head}/{BN_LAYER}", dense=f"{model}/{head}/dense")
 
 
@@ -404,5 +401,25 @@ def keras_aliases(wanted: Iterable[str], available: Iterable[str]) -> Dict[str, 
                           suffix=": not an official checkpoint of this variant")
 
 
-_arch.BLOCK_KINDS[MIXCONV] = BlockKind(MIXCONV, _mix_params, _mix_macs)
-_arch.EXTRA_ARCHS.update(MNAS_ARCHS)
+def model_roles(spec: MnasSpec) -> Dict[str, str]:
+    """The stem/head roles of a mapping table's rows -> their official layers (``layers``)."""
+    L = layers(spec)
+    return {"stem": L.stem, "stem_bn": L.stem_bn, "head": L.head, "head_bn": L.head_bn, "dense": L.dense}
+
+
+def block_roles(spec: MnasSpec) -> Dict[int, Dict[str, object]]:
+    """{block index: {role: its official layer(s)}} for a mapping table's rows (converter.mapping):
+    a role of one layer maps to it (None: not in this block), a role with one layer per group
+    (expand, depthwise, project) to ``[(layer, the group's dims), ...]``."""
+    out: Dict[int, Dict[str, object]] = {}
+    for b, n in zip(spec.blocks(), layers(spec).blocks):
+        if isinstance(b, MixBlock):
+            s = b.splits()
+            expand = [(x, {"in": i, "mid": o}) for x, i, o in zip(n.expand, s["expand_in"], s["expand_out"])]
+            depthwise = [(x, {"mid": c, "k": k}) for x, c, k in zip(n.depthwise, s["dw"], b.dw_kernels)]
+            project = [(x, {"mid": i, "out": o}) for x, i, o in zip(n.project, s["project_in"], s["project_out"])]
+        else:
+            expand, depthwise, project = [(x, {}) for x in n.expand], [(n.depthwise[0], {})], [(n.project[0], {})]
+        out[b.index] = {"expand": expand, "bn0": n.bn0, "depthwise": depthwise, "bn1": n.bn1,
+                        "se_reduce": n.se_reduce, "se_expand": n.se_expand, "project": project, "bn2": n.bn2}
+    return out

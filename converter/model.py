@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arch import KIND_CONDCONV, KIND_FUSED, KIND_MBCONV, ArchSpec, Block, get_arch
-from .arch_v2 import FUSED_V2
+from .arch import ArchSpec, Block
 from .layers import BatchNorm2dTF, Conv2dSame
-from .mnasnet import MIXCONV, MixBlock
+from .mnasnet import MixBlock
+from .registry import get_arch, kind_of
 
 
 def make_activation(name: str) -> nn.Module:
@@ -292,18 +292,9 @@ class MixConvBlock(MBConv):
         self.act = make_activation(b.activation)
 
 
-# block kind (arch.Block.kind, arch.BLOCK_KINDS) -> its module class
-BLOCK_MODULES = {KIND_MBCONV: MBConv, KIND_FUSED: FusedMBConv, KIND_CONDCONV: CondConvMBConv,
-                 FUSED_V2: FusedMBConvV2, MIXCONV: MixConvBlock}
-
-
 def make_block(b: Block, eps: float, act: str) -> nn.Module:
-    """The module of one block, by its kind (BLOCK_MODULES)."""
-    try:
-        cls = BLOCK_MODULES[b.kind]
-    except KeyError:
-        raise RuntimeError(f"block kind {b.kind!r} has no module in converter.model.BLOCK_MODULES") from None
-    return cls(b, eps, act)
+    """The module of one block, by its kind (converter.registry.kind_of: its family declares it)."""
+    return kind_of(b).module()(b, eps, act)
 
 
 class EfficientNet(nn.Module):

@@ -251,8 +251,7 @@ def resize_bicubic_legacy(image: np.ndarray, size: Union[int, Sequence[int]]) ->
 
 # MnasNet / MixNet (tensorflow/tpu models/official/mnasnet/preprocessing.py at 7dc921f, since
 # 867cc97 of 2019-07-06): ``tf.image.resize`` of tensorflow.compat.v1, i.e. resize_images with
-# BILINEAR, align_corners=False, half_pixel_centers=False. pretrained_cfg "preprocessing" value:
-BILINEAR_PREPROCESSING = "mnasnet"
+# BILINEAR, align_corners=False, half_pixel_centers=False (checkpoint.Preprocessing ``resize``)
 RESIZES = ("bicubic", "bilinear")
 
 
@@ -310,8 +309,10 @@ def resize_legacy(image: np.ndarray, size: Union[int, Sequence[int]], resize: st
 
 
 def cfg_resize(cfg: Mapping[str, object]) -> str:
-    """The official resize of a pretrained_cfg: bilinear for the MnasNet/MixNet preprocessing, else bicubic."""
-    return "bilinear" if cfg.get("preprocessing") == BILINEAR_PREPROCESSING else "bicubic"
+    """The official resize of a pretrained_cfg (its pipeline's: bilinear for MnasNet/MixNet, else bicubic)."""
+    from .registry import preprocessing_of
+
+    return preprocessing_of(cfg).resize
 
 
 # ----------------------------------------------------------------------------- full pipeline
@@ -393,7 +394,7 @@ def normalize(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.
 
 # google/automl efficientnetv2 preprocessing.preprocess_for_eval: 'crop' if image_size < 320 else ''
 V2_NO_CROP_FROM = 320
-V2_PREPROCESSING = ("v2", "v2-ft")  # converter/zoo_v2.py PREPROCESSING beyond "v1" (V1's official path)
+V2_PREPROCESSING = ("v2", "v2-ft")  # preprocess_v2's pipelines (checkpoint.Preprocessing ``v2``)
 
 
 def resize_bilinear_half_pixel(image: np.ndarray, size: Union[int, Sequence[int]]) -> np.ndarray:
@@ -454,8 +455,11 @@ def preprocess(src: Source, cfg: Mapping[str, object], mode: str = "official") -
     crop_pct), ``pil`` (Pillow decode + bicubic, same crop window; for comparison).
     """
     res, mean, std, crop_pct = _cfg_values(cfg)
-    if mode == "official" and cfg.get("preprocessing") in V2_PREPROCESSING:  # EfficientNetV2 (zoo_v2)
-        return preprocess_v2(src, res, str(cfg["preprocessing"])).transpose(2, 0, 1).copy()
+    from .registry import preprocessing_of
+
+    pipeline = preprocessing_of(cfg)
+    if mode == "official" and pipeline.v2:  # EfficientNetV2's own eval
+        return preprocess_v2(src, res, pipeline.v2).transpose(2, 0, 1).copy()
     x = preprocess_raw(src, res, mode, crop_pct, cfg_resize(cfg))
     return normalize(x, mean, std).transpose(2, 0, 1).copy()
 

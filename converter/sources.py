@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .zoo import Checkpoint
+    from .checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .checkpoint import DEFAULT_PREPROCESSING
 from .errors import ConversionError, VerificationError
 
 log = logging.getLogger("converter")
@@ -156,7 +157,7 @@ def judge(metrics: Dict[str, float], max_rel_error: float = MAX_REL_ERROR,
 
 def verification_images(resolution: int, mean: Sequence[float], std: Sequence[float],
                         n: int = DEFAULT_IMAGES, files: Sequence[str] = (), crop_pct: Optional[float] = None,
-                        resize: str = "bicubic", preprocessing: Optional[str] = None) -> np.ndarray:
+                        pipeline=DEFAULT_PREPROCESSING) -> np.ndarray:
     """The fixed synthetic set at ``resolution`` (plus the user's files), normalized, NHWC float32."""
     from .synthetic import normalize, synthetic_images
 
@@ -164,7 +165,7 @@ def verification_images(resolution: int, mean: Sequence[float], std: Sequence[fl
     if n:
         parts.append(normalize(synthetic_images(resolution, n, seed=VERIFY_SEED), mean, std))
     if files:
-        parts.append(tf_preprocess(files, resolution, mean, std, crop_pct, resize, preprocessing))
+        parts.append(tf_preprocess(files, resolution, mean, std, crop_pct, pipeline))
     if not parts:
         raise ConversionError("no images to verify on: use --num-images > 0 or --images")
     return np.concatenate(parts).astype(np.float32)
@@ -264,10 +265,10 @@ def plan_verification(cfg: Dict[str, object], resolution: Optional[int] = None, 
     dump = Path(dump_logits) if dump_logits is not None else None
     if image_files and progress:
         log.info("verify: preprocessing %d image(s) with TensorFlow (official eval pipeline)", len(image_files))
-    from .preprocess import cfg_resize
+    from .registry import preprocessing_of
 
     images = verification_images(res, cfg["mean"], cfg["std"], n_images, image_files, cfg.get("crop_pct"),
-                                 cfg_resize(cfg), cfg.get("preprocessing"))
+                                 preprocessing_of(cfg))
     return VerifyPlan(images=images, names=image_names(res, n_images, image_files), resolution=res, device=dev,
                       dump_logits=dump, max_rel_error=float(max_rel_error), trace=bool(trace))
 
@@ -304,10 +305,9 @@ def _run_tf(module: str, args: List[str], device: str, timeout: Optional[float] 
 
 
 def tf_preprocess(files: Sequence[str], resolution: int, mean: Sequence[float], std: Sequence[float],
-                  crop_pct: Optional[float] = None, resize: str = "bicubic",
-                  preprocessing: Optional[str] = None) -> np.ndarray:
+                  crop_pct: Optional[float] = None, pipeline=DEFAULT_PREPROCESSING) -> np.ndarray:
     """The official eval preprocessing of image files, run by TensorFlow in its own process
-    (``resize``: legacy bicubic, or bilinear for MnasNet/MixNet)."""
+    (``pipeline``: the checkpoint's, converter.checkpoint.Preprocessing)."""
     for f in files:
         check_image_file(f)
     with tempfile.TemporaryDirectory(prefix="effnet-pre-") as tmp:
@@ -316,10 +316,10 @@ def tf_preprocess(files: Sequence[str], resolution: int, mean: Sequence[float], 
                 "--mean", *map(str, mean), "--std", *map(str, std)]
         if crop_pct is not None:
             args += ["--crop-pct", repr(float(crop_pct))]
-        if resize != "bicubic":
-            args += ["--resize", resize]
-        if preprocessing in ("v2", "v2-ft"):  # EfficientNetV2's own eval (converter/zoo_v2.py)
-            args += ["--preprocessing", preprocessing]
+        if pipeline.resize != "bicubic":
+            args += ["--resize", pipeline.resize]
+        if pipeline.v2:  # EfficientNetV2's own eval
+            args += ["--preprocessing", pipeline.v2]
         _run_tf("converter.tfref.preprocess", args + ["--files", *map(str, files)], "cpu")
         with np.load(out) as z:
             return z["images"]
@@ -486,10 +486,10 @@ def write_report(report: ParityReport, path: Path, commit: bool = True):
 def report_path_for(weights: Path) -> Path:
     """Where the JSON report goes: beside the weights, ``NAME.verify.json``."""
     weights = Path(weights)
-    if weights.is_dir():  # a --layout transformers folder: inside it (converter/hf.py)
-        from .hf import REPORT_NAME
+    if weights.is_dir():  # a folder layout's output (--layout transformers): inside it, as its writer names it
+        from .mapping import folder_writer_of
 
-        return weights / REPORT_NAME
+        return weights / folder_writer_of(weights).REPORT_NAME
     return weights.with_name(weights.name.rsplit(".", 1)[0] + ".verify.json")
 
 
@@ -501,10 +501,10 @@ def checked_report(weights: Path, prefix: str, record_as: Optional[Path] = None,
     from .pipeline import Deferred, sha256_files
 
     weights = Path(weights)
-    if weights.is_dir():  # a --layout transformers folder (converter/hf.py): its weights file
-        from .hf import folder_weights
+    if weights.is_dir():  # a folder layout's output (--layout transformers): its weights file
+        from .mapping import folder_writer_of
 
-        target = folder_weights(weights)
+        target = folder_writer_of(weights).folder_weights(weights)
     else:
         target = weights
     digest = Deferred.run(sha256_files, [target])  # beside the verification
@@ -520,7 +520,7 @@ def verify_file(weights: Path, prefix: str, **kwargs) -> ParityReport:
     report = checked_report(weights, prefix, **kwargs)
     write_report(report, report_path_for(weights))
     if Path(weights).is_dir():  # the folder's model card gets the figures
-        from .hf import add_verification
+        from .mapping import folder_writer_of
 
-        add_verification(Path(weights), report)
+        folder_writer_of(Path(weights)).add_verification(Path(weights), report)
     return report

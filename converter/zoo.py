@@ -7,25 +7,18 @@ tensorflow/tpu's.
 """
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from .arch import ArchSpec, architecture_name, get_arch, register_release, release_name
+from .arch import lookup, register_release, release_name
+from .checkpoint import IMAGENET_MEAN, IMAGENET_STD, Checkpoint
 from .errors import ConversionError
 
 # tensorflow/tpu efficientnet README: where the released checkpoints live
 OFFICIAL_BASE_URL = "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/"
-BASE_URL_ENV = "EFFNET_BASE_URL"
-
-# tensorflow/tpu efficientnet main.py / preprocessing: MEAN_RGB, STDDEV_RGB on the 0-255 scale
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # AdvProp checkpoints expect x * 2 / 255 - 1 (tensorflow/tpu efficientnet README, advprop section)
 ADVPROP_MEAN = (0.5, 0.5, 0.5)
 ADVPROP_STD = (0.5, 0.5, 0.5)
-CROP_PADDING = 32  # tensorflow/tpu efficientnet preprocessing.py (pre-Nov 2021): CROP_PADDING = 32
 # Lite, EdgeTPU and CondConv: MEAN_RGB = [127.0]*3, STDDEV_RGB = [128.0]*3 on the 0-255 scale
 # (shared/reference/family.csv; tensorflow/tpu lite/efficientnet_lite_builder.py MEAN_RGB/STDDEV_RGB)
 FAMILY_MEAN = (127.0 / 255.0,) * 3
@@ -50,110 +43,19 @@ _PATHS = {
 }
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """One released checkpoint and how to evaluate it."""
-
-    variant: str
-    flavor: str
-    zoo_name: Optional[str]
-    params_m: float
-    flops_g: Optional[float]  # as the zoo page prints it (mmcv's counter); see arch.count_macs
-    top1: Optional[float]  # the official published ImageNet top-1 (%)
-    top5: Optional[float]  # the zoo page's (no official top-5 is published)
-    # beyond the main family: the tarball's path below the official base URL, and the
-    # normalization (0-1 scale) when it is not decided by the flavor
-    path: Optional[str] = None
-    norm: Optional[Tuple[Tuple[float, float, float], Tuple[float, float, float]]] = None
-    zoo_top1: Optional[float] = None  # the OpenMMLab zoo page's top-1 of its conversion (%)
-    # the resolution it was released at when not its architecture's (the NoisyStudent L2 at 475 px);
-    # ``variant`` is then its release name (converter.arch.RELEASES)
-    release_resolution: Optional[int] = None
-
-    @property
-    def zoo_top1_differs(self) -> bool:
-        """Whether the zoo's top-1 differs from the official one beyond the official figure's rounding."""
-        if self.zoo_top1 is None or self.top1 is None:
-            return False
-        return abs(self.zoo_top1 - self.top1) > 0.5 * 10.0 ** -_decimals(self.top1) + 1e-9
-
-    @property
-    def arch(self) -> ArchSpec:
-        return get_arch(self.variant)
-
-    @property
-    def name(self) -> str:
-        return f"efficientnet-{self.variant}_{self.flavor}"
-
-    @property
-    def resolution(self) -> int:
-        return self.release_resolution or self.arch.resolution
-
-    @property
-    def arch_name(self) -> str:
-        """The architecture's registry name (``l2`` for the L2 released at 475 px)."""
-        return architecture_name(self.variant)
-
-    @property
-    def crop_pct(self) -> float:
-        res = self.resolution
-        return res / (res + CROP_PADDING)
-
-    @property
-    def interpolation(self) -> str:
-        return "bicubic"
-
-    @property
-    def mean(self) -> Tuple[float, float, float]:
-        if self.norm:
-            return self.norm[0]
-        return ADVPROP_MEAN if self.flavor == "advprop" else IMAGENET_MEAN
-
-    @property
-    def std(self) -> Tuple[float, float, float]:
-        if self.norm:
-            return self.norm[1]
-        return ADVPROP_STD if self.flavor == "advprop" else IMAGENET_STD
-
-    @property
-    def family(self) -> str:
-        return self.arch.family
-
-    @property
-    def relative_path(self) -> str:
-        if self.path:
-            return self.path
+def _checkpoint(variant: str, flavor: str, zoo_name: Optional[str], params_m: float, flops_g: Optional[float],
+                top1: Optional[float], top5: Optional[float], path: Optional[str] = None, norm=None,
+                zoo_top1: Optional[float] = None, release_resolution: Optional[int] = None) -> Checkpoint:
+    """One V1 checkpoint: named ``efficientnet-<variant>_<flavor>``; ``path`` below the official base URL
+    (default by flavor, _PATHS); ``norm`` (mean, std) when the flavor does not decide it."""
+    if path is None:
         # official file names spell a release at another resolution efficientnet-<arch>_<resolution>
-        v = f"{self.arch_name}_{self.release_resolution}" if self.release_resolution else self.variant
-        return _PATHS[self.flavor].format(v=v)
-
-    @property
-    def url(self) -> str:
-        return OFFICIAL_BASE_URL + self.relative_path
-
-    def download_url(self) -> str:
-        """The URL to fetch: below ``$EFFNET_BASE_URL`` when set (mirrors, tests)."""
-        base = os.environ.get(BASE_URL_ENV) or OFFICIAL_BASE_URL
-        if not base.endswith("/"):
-            base += "/"
-        return base + self.relative_path
-
-    def pretrained_cfg(self) -> Dict[str, object]:
-        return {
-            "variant": self.variant,
-            "flavor": self.flavor,
-            "input_size": [3, self.resolution, self.resolution],
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "crop_pct": self.crop_pct,
-            "interpolation": self.interpolation,
-        }
-
-
-def _decimals(x: float) -> int:
-    """Decimals of a published figure as written (78.8 -> 1, 77.23 -> 2)."""
-    text = repr(float(x))
-    return len(text.split(".")[1].rstrip("0")) if "." in text else 0
+        v = variant.rsplit("-", 1)[0] + f"_{release_resolution}" if release_resolution else variant
+        path = _PATHS[flavor].format(v=v)
+    mean, std = norm or ((ADVPROP_MEAN, ADVPROP_STD) if flavor == "advprop" else (IMAGENET_MEAN, IMAGENET_STD))
+    return Checkpoint(variant, flavor, zoo_name, params_m, flops_g, top1, top5, name=f"efficientnet-{variant}_{flavor}",
+                      arch=lookup(variant), base_url=OFFICIAL_BASE_URL, relative_path=path, mean=mean, std=std,
+                      zoo_top1=zoo_top1)
 
 
 # tensorflow/tpu models/official/efficientnet/README.md (HEAD 7dc921f), the checkpoint table: top-1 %
@@ -211,15 +113,15 @@ efficientnet-l2_3rdparty-ra-noisystudent_in1k-475px,l2,noisystudent,480.31,484.9
         name, variant, flavor, params, flops, top1, top5 = line.split(",")
         # a zoo name ending in -<N>px at another than the architecture's resolution: a release at N px
         px = re.search(r"-(\d+)px$", name)
-        res = int(px.group(1)) if px and int(px.group(1)) != get_arch(variant).resolution else None
+        res = int(px.group(1)) if px and int(px.group(1)) != lookup(variant).resolution else None
         if res:
             variant = register_release(variant, res)
-        rows.append(Checkpoint(variant, flavor, name, float(params), float(flops), OFFICIAL_TOP1[variant, flavor],
-                               float(top5), zoo_top1=float(top1), release_resolution=res))
+        rows.append(_checkpoint(variant, flavor, name, float(params), float(flops), OFFICIAL_TOP1[variant, flavor],
+                                float(top5), zoo_top1=float(top1), release_resolution=res))
     # Beyond the zoo: RandAugment checkpoints (tensorflow/tpu efficientnet README:
     # B5 83.7% and B7 84.7% top-1 with RandAugment; no top-5 published).
-    rows.append(Checkpoint("b5", "randaug", None, 30.39, None, OFFICIAL_TOP1["b5", "randaug"], None))
-    rows.append(Checkpoint("b7", "randaug", None, 66.35, None, OFFICIAL_TOP1["b7", "randaug"], None))
+    rows.append(_checkpoint("b5", "randaug", None, 30.39, None, OFFICIAL_TOP1["b5", "randaug"], None))
+    rows.append(_checkpoint("b7", "randaug", None, 66.35, None, OFFICIAL_TOP1["b7", "randaug"], None))
     # The rest of the family, one checkpoint each (flavor "standard"): model, params_m,
     # madds_g, top1 and the path of the URL -- shared/reference/family.csv (tensorflow/tpu
     # lite/README.md, edgetpu/README.md, condconv/README.md; no top-5 published)
@@ -238,22 +140,12 @@ condconv-b0-8e-depth,39.72,0.614,79.5,condconv/efficientnet-condconv-b0-8e-depth
 """
     for line in family.strip().splitlines():
         variant, params, madds, top1, path = line.split(",")
-        rows.append(Checkpoint(variant, "standard", None, float(params), float(madds) if madds else None,
-                               float(top1), None, path=path, norm=(FAMILY_MEAN, FAMILY_STD)))
+        rows.append(_checkpoint(variant, "standard", None, float(params), float(madds) if madds else None,
+                                float(top1), None, path=path, norm=(FAMILY_MEAN, FAMILY_STD)))
     return rows
 
 
 CHECKPOINTS: Tuple[Checkpoint, ...] = tuple(_rows())
-# Other families' checkpoints (converter/zoo_v2.py: EfficientNetV2), registered when their
-# module is imported (converter/__init__.py), and their finders: (variant, flavor) -> a
-# checkpoint, or None when the pair is not theirs
-EXTRA_CHECKPOINTS: List[Checkpoint] = []
-FINDERS: List[Callable[[Optional[str], Optional[str]], Optional[Checkpoint]]] = []
-
-
-def all_checkpoints() -> List[Checkpoint]:
-    """CHECKPOINTS, then the other families' (``--list``, ``--all --only``)."""
-    return list(CHECKPOINTS) + list(EXTRA_CHECKPOINTS)
 
 
 def normalize_flavor(flavor: str) -> str:
@@ -266,47 +158,12 @@ def normalize_flavor(flavor: str) -> str:
     return f
 
 
-def find_by_name(name: str) -> Optional[Checkpoint]:
-    """The checkpoint ``--list`` shows under ``name`` (its name or its zoo name, any case), or None."""
-    key = name.strip().lower()
-    for c in all_checkpoints():
-        if key == c.name.lower() or (c.zoo_name and key == c.zoo_name.lower()):
-            return c
-    return None
-
-
-def named_match(variant: Optional[str], flavor: Optional[str], named: Optional[Checkpoint]):
-    """For a family's finder: (``variant``'s architecture or None, ``named``: the checkpoint whose name
-    was given as ``flavor``, refused when ``--variant`` names another architecture)."""
-    arch = None
-    if variant:
-        try:
-            arch = get_arch(variant)
-        except ConversionError:
-            arch = None
-    if named is not None and variant and (arch is None or arch.name != named.variant):
-        raise ConversionError(f"--flavor {flavor} is a {named.variant} checkpoint but --variant is {variant}")
-    return arch, named
-
-
-def find_checkpoint(variant: Optional[str] = None, flavor: Optional[str] = None) -> Checkpoint:
-    """The registry entry for (variant, flavor); ``flavor`` may also be any name ``--list`` shows
-    (``efficientnet-b0_aa``, the zoo's ``efficientnet-b0_3rdparty_8xb32-aa_in1k``), ``variant`` then optional."""
-    if flavor:
-        c = find_by_name(flavor)
-        if c is not None:
-            if variant and get_arch(variant).name != c.variant:
-                raise ConversionError(
-                    f"--flavor {flavor} is a {c.variant} checkpoint but --variant is {variant}")
-            return c
-    for finder in FINDERS:
-        hit = finder(variant, flavor)
-        if hit is not None:
-            return hit
-    if not variant:
-        raise ConversionError("--variant is required (e.g. --variant b4), or give a zoo model name as --flavor")
-    arch = get_arch(variant)
+def find(arch, flavor: Optional[str]) -> Optional[Checkpoint]:
+    """The V1 checkpoint of architecture ``arch`` and ``flavor``; None when ``arch`` is not one of
+    this family's (``flavor`` a --list name was looked up before, by converter.registry.find_checkpoint)."""
     matches = [c for c in CHECKPOINTS if c.variant == arch.name]
+    if not matches:
+        return None
     if flavor:
         f = normalize_flavor(flavor)
         hit = [c for c in matches if c.flavor == f]
@@ -319,31 +176,3 @@ def find_checkpoint(variant: Optional[str] = None, flavor: Optional[str] = None)
         return matches[0]
     have = ", ".join(c.flavor for c in matches)
     raise ConversionError(f"--flavor is required for {arch.name}: one of {have}")
-
-
-def _pct(x: Optional[float]) -> str:
-    return "-" if x is None else f"{x:.{max(1, _decimals(x))}f}"
-
-
-LIST_HEADER = ("name", "zoo name", "params(M)", "GFLOPs", "res", "top1", "top1(zoo)", "url")
-LIST_NOTES = (
-    "name or zoo name: either one is a valid --flavor (then --variant may be left out).",
-    "top1: the published ImageNet top-1 % (the official READMEs: tensorflow/tpu models/official/efficientnet and "
-    "its lite/, edgetpu/, condconv/ ...; '-': none published).",
-    "top1(zoo): the OpenMMLab model zoo's own figure for its conversion, shown where it differs from the published "
-    "one beyond rounding (e.g. NoisyStudent b0: zoo 77.63, published 78.8).",
-    "GFLOPs: multiply-adds of one image at the native resolution, computed from the architecture.",
-)
-
-
-def list_lines(checkpoints=None) -> List[str]:
-    """The ``--list`` table (aligned columns, LIST_HEADER) and its notes, one string per line."""
-    from .arch import count_macs, count_params
-
-    rows = [LIST_HEADER]
-    for c in all_checkpoints() if checkpoints is None else checkpoints:
-        rows.append((c.name, c.zoo_name or "-", f"{count_params(c.arch) / 1e6:.2f}", f"{count_macs(c.arch) / 1e9:.2f}",
-                     str(c.resolution), _pct(c.top1), f"{c.zoo_top1:.2f}" if c.zoo_top1_differs else "", c.url))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(LIST_HEADER))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
-    return lines + list(LIST_NOTES)

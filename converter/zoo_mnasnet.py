@@ -9,21 +9,19 @@ table with top-1/top-5, parameters and multiply-adds; ``.tgz`` files under
 mnasnet_main.py): centre crop ``int(res / (res + 32) * min(h, w))`` at offsets
 ``((h - crop) + 1) // 2``, decode_and_crop_jpeg, ``tf.image.resize`` of tf.compat.v1 (BILINEAR,
 half_pixel_centers=False), then ``(x - MEAN_RGB) / STDDEV_RGB`` with the ImageNet values * 255.
-Importing this module registers them in converter.zoo (converter/__init__.py does).
+The family package (converter/families/mnasnet/) declares them.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from . import zoo as _zoo
-from .arch import get_arch
+from .arch import params_with
+from .checkpoint import Checkpoint
 from .errors import ConversionError
-from .mnasnet import A1_WIDTHS, GRID_RESOLUTIONS, INTERPOLATION, MIXNET, MNASNET, width_tag
-from .zoo import BASE_URL_ENV, CROP_PADDING, IMAGENET_MEAN, IMAGENET_STD, Checkpoint
+from .mnasnet import A1_WIDTHS, COST, GRID_RESOLUTIONS, INTERPOLATION, MIXNET, MNAS_ARCHS, registry_key, width_tag
 
 TPU_CHECKPOINTS = "https://storage.googleapis.com/cloud-tpu-checkpoints/"
+STANDARD = ("standard", "baseline", "std")  # the one flavor, and its aliases as EfficientNet's --flavor takes them
 PREPROCESSING = "mnasnet"  # pretrained_cfg["preprocessing"]: converter.preprocess's bilinear official path
 
 # README.md (mnasnet) table: (depth multiplier, input size) -> (top-1, top-5, params M, MAdds M)
@@ -49,57 +47,17 @@ _A1_224_FILES = {1.4: "mnasnet-a1-140", 1.0: "mnasnet-a1", 0.75: "mnasnet-a1-075
                  0.35: "mnasnet-a1-035"}
 
 
-@dataclass(frozen=True)
-class CheckpointMnas(Checkpoint):
-    """One released MnasNet / MixNet checkpoint (flavor ``standard``); ``stem`` is the file's name."""
-
-    stem: str = ""
-    folder: str = "mnasnet"  # below cloud-tpu-checkpoints/
-    suffix: str = ".tgz"
-
-    @property
-    def name(self) -> str:
-        return self.stem
-
-    @property
-    def interpolation(self) -> str:
-        return INTERPOLATION
-
-    @property
-    def mean(self) -> Tuple[float, float, float]:
-        return IMAGENET_MEAN
-
-    @property
-    def std(self) -> Tuple[float, float, float]:
-        return IMAGENET_STD
-
-    @property
-    def crop_pct(self) -> float:
-        return self.resolution / (self.resolution + CROP_PADDING)  # preprocessing.py CROP_PADDING = 32
-
-    @property
-    def relative_path(self) -> str:
-        return f"{self.folder}/{self.stem}{self.suffix}"
-
-    @property
-    def url(self) -> str:
-        return TPU_CHECKPOINTS + self.relative_path
-
-    def download_url(self) -> str:
-        """Below ``$EFFNET_BASE_URL`` when set (then ``BASE/mnasnet/...``), else the official URL."""
-        base = os.environ.get(BASE_URL_ENV)
-        if not base:
-            return self.url
-        return base + ("" if base.endswith("/") else "/") + self.relative_path
-
-    def pretrained_cfg(self) -> Dict[str, object]:
-        cfg = super().pretrained_cfg()
-        cfg.update(preprocessing=PREPROCESSING, official_name=self.stem)
-        return cfg
+def _checkpoint(variant: str, params: float, madds_g: Optional[float], top1: Optional[float], top5: Optional[float],
+                stem: str, folder: str = "mnasnet", suffix: str = ".tgz") -> Checkpoint:
+    """One released MnasNet / MixNet checkpoint (flavor ``standard``), named as its file ``stem``."""
+    return Checkpoint(variant, "standard", None, params, madds_g, top1, top5, name=stem,
+                      arch=MNAS_ARCHS[registry_key(variant)], base_url=TPU_CHECKPOINTS,
+                      relative_path=f"{folder}/{stem}{suffix}", interpolation=INTERPOLATION,
+                      preprocessing=PREPROCESSING, extra_cfg=(("official_name", stem),))
 
 
-def _rows() -> List[CheckpointMnas]:
-    rows: List[CheckpointMnas] = []
+def _rows() -> List[Checkpoint]:
+    rows: List[Checkpoint] = []
     for w in A1_WIDTHS:
         for res in (224,) + GRID_RESOLUTIONS:
             top1, top5, params, madds = MNAS_TABLE[(w, res)]
@@ -107,43 +65,29 @@ def _rows() -> List[CheckpointMnas]:
                 variant, stem = ("mnasnet-a1" if w == 1.0 else f"mnasnet-a1_d{width_tag(w)}"), _A1_224_FILES[w]
             else:
                 variant = stem = f"mnasnet-a1_d{width_tag(w)}_i{res}"
-            rows.append(CheckpointMnas(variant, "standard", None, params, madds / 1000, top1, top5, stem=stem))
+            rows.append(_checkpoint(variant, params, madds / 1000, top1, top5, stem))
     # README.md: mnasnet-small "~66% top-1 ... 2.0M parameters and 68M Multiply-Adds"
-    rows.append(CheckpointMnas("mnasnet-small", "standard", None, 2.0, 0.068, 66.0, None, stem="mnasnet-small"))
+    rows.append(_checkpoint("mnasnet-small", 2.0, 0.068, 66.0, None, "mnasnet-small"))
     # mixnet/README.md: MixNet-L 78.9 % top-1; the repository gives no S/M figures (None); parameters
     # as the official builder's variables count them
     for size, top1 in (("s", None), ("m", None), ("l", 78.9)):
         name = f"mixnet-{size}"
-        params = round(_zoo_params(name) / 1e6, 2)
-        rows.append(CheckpointMnas(name, "standard", None, params, None, top1, None, stem=name, folder=MIXNET,
-                                   suffix=".tar.gz"))
+        params = round(params_with(MNAS_ARCHS[name], lambda b: COST[b.kind][0](b)) / 1e6, 2)
+        rows.append(_checkpoint(name, params, None, top1, None, name, folder=MIXNET, suffix=".tar.gz"))
     return rows
 
 
-def _zoo_params(variant: str) -> int:
-    from .arch import count_params
-
-    return count_params(get_arch(variant))
-
-
-CHECKPOINTS_MNAS: Tuple[CheckpointMnas, ...] = tuple(_rows())
+CHECKPOINTS_MNAS: Tuple[Checkpoint, ...] = tuple(_rows())
 _BY_VARIANT = {c.variant: c for c in CHECKPOINTS_MNAS}
-_BY_STEM = {c.stem: c for c in CHECKPOINTS_MNAS}
 
 
-def find_mnas(variant: Optional[str], flavor: Optional[str]) -> Optional[CheckpointMnas]:
-    """The checkpoint of a MnasNet/MixNet ``variant`` (flavor none or ``standard``), or of the file
-    name given as ``flavor`` (``mnasnet-a1-140``); None when neither is one of them."""
-    arch, by_stem = _zoo.named_match(variant, flavor, _BY_STEM.get(flavor.strip().lower()) if flavor else None)
-    if by_stem is not None:
-        return by_stem
-    if arch is None or arch.family not in (MNASNET, MIXNET):
+
+def find_mnas(arch, flavor: Optional[str]) -> Optional[Checkpoint]:
+    """The checkpoint of a MnasNet/MixNet architecture ``arch`` (flavor none or ``standard``), or None
+    when ``arch`` is not one of them (a file name given as ``flavor`` was looked up before)."""
+    if arch.name not in _BY_VARIANT:
         return None
-    if flavor and _zoo.FLAVOR_ALIASES.get(flavor.strip().lower(), flavor.strip().lower()) != "standard":
-        raise ConversionError(f"{arch.name} was released once (flavor standard, file {_BY_VARIANT[arch.name].stem}); "
+    if flavor and flavor.strip().lower() not in STANDARD:
+        raise ConversionError(f"{arch.name} was released once (flavor standard, file {_BY_VARIANT[arch.name].name}); "
                               f"drop --flavor {flavor}")
     return _BY_VARIANT[arch.name]
-
-
-_zoo.FINDERS.append(find_mnas)
-_zoo.EXTRA_CHECKPOINTS.extend(CHECKPOINTS_MNAS)

@@ -21,17 +21,18 @@ dataset config overrides ``data.augname``):
   ``(x - 128) / 128``;
 - ``v2-ft`` -- every 21k-ft1k checkpoint (``'ft'``): preprocess_for_finetune: ``x / 255``, then
   ``(x - 0.5) / 0.5``, then ``tf.image.resize`` (bilinear) to the eval size; no crop.
+
+The family package (converter/families/efficientnet_v2/) declares them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Optional
 
-from . import zoo as _zoo
-from .arch import ArchSpec, get_arch
-from .arch_v2 import V2_ARCHS, with_resolution
+from .arch import params_with
+from .arch_v2 import COST, V2_ARCHS
+from .checkpoint import CROP_PADDING, IMAGENET_MEAN, IMAGENET_STD, Checkpoint
 from .errors import ConversionError
-from .zoo import IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_BASE_URL, Checkpoint
+from .zoo import OFFICIAL_BASE_URL
 
 V2_PATH = "v2/{name}.tgz"  # below OFFICIAL_BASE_URL (effnetv2_model.get_model: v2url)
 FLAVORS_V2 = ("1k", "21k", "21k-ft1k")
@@ -44,7 +45,6 @@ FLAVOR_ALIASES_V2 = {
 CLASSES_21K = 21843  # datasets.ImageNet21kInput: num_classes=21843
 EVAL_SIZE_21K = 224  # datasets.ImageNet21k: eval isize=224
 NO_CROP_FROM = 320  # preprocessing.preprocess_for_eval: 'crop' if image_size < 320 else ''
-CROP_PADDING = 32  # preprocessing.preprocess_for_eval / preprocess_legacy: image_size / (image_size + 32)
 
 PREPROCESSING = ("v1", "v2", "v2-ft")
 # the 0-1 scale mean/std that reproduce each kind's normalization (synthetic inputs, libraries)
@@ -67,65 +67,25 @@ MMPRETRAIN_NAMES = {
 }
 
 
-@dataclass(frozen=True)
-class CheckpointV2(Checkpoint):
-    """One released EfficientNetV2 checkpoint; ``variant`` is ``v2-s`` etc."""
+_NORM = {"v1": (IMAGENET_MEAN, IMAGENET_STD), "v2": (V2_MEAN, V2_STD), "v2-ft": (FT_MEAN, FT_STD)}
 
-    eval_size: int = 0
-    preprocessing: str = "v2"  # PREPROCESSING
-    num_classes: int = 1000
 
-    @property
-    def size(self) -> str:
-        return self.variant[len("v2-"):]
-
-    @property
-    def name(self) -> str:
-        """The official tarball stem: ``efficientnetv2-s``, ``efficientnetv2-s-21k``, ``efficientnetv2-s-21k-ft1k``."""
-        return f"efficientnetv2-{self.size}" + ("" if self.flavor == "1k" else f"-{self.flavor}")
-
-    @property
-    def arch(self) -> ArchSpec:
-        return with_resolution(get_arch(self.variant), self.eval_size).with_classes(self.num_classes)
-
-    @property
-    def resolution(self) -> int:
-        return self.eval_size
-
-    @property
-    def crop_pct(self) -> float:
-        if self.preprocessing == "v2-ft" or (self.preprocessing == "v2" and self.eval_size >= NO_CROP_FROM):
-            return 1.0
-        return self.eval_size / (self.eval_size + CROP_PADDING)
-
-    @property
-    def interpolation(self) -> str:
-        return "bicubic" if self.preprocessing == "v1" else "bilinear"
-
-    @property
-    def mean(self) -> Tuple[float, float, float]:
-        return {"v1": IMAGENET_MEAN, "v2": V2_MEAN, "v2-ft": FT_MEAN}[self.preprocessing]
-
-    @property
-    def std(self) -> Tuple[float, float, float]:
-        return {"v1": IMAGENET_STD, "v2": V2_STD, "v2-ft": FT_STD}[self.preprocessing]
-
-    @property
-    def family(self) -> str:
-        return "efficientnetv2"
-
-    @property
-    def relative_path(self) -> str:
-        return V2_PATH.format(name=self.name)
-
-    @property
-    def url(self) -> str:
-        return OFFICIAL_BASE_URL + self.relative_path
-
-    def pretrained_cfg(self) -> Dict[str, object]:
-        cfg = super().pretrained_cfg()
-        cfg.update(preprocessing=self.preprocessing, num_classes=self.num_classes, official_name=self.name)
-        return cfg
+def _checkpoint(size: str, flavor: str) -> Checkpoint:
+    """One released V2 checkpoint, named as its official tarball: ``efficientnetv2-s``,
+    ``efficientnetv2-s-21k``, ``efficientnetv2-s-21k-ft1k``; ``variant`` is ``v2-s`` etc."""
+    spec = V2_ARCHS[f"v2-{size}"]
+    classes = CLASSES_21K if flavor == "21k" else 1000
+    eval_size = EVAL_SIZE_21K if flavor == "21k" else spec.resolution
+    name = f"efficientnetv2-{size}" + ("" if flavor == "1k" else f"-{flavor}")
+    prep = _preprocessing(size, flavor)
+    crop = 1.0 if prep == "v2-ft" or (prep == "v2" and eval_size >= NO_CROP_FROM) else eval_size / (eval_size + CROP_PADDING)
+    mean, std = _NORM[prep]
+    arch = spec.at_resolution(eval_size).with_classes(classes)
+    return Checkpoint(spec.name, flavor, MMPRETRAIN_NAMES.get((size, flavor)), round(params_with(arch, lambda b: COST[b.kind][0](b)) / 1e6, 2),
+                      None, TOP1.get((size, flavor)), None, name=name, arch=arch, base_url=OFFICIAL_BASE_URL,
+                      relative_path=V2_PATH.format(name=name), mean=mean, std=std, crop=crop,
+                      interpolation="bicubic" if prep == "v1" else "bilinear", preprocessing=prep,
+                      extra_cfg=(("num_classes", classes), ("official_name", name)))
 
 
 def _preprocessing(size: str, flavor: str) -> str:
@@ -136,30 +96,9 @@ def _preprocessing(size: str, flavor: str) -> str:
     return "v1" if size.startswith("b") else "v2"  # effnetv2_configs: effnetv1_autoaug / randaug
 
 
-def _rows() -> List[CheckpointV2]:
-    rows = []
-    for flavor in FLAVORS_V2:
-        for size in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl"):
-            if size == "xl" and flavor == "1k":
-                continue  # effnetv2_model.get_model: "no imagenet ckpt" for XL
-            spec = V2_ARCHS[f"v2-{size}"]
-            classes = CLASSES_21K if flavor == "21k" else 1000
-            eval_size = EVAL_SIZE_21K if flavor == "21k" else spec.resolution
-            params = _params_m(spec.with_classes(classes))
-            rows.append(CheckpointV2(
-                variant=spec.name, flavor=flavor, zoo_name=MMPRETRAIN_NAMES.get((size, flavor)),
-                params_m=params, flops_g=None, top1=TOP1.get((size, flavor)), top5=None,
-                eval_size=eval_size, preprocessing=_preprocessing(size, flavor), num_classes=classes))
-    return rows
-
-
-def _params_m(spec: ArchSpec) -> float:
-    from .arch import count_params
-
-    return round(count_params(spec) / 1e6, 2)
-
-
-CHECKPOINTS_V2: Tuple[CheckpointV2, ...] = tuple(_rows())
+CHECKPOINTS_V2 = tuple(_checkpoint(size, flavor) for flavor in FLAVORS_V2
+                       for size in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl")
+                       if not (size == "xl" and flavor == "1k"))  # effnetv2_model.get_model: "no imagenet ckpt" for XL
 
 
 def normalize_flavor_v2(flavor: str) -> str:
@@ -170,20 +109,10 @@ def normalize_flavor_v2(flavor: str) -> str:
     return FLAVOR_ALIASES_V2[f]
 
 
-def find_v2(variant: Optional[str], flavor: Optional[str]) -> Optional[CheckpointV2]:
-    """The V2 checkpoint for (variant, flavor), or None when neither names a V2 one.
-
-    ``flavor`` may be a flavor (``21k-ft1k``, ``imagenet21k``...), an official name
-    (``efficientnetv2-s-21k-ft1k``) or an mmpretrain zoo name; ``variant`` may then be left out.
-    """
-    by_name = None
-    if flavor:
-        f = flavor.strip().lower()
-        by_name = next((c for c in CHECKPOINTS_V2 if f in (c.name, (c.zoo_name or "").lower())), None)
-    arch, by_name = _zoo.named_match(variant, flavor, by_name)
-    if by_name is not None:
-        return by_name
-    if arch is None or arch.name not in V2_ARCHS:
+def find_v2(arch, flavor: Optional[str]) -> Optional[Checkpoint]:
+    """The V2 checkpoint of architecture ``arch`` and ``flavor`` (``21k-ft1k``, ``imagenet21k``...), or
+    None when ``arch`` is not a V2 one."""
+    if arch.name not in V2_ARCHS:
         return None
     matches = [c for c in CHECKPOINTS_V2 if c.variant == arch.name]
     if not flavor:
@@ -195,7 +124,3 @@ def find_v2(variant: Optional[str], flavor: Optional[str]) -> Optional[Checkpoin
         raise ConversionError(f"no official {f} checkpoint of {arch.name}; {arch.name} was released as: "
                               f"{', '.join(c.flavor for c in matches)}")
     return hit[0]
-
-
-_zoo.FINDERS.append(find_v2)
-_zoo.EXTRA_CHECKPOINTS.extend(CHECKPOINTS_V2)

@@ -61,12 +61,6 @@ BLOCK_FUSED_V2_NO_EXPAND = (
 BLOCK_V2_EXPAND = tuple((k.replace("_dwconv", "_dwconv2"), o, kind) for k, o, kind in BLOCK_EXPAND)
 BLOCK_V2_NO_EXPAND = tuple((k.replace("_dwconv", "_dwconv2"), o, kind) for k, o, kind in BLOCK_NO_EXPAND)
 
-# (block kind, has an expand conv) -> rows, for the EfficientNetV2 kinds (converter/arch_v2.py)
-V2_BLOCK_ROWS = {
-    ("fused_v2", True): BLOCK_FUSED_V2_EXPAND, ("fused_v2", False): BLOCK_FUSED_V2_NO_EXPAND,
-    ("mbconv", True): BLOCK_V2_EXPAND, ("mbconv", False): BLOCK_V2_NO_EXPAND,
-}
-
 HEAD = (
     ("top_conv",                "head/conv2d",                          CONV),
     ("top_bn",                  "head/tpu_batch_normalization",         BN),

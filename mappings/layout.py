@@ -12,9 +12,9 @@ expand a table import converter.mapping when called), so every table file can im
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
-from ..arch import FUSED_STRIDE_EXPAND, FUSED_STRIDE_PROJECT, architecture_name
+from ..arch import FUSED_STRIDE_EXPAND, FUSED_STRIDE_PROJECT, fused_stride_exact
 from ..errors import ConversionError
 
 # a table's fused_stride_on (where its library's fused block strides) -> arch.FUSED_STRIDES name
@@ -39,16 +39,31 @@ class Layout:
     # where the library's fused block strides ("kxk" / "1x1", FUSED_STRIDE_ON); None: as the spec says
     fused_stride_on: Optional[str] = None
     pth_form: str = "state_dict"  # "mmengine": {"state_dict": ..., "meta": ...} (mmengine load_checkpoint)
-    file_form: str = "file"  # "folder": a from_pretrained folder (converter/hf_write.py)
-    # library model -> keyword arguments its constructor needs to equal the official model
-    model_kwargs: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    file_form: str = "file"  # "folder": a folder its own writer fills (``writer``)
+    # a folder layout's writer: the module (dotted name, imported when used) with ``folder_converter``
+    # (convert's twin), ``commit_folder``, ``folder_weights``, ``add_verification`` and ``REPORT_NAME``
+    writer: Optional[str] = None
     native: bool = False  # the layout of converter.model itself: files named without a suffix
+    # (spec) -> {block index: format fields}: fields its rows use beyond the generic and the kinds' ones
+    fields: Optional[Callable[[object], Dict[int, Dict[str, object]]]] = None
 
     def __post_init__(self):
         if self.fused_stride_on not in (None, *FUSED_STRIDE_ON):
             raise ValueError(f"layout {self.name}: fused_stride_on {self.fused_stride_on!r} not in {tuple(FUSED_STRIDE_ON)}")
         if self.pth_form not in PTH_FORMS or self.file_form not in FILE_FORMS:
             raise ValueError(f"layout {self.name}: pth_form in {PTH_FORMS}, file_form in {FILE_FORMS}")
+        if (self.file_form == "folder") != (self.writer is not None):
+            raise ValueError(f"layout {self.name}: a folder layout names its writer, a file layout none")
+
+    def form(self) -> Tuple:
+        """What the layout's name alone decides (the same in every family's declaration of it)."""
+        return self.native, self.pth_form, self.file_form, self.writer
+
+    def folder_writer(self):
+        """The module that writes and reads this folder layout (``writer``)."""
+        import importlib
+
+        return importlib.import_module(self.writer)
 
     def __str__(self) -> str:
         return self.name
@@ -58,7 +73,7 @@ class Layout:
 
     def check_variant(self, spec) -> None:
         """Refuse (ConversionError) a variant this layout's library has no model for."""
-        arch = architecture_name(spec.name)  # a release at another resolution (l2-475): its architecture's model
+        arch = spec.arch_name  # a release at another resolution (l2-475): its architecture's model
         why = self.not_official.get(arch)
         if why:
             raise ConversionError(f"layout {self.name} has no model for variant {spec.name}: {why}; use --layout native")
@@ -68,7 +83,7 @@ class Layout:
 
     def library_model(self, spec) -> str:
         """The name of ``spec``'s model in this layout's library (else the variant's name)."""
-        return (self.variants or {}).get(architecture_name(spec.name), spec.name)
+        return (self.variants or {}).get(spec.arch_name, spec.name)
 
     def library_fused_stride(self) -> Optional[str]:
         """Where the library's model strides a fused block (arch.FUSED_STRIDES), None: as the spec says."""
@@ -81,13 +96,11 @@ class Layout:
         expand conv (``fused_stride_on="kxk"``), as the official code does since tensorflow/tpu
         32572cb: exact for the default placement; for a file converted with the 2019 placement
         (``--fused-stride project``) only at input sizes where every strided fused block sees an
-        odd input (converter.mapping.fused_stride_exact).
+        odd input (converter.arch.fused_stride_exact).
         """
         lib = self.library_fused_stride()
         if lib is None or lib == spec.fused_stride or not spec.has_strided_fused:
             return None
-        from ..mapping import fused_stride_exact
-
         res = spec.resolution
         near = sorted((s for s in range(max(res - 16, 1), res + 17) if fused_stride_exact(spec, s, lib)),
                       key=lambda s: (abs(s - res), s))[:4]
@@ -99,38 +112,6 @@ class Layout:
     def output_stem(self, name: str) -> str:
         """File name stem of a conversion: ``efficientnet-b4_advprop`` (native) or ``efficientnet-b4_advprop.timm``."""
         return name if self.native else f"{name}.{self.name}"
-
-    def to_native(self, state_dict: Dict[str, object], spec) -> Dict[str, object]:
-        """A state_dict of this layout re-keyed for the native model (constants such as num_batches_tracked dropped).
-
-        Both tables name the same official variables; a tensor moves as is where both kinds lay it
-        out the same way and is re-laid otherwise (timm's CondConv kernels). Raises ConversionError
-        when the keys are not exactly this layout's.
-        """
-        if self.native:
-            return dict(state_dict)
-        from ..mapping import expand
-        from ..reorder import relayout, same_layout
-
-        entries = expand(spec, self.name)
-        want = {e.key for e in entries}
-        missing, unexpected = sorted(want - set(state_dict)), sorted(set(state_dict) - want)
-        if missing or unexpected:
-            raise ConversionError(f"the weights do not fit the {self.name} layout of {spec.name}: "
-                                  f"{len(missing)} missing, {len(unexpected)} unexpected keys "
-                                  f"({', '.join((missing + unexpected)[:3])})")
-        native = {e.tf_name: e for e in expand(spec, "native")}
-        out = {}
-        for e in entries:
-            if e.const is not None:
-                continue
-            n, t = native[e.tf_name], state_dict[e.key]
-            if not same_layout(e.kind, n.kind):
-                import torch
-
-                t = torch.from_numpy(relayout(t.detach().cpu().numpy(), e.kind, n.kind, e.kernel))
-            out[n.key] = t
-        return out
 
     def pth_payload(self, state_dict, encoded: Dict[str, str]):
         """What ``torch.save`` writes for a ``.pth`` output, in the form this layout's library reads.

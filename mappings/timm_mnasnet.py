@@ -7,15 +7,14 @@ the official MnasNet computes (``timm.create_model("semnasnet_100", pad_type="sa
 ``MODEL_KWARGS``). Their MixedConv2d splits channels as the official code (remainder in the first
 group); a layer of several groups is a ModuleList (``conv_pw.0``, ``conv_pw.1``), of one group a
 plain conv. SE: ``se.conv_reduce`` / ``se.conv_expand`` with the block's activation, reduced from
-the block input. Rows name roles of a block, resolved per layer by mappings/mnasnet.py ``role_rows``.
+the block input. Rows name roles, resolved per layer by the family (mappings/mnasnet.py).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict
 
 from .kinds import BN_TRACKED, CONV, CONV_BIAS, DENSE, DWCONV
 from .layout import Layout
-from .mnasnet import Rows, role_rows
 
 VARIANTS = {"mixnet-s": "tf_mixnet_s", "mixnet-m": "tf_mixnet_m", "mixnet-l": "tf_mixnet_l",
             "mnasnet-a1": "semnasnet_100", "mnasnet-a1_d1.4": "semnasnet_140", "mnasnet-a1_d0.75": "semnasnet_075",
@@ -24,16 +23,12 @@ VARIANTS = {"mixnet-s": "tf_mixnet_s", "mixnet-m": "tf_mixnet_m", "mixnet-l": "t
 for _w, _model in (("1.4", "semnasnet_140"), ("1.0", "semnasnet_100"), ("0.75", "semnasnet_075"),
                    ("0.5", "semnasnet_050")):
     VARIANTS.update({f"mnasnet-a1_d{_w}_i{r}": _model for r in (192, 160, 128, 96)})
-# timm.create_model keyword arguments each model needs to equal the official one
-MODEL_KWARGS = {m: {"pad_type": "same", "bn_eps": 1e-3} for m in VARIANTS.values() if m.startswith("semnasnet")}
 NOT_OFFICIAL = {
     "mnasnet-small": "timm's mnasnet_small adds a residual to its first block (8 -> 8 channels), the official "
                      "one has none (block string i16 != o8)",
     **{v: "timm has no MnasNet-A1 at depth multiplier 0.35" for v in
        ("mnasnet-a1_d0.35", *(f"mnasnet-a1_d0.35_i{r}" for r in (192, 160, 128, 96)))},
 }
-LAYOUT = Layout("timm", families=("mnasnet", "mixnet"), variants=VARIANTS, not_official=NOT_OFFICIAL,
-                model_kwargs=MODEL_KWARGS)
 
 # timm's stages: how many official block strings each holds (its arch_def rows)
 STAGE_STRINGS = {"mixnet": (1, 2, 2, 2, 2, 2), "mnasnet": (1, 1, 1, 1, 1, 1, 1)}
@@ -42,8 +37,8 @@ STEM = (
     ("stem",      "conv_stem",   CONV,       (3, 3, 3, "stem")),
     ("stem_bn",   "bn1",         BN_TRACKED, ("stem",)),
 )
-# InvertedResidual (expand conv present)
-BLOCK_IR = (
+# InvertedResidual (expand conv present), for MnasBlock and MixnetBlock alike
+BLOCK_MNAS_EXPAND = BLOCK_MIXCONV_EXPAND = (
     ("expand",    "blocks.{s}.{j}.conv_pw{G}",       CONV,       (1, 1, "in", "mid")),
     ("bn0",       "blocks.{s}.{j}.bn1",              BN_TRACKED, ("mid",)),
     ("depthwise", "blocks.{s}.{j}.conv_dw{G}",       DWCONV,     ("k", "k", "mid", 1)),
@@ -54,7 +49,7 @@ BLOCK_IR = (
     ("bn2",       "blocks.{s}.{j}.bn3",              BN_TRACKED, ("out",)),
 )
 # DepthwiseSeparableConv (expand ratio 1)
-BLOCK_DS = (
+BLOCK_MNAS_NO_EXPAND = BLOCK_MIXCONV_NO_EXPAND = (
     ("depthwise", "blocks.{s}.{j}.conv_dw{G}",       DWCONV,     ("k", "k", "mid", 1)),
     ("bn1",       "blocks.{s}.{j}.bn1",              BN_TRACKED, ("mid",)),
     ("se_reduce", "blocks.{s}.{j}.se.conv_reduce",   CONV_BIAS,  (1, 1, "mid", "se")),
@@ -69,8 +64,8 @@ HEAD = (
 )
 
 
-def _stages(spec) -> Dict[int, Tuple[int, int]]:
-    """Block index -> (timm stage, index in it)."""
+def _stages(spec) -> Dict[int, Dict[str, int]]:
+    """Block index -> {"s": its timm stage, "j": its index in it}: the module paths' fields."""
     per_stage = STAGE_STRINGS[spec.family]
     stage_of_string = [s for s, n in enumerate(per_stage) for _ in range(n)]
     if len(stage_of_string) != len(spec.block_strings):  # a table bug, not user input
@@ -78,12 +73,9 @@ def _stages(spec) -> Dict[int, Tuple[int, int]]:
     out, seen = {}, {}
     for b in spec.blocks():
         s = stage_of_string[b.stage]
-        out[b.index] = (s, seen.get(s, 0))
+        out[b.index] = {"s": s, "j": seen.get(s, 0)}
         seen[s] = seen.get(s, 0) + 1
     return out
 
 
-def model_rows(spec) -> List[Tuple[Rows, Dict[str, int]]]:
-    stages = _stages(spec)
-    return role_rows(spec, STEM, lambda b: BLOCK_IR if b.has_expand else BLOCK_DS, HEAD,
-                     fmt=lambda spec, b: {"s": stages[b.index][0], "j": stages[b.index][1]})
+LAYOUT = Layout("timm", families=("mnasnet", "mixnet"), variants=VARIANTS, not_official=NOT_OFFICIAL, fields=_stages)

@@ -25,7 +25,8 @@ NOT_OFFICIAL = {
 }
 # a from_pretrained folder, its config padded for --resolution (converter/hf_write.py)
 LAYOUT = Layout("transformers", summary="a from_pretrained folder: b0-b8, l2; padded for --resolution",
-                variants=VARIANTS, not_official=NOT_OFFICIAL, file_form="folder")
+                variants=VARIANTS, not_official=NOT_OFFICIAL, file_form="folder",
+                writer="converter.hf_write")
 
 STEM = (
     # official layer                     module                              kind        TF kernel shape

@@ -48,7 +48,7 @@ def timed(cmd, env=None):
 
 def _flavor_args(variant: str):
     """``--flavor F`` naming the variant's first released checkpoint (none where it has one only)."""
-    from converter.zoo import all_checkpoints
+    from converter.registry import all_checkpoints
 
     mine = [c for c in all_checkpoints() if c.variant == variant]
     return [] if len(mine) <= 1 else ["--flavor", mine[0].flavor]

@@ -44,7 +44,7 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from converter.arch import get_arch  # noqa: E402
+from converter.registry import get_arch  # noqa: E402
 from converter.fast import fuse_bn, prepare_for_inference, set_input_size  # noqa: E402
 from converter.model import build_model  # noqa: E402
 

@@ -21,12 +21,12 @@ def uneven_spec():
     """The ``mixnet-uneven`` architecture (mixnet-s's global params, UNEVEN_BLOCKS, no rounding)."""
     from dataclasses import replace
 
-    from converter.arch import get_arch
+    from converter.registry import get_arch
 
     return replace(get_arch("mixnet-s"), name="mixnet-uneven", width=0.0, block_strings=UNEVEN_BLOCKS)
 
 
 def case_spec(name):
-    from converter.arch import get_arch
+    from converter.registry import get_arch
 
     return uneven_spec() if name == "mixnet-uneven" else get_arch(name)

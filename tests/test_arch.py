@@ -5,9 +5,11 @@ import re
 
 import pytest
 
-from converter.arch import ARCHS, BASE_BLOCKS, BlockArgs, count_macs, count_params, get_arch, same_padding
+from converter.arch import ARCHS, BASE_BLOCKS, BlockArgs, same_padding
+from converter.registry import count_macs, count_params, get_arch
 from converter.errors import ConversionError
-from converter.zoo import CHECKPOINTS, find_checkpoint, normalize_flavor
+from converter.zoo import CHECKPOINTS, normalize_flavor
+from converter.registry import find_checkpoint
 
 EXTRA_CODES = [
     "r1_k3_s11_e1_i32_o16_se0.25_noskip",
@@ -143,44 +145,43 @@ def test_macs_b0_paper():
 
 
 def test_every_block_kind_has_all_its_parts():
-    """A block kind is one registry entry + its parts: cost (arch), module (model), rule sets
-    (mapping, in the native table), TF reference (tfref) unless its family has its own reference."""
-    import converter  # noqa: F401  (registers the families' kinds)
-    from converter import mapping, model
-    from converter.arch import ARCHS, BLOCK_KINDS, EXTRA_ARCHS, block_kind
-    from converter.mappings import efficientnet as native
-    from converter.tfref.families import FAMILIES
+    """A block kind is declared by its family with all its parts: cost (registry), module (model),
+    rule sets (the native table of its family, or its own), TF reference (tfref) -- every family's
+    kinds alike, MnasNet's and MixNet's included."""
+    import torch
+
+    from converter import mapping, registry
 
     used = {}
-    for spec in [*ARCHS.values(), *EXTRA_ARCHS.values()]:
-        for b in spec.blocks():
-            used.setdefault(b.kind, spec)
-            assert block_kind(b) is BLOCK_KINDS[b.kind]
-    assert set(used) == set(BLOCK_KINDS), "a registered kind no architecture uses, or the reverse"
-    assert set(model.BLOCK_MODULES) == set(BLOCK_KINDS)
-    for kind, spec in used.items():
-        if spec.family in FAMILIES:
-            continue  # its own table (mappings/mnasnet.py) and reference (tfref.families)
-        expand_rows, plain_rows, _ = mapping.KIND_ROWS[kind]
-        assert hasattr(native, expand_rows) and hasattr(native, plain_rows), kind
-    import importlib.util
-    if importlib.util.find_spec("tensorflow") is not None:
-        from converter.tfref.reference import BLOCK_REFS
-
-        own = {k for k, spec in used.items() if spec.family in FAMILIES}
-        assert set(BLOCK_REFS) | own == set(BLOCK_KINDS)
+    for family in registry.families():
+        for spec in family.archs.values():
+            assert registry.family_of(spec) is family
+            for b in spec.blocks():
+                used.setdefault((b.kind, b.has_expand), (spec, b))
+                assert registry.kind_of(b) is registry.kinds()[b.kind]
+    assert {k for k, _ in used} == set(registry.kinds()), "a declared kind no architecture uses, or the reverse"
+    for (kind, _), (spec, b) in used.items():
+        k = registry.kinds()[kind]
+        assert issubclass(k.module(), torch.nn.Module), kind
+        lay, table = mapping._find("native", spec)
+        assert mapping._block_rows(table, lay, b), kind
+        ref = k.reference()
+        assert ref.names(spec, b).bn2 and ref.block_variables(spec, b, ref.names(spec, b)), kind
+        assert k.params(b) > 0 and k.macs(b, 32)[0] > 0, kind
 
 
 def test_unregistered_block_kind_is_refused_everywhere():
     from dataclasses import replace
 
     import pytest as _pytest
-    from converter import mapping, model
-    from converter.arch import block_kind, get_arch
+    from converter import mapping, model, registry
     from converter.mappings import efficientnet as native
+    from converter.registry import get_arch
+    from converter.tfref import reference
 
     b = replace(get_arch("b0").blocks()[1], kind="nonesuch")
-    for call in (lambda: block_kind(b), lambda: model.make_block(b, 1e-3, "swish"),
-                 lambda: mapping._block_rows(native, b)):
+    for call in (lambda: registry.kind_of(b), lambda: model.make_block(b, 1e-3, "swish"),
+                 lambda: mapping._block_rows(native, mapping.get_layout("native"), b),
+                 lambda: reference.block_ref(b)):
         with _pytest.raises(RuntimeError, match="nonesuch"):
             call()

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from converter import load_model
-from converter.arch import FUSED_STRIDE_DEFAULT, FUSED_STRIDES, ArchSpec, EDGETPU_BLOCKS, count_params, get_arch
+from converter.arch import FUSED_STRIDE_DEFAULT, FUSED_STRIDES, ArchSpec, EDGETPU_BLOCKS
+from converter.registry import count_params, get_arch
 from converter.cli import main
 from converter.errors import ConversionError
 from converter.model import FusedMBConv, build_model
@@ -53,7 +54,7 @@ def test_module_strides_the_named_conv(variant, placement):
         default = build_model(variant)
     strided = 0
     for b, m, d in zip(spec.blocks(), model.blocks, default.blocks):
-        if not b.fused:
+        if b.kind != "fused":
             assert not isinstance(m, FusedMBConv) and m.dw_conv.stride == (b.stride, b.stride)
             continue
         assert isinstance(m, FusedMBConv) and m.fused_stride == placement and b.has_expand
@@ -79,7 +80,7 @@ def test_strided_fused_block_without_expand_conv_refused():
 def test_placements_agree_only_where_strided_fused_blocks_see_odd_inputs():
     """Same weights in both placements: equal at 97 px (8k+1), far apart at 96 px. This is why the
     parity tests below run at an even size."""
-    from converter.mapping import fused_stride_exact
+    from converter.arch import fused_stride_exact
 
     torch.manual_seed(0)
     new = build_model(VARIANT).eval()

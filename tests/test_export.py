@@ -14,7 +14,7 @@ import converter
 from converter import cli, export
 from converter.metadata import encode
 from converter.writer import AtomicFile, write_safetensors
-from converter.zoo import find_checkpoint
+from converter.registry import find_checkpoint
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

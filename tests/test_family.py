@@ -16,12 +16,14 @@ import pytest
 import torch
 
 from converter import load_model
-from converter.arch import ARCHS, CONDCONV_BLOCKS, ArchSpec, EDGETPU_BLOCKS, BlockArgs, count_params, get_arch
+from converter.arch import ARCHS, CONDCONV_BLOCKS, ArchSpec, EDGETPU_BLOCKS, BlockArgs
+from converter.registry import count_params, get_arch
 from converter.cli import main
 from converter.errors import ConversionError
 from converter.mapping import expand, resolve_condconv_names
 from converter.model import CondConvMBConv, FusedMBConv, build_model
-from converter.zoo import FAMILY_MEAN, FAMILY_STD, find_checkpoint
+from converter.zoo import FAMILY_MEAN, FAMILY_STD
+from converter.registry import find_checkpoint
 
 tf = pytest.importorskip("tensorflow")
 
@@ -74,14 +76,14 @@ def test_family_architecture_rules():
         spec = get_arch(v)
         blocks = spec.blocks()
         assert spec.activation == "relu6" and spec.stem_channels == 32 and spec.head_channels == 1280
-        assert all(b.se_channels == 0 and not b.fused and not b.condconv for b in blocks)
+        assert all(b.se_channels == 0 and b.kind == "mbconv" and not b.experts for b in blocks)
         assert sum(b.stage == 0 for b in blocks) == 1 and sum(b.stage == 6 for b in blocks) == 1
     assert get_arch("lite4").blocks()[0].in_channels == 32 and get_arch("lite4").blocks()[0].out_channels == 24
     # EdgeTPU: relu, fused blocks in the first three stages only, 1001 classes
     for v in ("edgetpu-s", "edgetpu-m", "edgetpu-l"):
         spec = get_arch(v)
         assert spec.activation == "relu" and spec.num_classes == 1001
-        assert all(b.fused == (b.stage < 3) and b.se_channels == 0 for b in spec.blocks())
+        assert all((b.kind == "fused") == (b.stage < 3) and b.se_channels == 0 for b in spec.blocks())
         assert not spec.blocks()[0].residual  # noskip
     b0 = get_arch("edgetpu-s").blocks()[0]
     assert (b0.in_channels, b0.mid_channels, b0.out_channels) == (32, 96, 24)  # stem 32 -> i24 * e4
@@ -166,14 +168,14 @@ def test_condconv_names_matched_by_block_and_order():
         assert expand8 in got["blocks.8.expand_conv.weight"]
         assert project9 in got["blocks.9.project_conv.weight"]
         # the reference resolves independently to the same names
-        aliases = reference.condconv_aliases(spec, names)
-        assert got["blocks.9.project_conv.weight"] == aliases[reference._kernel_vars(
-            spec.blocks()[9], reference.block_names(spec, spec.blocks()[9]))["project"][0]]
+        aliases = reference.aliases(spec, names)
+        assert got["blocks.9.project_conv.weight"] == aliases[
+            f"{reference.block_names(spec, spec.blocks()[9]).project}/condconv_kernel"]
     extra = _cc_names(spec.scope) + [f"{spec.scope}/blocks_8/cond_conv2d_77/condconv_kernel"]
     with pytest.raises(ConversionError, match=r"blocks_8: expected 2 condconv_kernel variable\(s\), the checkpoint has 3"):
         resolve_condconv_names(entries, extra)
     with pytest.raises(ConversionError, match="blocks_8"):
-        reference.condconv_aliases(spec, extra)
+        reference.aliases(spec, extra)
     both = _cc_names(spec.scope) + _cc_names(spec.scope, plain=True)
     with pytest.raises(ConversionError, match="the checkpoint has 4"):
         resolve_condconv_names(entries, both)
@@ -520,7 +522,8 @@ def _nchw(images):
 
 
 def test_fused_stride_exact_sizes():
-    from converter.mapping import fused_stride_exact, library_fused_stride
+    from converter.arch import fused_stride_exact
+    from converter.mapping import library_fused_stride
 
     assert library_fused_stride("timm") == library_fused_stride("mmpretrain") == "expand"
     assert library_fused_stride("native") is None  # our module computes the placement the file says

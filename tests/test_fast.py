@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from converter.arch import ARCHS, get_arch
+from converter.arch import ARCHS
+from converter.registry import get_arch
 from converter.errors import ConversionError
 from converter.fast import FUSE_MAX_REL_ERROR, fuse_bn, prepare_for_inference, same_convs, set_input_size
 from converter.mapping import expand

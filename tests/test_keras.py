@@ -248,7 +248,7 @@ def test_keras_files_convert_to_keras_logits(keras_cases, tmp_path, variant, res
 
 
 def get_res(variant: str) -> int:
-    from converter.arch import get_arch
+    from converter.registry import get_arch
 
     return get_arch(variant).resolution
 
@@ -266,7 +266,7 @@ def test_reader_names_are_the_official_inventory(keras_cases, reference_dir):
                 assert r.spec.name == variant
                 assert {n: r.shape(n) for n in r.names()} == expected, (variant, fmt)
                 # spot checks of the translation, value for value
-                from converter.arch import get_arch
+                from converter.registry import get_arch
 
                 i = [b.index for b in get_arch(variant).blocks() if b.stage == 1][0]  # block2a: 1 in b0, 2 in b3
                 name = f"efficientnet-{variant}/blocks_{i}/conv2d/kernel"
@@ -295,7 +295,7 @@ def test_imagenet_normalization_quirk(tmp_path, monkeypatch):
     from keras.src.legacy.saving import legacy_h5_format
 
     from converter.keras import IMAGENET_STDDEV_RGB
-    from converter.zoo import IMAGENET_MEAN
+    from converter.checkpoint import IMAGENET_MEAN
 
     seed_model = build_keras("b0", 224)
     randomize(seed_model, seed=3, norm_mean=IMAGENET_MEAN, norm_variance=IMAGENET_STDDEV_RGB)

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from converter.arch import ARCHS, get_arch
+from converter.arch import ARCHS
+from converter.registry import get_arch
 from converter.cli import main
 from converter.convert import select
 from converter.errors import ConversionError
 from converter.loading import load_model, read_weights
-from converter.mapping import LAYOUTS, expand, stride_groups, to_native
+from converter.mapping import expand, layouts, stride_groups, to_native
 from converter.mappings.kinds import BN, BN_TRACKED
 from helpers import lib_logits, libs, libs_python, make_checkpoint
 
@@ -321,5 +322,5 @@ def test_all_refuses_library_layout(capsys):
 
 
 def test_layouts_registered():
-    assert set(LAYOUTS) >= {"native", "timm", "mmpretrain"}
+    assert set(layouts()) >= {"native", "timm", "mmpretrain"}
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from converter.cli import main
-from converter.zoo import all_checkpoints, find_checkpoint
+from converter.registry import all_checkpoints, find_checkpoint
 
 # tensorflow/tpu models/official/efficientnet/README.md at 7dc921f (2026-03-03), the checkpoint
 # table's rows (only the cells with a checkpoint link), verbatim

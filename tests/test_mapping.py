@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from converter import build_model
-from converter.arch import ARCHS, get_arch
+from converter.arch import ARCHS
+from converter.registry import get_arch
 from converter.mapping import expand
 
 INVENTORY_VARIANTS = ["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "l2"]

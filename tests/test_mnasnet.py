@@ -18,14 +18,15 @@ import pytest
 import torch
 
 from converter import load_model
-from converter.arch import count_macs, count_params, get_arch
+from converter.registry import count_macs, count_params, get_arch
 from converter.cli import main
 from converter.errors import ConversionError
 from converter.mapping import expand, resolve_names
 from converter.mnasnet import (MIXNET_M_BLOCKS, MIXNET_S_BLOCKS, MNAS_ARCHS, MNASNET_A1_BLOCKS, MNASNET_SMALL_BLOCKS,
                                MixBlock, MixBlockArgs, keras_aliases, split_channels)
 from converter.model import Conv2dSame, EfficientNet, GroupedConv2dSame, build_model
-from converter.zoo import IMAGENET_MEAN, IMAGENET_STD, find_checkpoint
+from converter.checkpoint import IMAGENET_MEAN, IMAGENET_STD
+from converter.registry import find_checkpoint
 from converter.zoo_mnasnet import CHECKPOINTS_MNAS, MNAS_TABLE
 from mnasnet_cases import CASES, N_IMAGES, SEED, case_spec
 
@@ -499,7 +500,7 @@ def test_cli_verify_with_photos_uses_bilinear(converted, photos, tmp_path, monke
     files = [str(photos["astronaut_512x512"]), str(photos["coffee_399x597_odd"])]
     assert main(["--variant", "mixnet-s", "--checkpoint", str(prefix), "--output-dir", str(tmp_path), "--quiet",
                  "--verify", "--resolution", "64", "--num-images", "2", "--images", *files]) == 0
-    assert len(seen) == 1 and seen[0][0] == "bilinear"  # resize (then the preprocessing kind)
+    assert len(seen) == 1 and seen[0][0].resize == "bilinear"  # the pipeline: its resize
 
 
 def test_predict_uses_the_bilinear_preprocessing(converted, photos, root, capsys):

@@ -208,7 +208,7 @@ def test_makefile_targets_name_every_checkpoint():
     import subprocess
     from pathlib import Path
 
-    from converter.arch import get_arch
+    from converter.registry import get_arch
     from converter.zoo import CHECKPOINTS
 
     if shutil.which("make") is None:

@@ -21,7 +21,7 @@ import converter
 from converter import cli
 from converter.metadata import encode
 from converter.preprocess import preprocess
-from converter.zoo import find_checkpoint
+from converter.registry import find_checkpoint
 
 RESOLUTION = 128  # not B0's 224: the file's metadata must decide
 CLASSES_TXT = Path(converter.__file__).resolve().parent / "data" / "imagenet_classes.txt"

@@ -26,7 +26,7 @@ from PIL import Image
 from converter import preprocess as P
 from converter.errors import ConversionError
 from converter.tfref.preprocess import preprocess_bytes
-from converter.zoo import find_checkpoint
+from converter.registry import find_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"

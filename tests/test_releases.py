@@ -4,9 +4,11 @@ from dataclasses import replace
 
 import pytest
 
-from converter.arch import ARCHS, MAIN_FAMILY, RELEASES, architecture_name, get_arch, variant_names
+from converter.arch import ARCHS, MAIN_FAMILY, RELEASES
+from converter.registry import architecture_name, get_arch, variant_names
 from converter.errors import ConversionError
-from converter.zoo import CHECKPOINTS, find_checkpoint
+from converter.zoo import CHECKPOINTS
+from converter.registry import find_checkpoint
 
 
 def test_registry_holds_l2_once():

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from converter import load_model
-from converter.arch import get_arch
+from converter.registry import get_arch
 from converter.cli import main
-from converter.zoo import FAMILY_MEAN, FAMILY_STD, IMAGENET_MEAN, IMAGENET_STD
+from converter.zoo import FAMILY_MEAN, FAMILY_STD
+from converter.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 
 pytest.importorskip("tensorflow")
 
@@ -160,7 +161,7 @@ def test_structure_mismatch_is_reported(b0, b0_taps):
 def test_trace_needs_verify_and_all_forwards_it(tmp_path):
     from converter import batch
     from converter.cli import _convert_parser
-    from converter.zoo import find_checkpoint
+    from converter.registry import find_checkpoint
 
     assert main(["--variant", "b0", "--flavor", "aa", "--trace", "--quiet"]) == 2
     args = _convert_parser().parse_args(["--all", "--trace", "--output-dir", str(tmp_path)])
@@ -209,7 +210,7 @@ def test_tensors_between_taps_follow_creation_order():
 
     spec = get_arch("condconv-b0-4e")
     s = spec.scope
-    b = next(b for b in spec.blocks() if b.condconv and b.has_expand and b.se_channels)
+    b = next(b for b in spec.blocks() if b.kind == "condconv" and b.has_expand and b.se_channels)
     p = f"{s}/blocks_{b.index}"
     taps = [(f"{p}/tpu_batch_normalization", BN_IN, None), (f"{p}/tpu_batch_normalization_2", BN_IN, None),
             (f"{p}/tpu_batch_normalization", BN_OUT, None), ("logits", LOGITS, None)]

@@ -372,7 +372,7 @@ def test_ctrl_c_in_export(tmp_path):
 
     from converter import build_model
     from converter.metadata import encode
-    from converter.zoo import find_checkpoint
+    from converter.registry import find_checkpoint
     from safetensors.torch import save_file
 
     pytest.importorskip("onnxscript")

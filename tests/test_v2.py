@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from converter.arch import ArchSpec, count_params, get_arch
-from converter.arch_v2 import (FUSED_V2, OFFICIAL_KERAS_PARAMS, V2_ARCHS, BlockArgsV2, count_weights_keras,
-                               round_filters_v2)
+from converter.arch import ArchSpec
+from converter.registry import count_params, get_arch
+from converter.arch_v2 import FUSED_V2, OFFICIAL_KERAS_PARAMS, V2_ARCHS, BlockArgsV2, round_filters_v2
 from converter.cli import main
 from converter.errors import ConversionError
 from converter.mapping import expand
 from converter.model import Conv2dSame, FusedMBConvV2, build_model
-from converter.zoo import all_checkpoints, find_checkpoint
+from converter.registry import all_checkpoints, find_checkpoint
 from converter.zoo_v2 import CHECKPOINTS_V2, FT_MEAN, FT_STD, V2_MEAN, V2_STD
 
 tf = pytest.importorskip("tensorflow")
@@ -50,6 +50,15 @@ def test_block_strings_round_trip_as_written():
             BlockArgsV2.decode(bad)
 
 
+def count_weights_keras(spec: ArchSpec) -> int:
+    """What Keras' ``model.count_params()`` reports (effnetv2_model_test.py): the trainable parameters
+    plus every BN's moving mean and variance (2 per channel)."""
+    n = spec.stem_channels + spec.head_channels
+    for b in spec.blocks():
+        n += (b.mid_channels if b.has_expand else 0) + (0 if b.kind == FUSED_V2 else b.mid_channels) + b.out_channels
+    return count_params(spec) + 2 * n
+
+
 def test_parameter_counts_equal_official():
     """effnetv2_model_test.py counts every Keras weight (BN moving statistics included)."""
     for name, spec in V2_ARCHS.items():
@@ -58,7 +67,7 @@ def test_parameter_counts_equal_official():
     assert count_params(get_arch("v2-s")) == 21458488 and count_params(get_arch("v2-xl")) == 208119808
     assert count_params(get_arch("v2-s").with_classes(21843)) == 48158371
     # FLOPs (multiply-adds) at the eval size against the README table: B0 0.72B, S 8.4B
-    from converter.arch import count_macs
+    from converter.registry import count_macs
 
     assert round(count_macs(get_arch("v2-b0")) / 1e9, 2) == 0.72 and round(count_macs(get_arch("v2-s")) / 1e9, 1) == 8.4
 

@@ -43,8 +43,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..arch import ArchSpec, get_arch, variants_help
-from ..errors import ConversionError
+from ..arch import ArchSpec
+from ..errors import ConversionError, first_line
+from ..registry import family_of, get_arch, variants_help
 from ..synthetic import ADVPROP_MEAN, ADVPROP_STD, IMAGENET_MEAN, IMAGENET_STD
 from ..synthetic import calibration_images as _synthetic_calibration_images
 from . import reference
@@ -66,10 +67,6 @@ RESIDUAL_GAMMA_SCALE = 0.2
 # the clipping at 6 is active on a fair share of the activations (with U(0.5, 1.5) and
 # calibrated statistics almost nothing reaches 6, and ReLU would pass for ReLU6)
 RELU6_GAMMA_SCALE = 4.0
-# Lite, EdgeTPU, CondConv inputs: (x - 127) / 128 on the 0-255 scale (shared/reference/family.csv
-# mean_rgb/std_rgb); kept here, not imported, as tfref shares nothing but arch/errors/synthetic
-FAMILY_MEAN = (127.0 / 255.0,) * 3
-FAMILY_STD = (128.0 / 255.0,) * 3
 # CondConv routing dense kernels: U(-s/sqrt(in), s/sqrt(in)) (see _init_value)
 ROUTING_NAME = re.compile(r"/blocks_\d+/dense/kernel$")
 ROUTING_INIT_SCALE = 4.0
@@ -164,16 +161,11 @@ def _calibration_images(resolution: int, n: int, mean, std) -> np.ndarray:
 
 def residual_branch_gammas(spec: ArchSpec) -> List[str]:
     """Names of the gammas of the last BN of every residual block (scaled by ``residual_scale``)."""
-    if spec.family in reference.FAMILIES:
-        return [f"{p}/gamma" for p in reference.FAMILIES[spec.family].residual_bns(spec)]
     return [f"{reference.block_names(spec, b).bn2}/gamma" for b in spec.blocks() if b.residual]
 
 
 def activation_gammas(spec: ArchSpec) -> List[str]:
     """Names of the gammas of every BN followed by the activation (all but the project BNs)."""
-    if spec.family in reference.FAMILIES:
-        project = set(reference.FAMILIES[spec.family].project_bns(spec))
-        return [f"{p}/gamma" for p in reference.bn_layers(spec) if p not in project]
     project = {reference.block_names(spec, b).bn2 for b in spec.blocks()}
     return [f"{p}/gamma" for p in reference.bn_layers(spec) if p not in project]
 
@@ -183,7 +175,7 @@ def _make_weights(spec, seed, calibration_resolution, calibration_images, mean, 
     if not 0 < residual_scale <= 1:
         raise ConversionError(f"residual scale must be in (0, 1], got {residual_scale!r}")
     rng = np.random.default_rng([int(seed), 0])
-    cc_shapes = reference.condconv_kernel_shapes(spec)
+    cc_shapes = reference.kernel_shapes(spec)
     values = {name: _init_value(name, shape, rng, cc_shapes.get(name)) for name, shape in plan(spec)}
     for name in residual_branch_gammas(spec):
         values[name] *= np.float32(residual_scale)
@@ -432,10 +424,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     mean, std = (ADVPROP_MEAN, ADVPROP_STD) if args.advprop_norm else (IMAGENET_MEAN, IMAGENET_STD)
     try:
-        if not args.advprop_norm and get_arch(args.variant).family not in ("efficientnet", "mnasnet", "mixnet"):
-            mean, std = FAMILY_MEAN, FAMILY_STD
+        spec = get_arch(args.variant)
+        own = family_of(spec).synthetic_norm.get(spec.family)  # e.g. Lite's (x - 127) / 128
+        if not args.advprop_norm and own:
+            mean, std = own
     except ConversionError as e:
-        print(f"error: {reference._one_line(e)}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return e.exit_code
     try:
         variant = get_arch(args.variant).with_fused_stride(args.fused_stride)
@@ -449,15 +443,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             folder = args.folder_name or os.path.basename(args.tarball).split(".tar")[0]
             info["tarball"] = make_tarball(args.out, args.tarball, folder)
     except ConversionError as e:
-        print(f"error: {reference._one_line(e)}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return e.exit_code
     except OSError as e:
-        print(f"error: {reference._one_line(e)}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     except Exception as e:
         tf = sys.modules.get("tensorflow")
         if tf is not None and isinstance(e, tf.errors.OpError):
-            print(f"error: TensorFlow: {reference._one_line(e)}", file=sys.stderr)
+            print(f"error: TensorFlow: {first_line(e)}", file=sys.stderr)
             return 2
         raise
     print(json.dumps(info))

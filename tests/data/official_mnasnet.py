@@ -64,7 +64,7 @@ def official_logits(spec, images, prefix):
 def main(argv):
     if argv[0] == "variables":
         name, size = argv[1], 224
-        from converter.arch import get_arch
+        from converter.registry import get_arch
 
         spec = get_arch(name)
         g = tf.Graph()
@@ -80,7 +80,7 @@ def main(argv):
     from converter.synthetic import calibration_images
     from converter.tfref import reference
     from converter.tfref.generate import generate_checkpoint
-    from converter.zoo import IMAGENET_MEAN, IMAGENET_STD
+    from converter.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 
     out = {}
     for name, res in CASES:

@@ -1,0 +1,42 @@
+"""EfficientNetV2 (google/automl efficientnetv2 at 6a54c87): B0-B3, S, M, L, XL and their 23 checkpoints.
+
+The family's declaration: architectures (converter/arch_v2.py), checkpoints (converter/zoo_v2.py),
+its block kind ``fused_v2`` with its module (converter/model.py), table rows and TF reference
+(reference.py here); its MBConv blocks are EfficientNet's kind ``mbconv``.
+"""
+import importlib
+
+from ... import arch_v2, zoo_v2
+from ...checkpoint import Preprocessing
+from ...family import Family, Kind
+
+
+def _reference():
+    return importlib.import_module(f"{__name__}.reference")
+
+
+_SIZES = "v2-b0..v2-b3, v2-s, v2-m, v2-l, v2-xl"
+
+FAMILY = Family(
+    name="efficientnet_v2",
+    labels=(arch_v2.FAMILY,),
+    kinds=(Kind(arch_v2.FUSED_V2, "fused (EfficientNetV2)", *arch_v2.COST[arch_v2.FUSED_V2],
+                module=lambda: importlib.import_module("converter.model").FusedMBConvV2,
+                reference=lambda: _reference().FUSED_V2, rows=("BLOCK_FUSED_V2_EXPAND", "BLOCK_FUSED_V2_NO_EXPAND")),),
+    archs=arch_v2.V2_ARCHS,
+    lookup=arch_v2.V2_ARCHS.get,
+    variant_names=lambda: list(arch_v2.V2_ARCHS),
+    variants_help=_SIZES,
+    checkpoints=lambda: zoo_v2.CHECKPOINTS_V2,
+    finder=zoo_v2.find_v2,
+    reference=lambda: importlib.import_module("converter.tfref.ops").ModelRef(),
+    name_prefixes={"efficientnetv2-": "v2-"},
+    # mmpretrain's EfficientNetV2 backbone: one ``layers`` entry per block string
+    groups_per_stage=True,
+    # keras.applications EfficientNetV2 (mappings/keras.py): its own names for both kinds
+    keras_rows=lambda b: ("BLOCK_FUSED_V2" if b.kind == arch_v2.FUSED_V2 else "BLOCK_V2")
+    + ("_EXPAND" if b.has_expand else "_NO_EXPAND"),
+    # zoo_v2.PREPROCESSING: "v1" is EfficientNet's eval, "v2"/"v2-ft" google/automl's (converter/preprocess.py)
+    preprocessing={"v1": Preprocessing(), "v2": Preprocessing(v2="v2"), "v2-ft": Preprocessing(v2="v2-ft")},
+    synthetic_norm={arch_v2.FAMILY: ((127.0 / 255.0,) * 3, (128.0 / 255.0,) * 3)},  # the generator's inputs
+)

@@ -1,0 +1,46 @@
+"""MnasNet and MixNet (tensorflow/tpu models/official/mnasnet at 7dc921f).
+
+The family's declaration: architectures and official names (converter/mnasnet.py), checkpoints
+(converter/zoo_mnasnet.py), its block kinds ``mnasblock`` (MnasBlock: MBConv's computation with
+ReLU) and ``mixconv`` (MixnetBlock) with their modules (converter/model.py), table rows
+(mappings/mnasnet.py, mappings/timm_mnasnet.py: roles its names resolve) and TF reference
+(converter/tfref/mnasnet.py).
+"""
+import importlib
+
+from ... import mnasnet, zoo_mnasnet
+from ...checkpoint import Preprocessing
+from ...family import Family, Kind
+
+
+def _modules():
+    return importlib.import_module("converter.model")
+
+
+def _reference():
+    return importlib.import_module("converter.tfref.mnasnet")
+
+
+KINDS = (
+    Kind(mnasnet.MNASBLOCK, "MnasNet", *mnasnet.COST[mnasnet.MNASBLOCK], module=lambda: _modules().MBConv,
+         reference=lambda: _reference().BLOCK, rows=("BLOCK_MNAS_EXPAND", "BLOCK_MNAS_NO_EXPAND"),
+         fields=mnasnet.block_roles),
+    Kind(mnasnet.MIXCONV, "MixConv (MixNet)", *mnasnet.COST[mnasnet.MIXCONV], module=lambda: _modules().MixConvBlock,
+         reference=lambda: _reference().BLOCK, rows=("BLOCK_MIXCONV_EXPAND", "BLOCK_MIXCONV_NO_EXPAND"),
+         fields=mnasnet.block_roles),
+)
+
+FAMILY = Family(
+    name="mnasnet",
+    labels=(mnasnet.MNASNET, mnasnet.MIXNET),
+    kinds=KINDS,
+    archs=mnasnet.MNAS_ARCHS,
+    lookup=mnasnet.MNAS_ARCHS.get,
+    variant_names=lambda: list(mnasnet.MNAS_ARCHS),
+    variants_help="mnasnet-a1[_dD[_iR]], mnasnet-small, mixnet-s/m/l",
+    checkpoints=lambda: zoo_mnasnet.CHECKPOINTS_MNAS,
+    finder=zoo_mnasnet.find_mnas,
+    reference=lambda: _reference().MODEL,
+    roles=mnasnet.model_roles,
+    preprocessing={zoo_mnasnet.PREPROCESSING: Preprocessing(resize=mnasnet.INTERPOLATION)},
+)
