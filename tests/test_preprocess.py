@@ -122,7 +122,8 @@ def test_decode_cmyk_jpeg_as_tensorflow_with_and_without_adobe_marker():
     Image.fromarray(skimage.data.coffee()[:211, :301]).convert("CMYK").save(buf, format="JPEG", quality=90)
     adobe = buf.getvalue()
     plain = _strip_app14(adobe)  # same samples, read as non-inverted CMYK
-    assert P._jpeg_markers(adobe) == (4, True) and P._jpeg_markers(plain) == (4, False)
+    assert P._jpeg_markers(adobe)[:2] == (4, True) and P._jpeg_markers(plain)[:2] == (4, False)
+    assert P._jpeg_markers(adobe)[3:] == (211, 301)  # height, width from the SOF marker
     results = []
     for data in (adobe, plain):
         ours = P.decode(data)
@@ -330,6 +331,134 @@ def test_other_formats_match_tensorflow(tmp_path, fmt):
             hi = (np.asarray(im).astype(np.uint32) >> 8) if im.mode.startswith("I;16") else None
         if hi is not None:
             np.testing.assert_array_equal(ours[..., 0], hi)
+
+
+# 16-bit PNGs of every colour type (gray, gray+alpha, RGB, RGBA), written by TensorFlow itself, with
+# samples whose high and low bytes disagree (0x00FF, 0xFF00: a clip, a rounding and a truncation differ)
+def _png16(channels: int) -> bytes:
+    rng = np.random.default_rng(16 + channels)
+    a = rng.integers(0, 65536, (61, 47, channels)).astype(np.uint16)
+    a[0, :4] = np.array([0x00FF, 0xFF00, 0x80FF, 0x7F80], np.uint16)[:, None]
+    return tf.io.encode_png(a).numpy()
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4], ids=["gray16", "gray_alpha16", "rgb16", "rgba16"])
+def test_16bit_png_every_mode_reduces_as_tensorflow(tmp_path, channels):
+    """tf.io.decode_image(dtype uint8) keeps each 16-bit sample's high byte (png_io.cc: png_set_strip_16);
+    every mode must see that image, the pil mode too (Pillow's convert("RGB") clips 16-bit gray at 255)."""
+    data = _png16(channels)
+    path = tmp_path / "deep.png"
+    path.write_bytes(data)
+    ref = tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+    samples = tf.io.decode_png(data, dtype=tf.uint16).numpy().astype(np.int64)
+    np.testing.assert_array_equal(ref[..., :min(channels, 3)] if channels != 2 else ref[..., :1],
+                                  (samples >> 8)[..., :3] if channels != 2 else samples[..., :1] >> 8)
+    assert ref.max() < 255 or (samples >> 8).max() == 255  # not a clip
+    np.testing.assert_array_equal(P.decode(path), ref)
+    for res in (32, 75):
+        np.testing.assert_array_equal(P.preprocess_raw(path, res), preprocess_bytes(data, res))
+        # pil mode: Pillow's crop and bicubic resize of TensorFlow's 8-bit image
+        oh, ow, size = P.crop_window(ref.shape[0], ref.shape[1], res)
+        want = np.asarray(Image.fromarray(ref).crop((ow, oh, ow + size, oh + size)).resize((res, res), Image.BICUBIC),
+                          np.float32)
+        np.testing.assert_array_equal(P.preprocess_raw(path, res, mode="pil"), want)
+    cfg = dict(find_checkpoint("b0", "standard").pretrained_cfg(), input_size=[3, 40, 40], preprocessing="v2")
+    from converter.tfref.preprocess import preprocess_bytes_v2
+
+    np.testing.assert_allclose(P.preprocess(path, cfg).transpose(1, 2, 0), preprocess_bytes_v2(data, 40, "v2"),
+                               atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- a JPEG without its EOI marker
+
+
+def _jpeg_cases():
+    c = skimage.data.coffee()
+    return {"420_portrait": _jpeg(c[:301, :211].copy()), "gray": _jpeg(skimage.data.camera()[:255, :301]),
+            "progressive": _jpeg(c[:211, :301], progressive=True)}
+
+
+@pytest.mark.parametrize("kind", ["420_portrait", "gray"])
+def test_jpeg_without_end_marker_decoded_as_the_official_eval(tmp_path, kind, caplog):
+    data = _jpeg_cases()[kind]
+    assert data.endswith(b"\xff\xd9")
+    cut = data[:-2]
+    path = tmp_path / f"{kind}.jpg"
+    path.write_bytes(cut)
+    with caplog.at_level("WARNING", logger="converter.preprocess"):
+        image = P.decode(path)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and str(path) in warned[0] and "end-of-image marker" in warned[0], warned
+    assert "\n" not in warned[0]
+    # the complete file's pixels (TF's full decode of the complete file)
+    np.testing.assert_array_equal(image, tf.image.decode_jpeg(data, channels=3).numpy())
+    # the official eval (decode_and_crop_jpeg) on the cut file itself
+    h, w = image.shape[:2]
+    oh, ow, size = P.crop_window(h, w, 224)
+    tf_crop = tf.image.decode_and_crop_jpeg(cut, [oh, ow, size, size], channels=3).numpy()
+    ours_crop = image[oh:oh + size, ow:ow + size]
+    if kind == "gray":  # no chroma upsampling: bit for bit
+        np.testing.assert_array_equal(ours_crop, tf_crop)
+    s = _stats(P.preprocess_raw(path, 224), preprocess_bytes(cut, 224))
+    assert s["mean_abs"] <= MAX_MEAN_ABS, s
+    # every mode takes it (Pillow alone calls it truncated)
+    cfg = find_checkpoint("b0", "standard").pretrained_cfg()
+    for mode in P.MODES:
+        assert np.isfinite(P.preprocess(path, cfg, mode)).all()
+    np.testing.assert_array_equal(P.preprocess_raw(path, 224, mode="pil"), P.preprocess_raw(data, 224, mode="pil"))
+
+
+def test_jpeg_cut_deeper_or_progressive_without_end_marker_is_refused(tmp_path, caplog):
+    data = _jpeg_cases()["420_portrait"]
+    for cut in (data[:-40], data[:len(data) // 2]):  # entropy data missing: not only the marker
+        with pytest.raises(ConversionError, match="cannot decode JPEG"):
+            P.decode(cut)
+        with pytest.raises(ConversionError, match="cannot decode"):
+            P.preprocess_raw(cut, 224, mode="pil")
+    prog = _jpeg_cases()["progressive"][:-2]
+    with pytest.raises(ConversionError, match="progressive JPEG without its end-of-image marker") as e:
+        P.decode(prog)
+    assert "\n" not in str(e.value)
+    with pytest.raises(tf.errors.InvalidArgumentError):  # the official eval refuses it too
+        tf.image.decode_and_crop_jpeg(prog, [0, 0, 100, 100], channels=3).numpy()
+    assert not [r for r in caplog.records if "end-of-image" in r.getMessage()]
+
+
+# ----------------------------------------------------------------------------- size limit
+
+
+def test_size_limit_is_ours_and_can_be_lifted(tmp_path, monkeypatch):
+    c = skimage.data.chelsea()[:200, :300]
+    png, jpg = tmp_path / "big.png", tmp_path / "big.jpg"
+    png.write_bytes(_encode(Image.fromarray(c), "PNG"))
+    jpg.write_bytes(_jpeg(c))
+    monkeypatch.delenv(P.MAX_PIXELS_ENV, raising=False)
+    for path in (png, jpg):
+        with pytest.raises(ConversionError) as e:
+            P.decode(path, max_pixels=59_999)
+        msg = str(e.value)
+        assert "\n" not in msg and str(path) in msg and "300x200" in msg and "0.059999 megapixels" in msg
+        assert "--max-image-pixels" in msg and P.MAX_PIXELS_ENV in msg and "decompression" in msg
+        assert P.decode(path, max_pixels=60_000).shape == (200, 300, 3)
+        monkeypatch.setenv(P.MAX_PIXELS_ENV, "1000")
+        with pytest.raises(ConversionError, match="over convert-effnet's limit of 0.001 megapixels"):
+            P.preprocess_raw(path, 64, mode="pil")
+        monkeypatch.setenv(P.MAX_PIXELS_ENV, "0")  # lifted
+        P.preprocess_raw(path, 64, mode="pil")
+        monkeypatch.delenv(P.MAX_PIXELS_ENV)
+    # Pillow's own decompression-bomb limit does not apply (here set below this image: it would refuse)
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(PILImage.DecompressionBombError):
+        PILImage.open(png)
+    np.testing.assert_array_equal(P.decode(png), tf.io.decode_image(png.read_bytes(), channels=3).numpy())
+    np.testing.assert_array_equal(P.preprocess_raw(png, 64, mode="pil"), P.preprocess_raw(png, 64, mode="pil"))
+    assert PILImage.MAX_IMAGE_PIXELS == 1000  # restored
+    assert P.max_pixels_limit() == P.DEFAULT_MAX_PIXELS > 2 * 89_478_485  # above Pillow's default refusal
+    monkeypatch.setenv(P.MAX_PIXELS_ENV, "lots")
+    with pytest.raises(ConversionError, match=P.MAX_PIXELS_ENV):
+        P.decode(png)
 
 
 # ----------------------------------------------------------------------------- why it matters
