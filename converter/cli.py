@@ -26,8 +26,18 @@ USAGE = """
 (convert-effnet SUBCOMMAND --help for a subcommand's options)"""
 
 
+SUBCOMMANDS = ("verify", "predict", "evaluate", "export")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (what is wrong, where the help is), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _convert_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="convert-effnet",
         usage=USAGE,
         description="Convert an official TensorFlow EfficientNet checkpoint into PyTorch weights.",
@@ -38,7 +48,9 @@ def _convert_parser() -> argparse.ArgumentParser:
                "(default ~/.cache/effnet-convert).")
     from .arch import variants_help
 
-    p.add_argument("--variant", help=f"{variants_help()}, v2-b0..v2-b3, v2-s, v2-m, v2-l, v2-xl (EfficientNetV2)")
+    p.add_argument("--variant", help=f"{variants_help()}, v2-b0..v2-b3, v2-s, v2-m, v2-l, v2-xl (EfficientNetV2), "
+                                     "mnasnet-a1, mnasnet-a1-d<width>[-i<size>] (e.g. mnasnet-a1-d0.5-i160), "
+                                     "mnasnet-small (MnasNet), mixnet-s, mixnet-m, mixnet-l (MixNet); see --list")
     p.add_argument("--flavor", help="standard, aa, advprop, noisystudent, randaug; EfficientNetV2: 1k, 21k, 21k-ft1k; "
                                     "or a zoo model name / an official name (efficientnetv2-s-21k-ft1k)")
     p.add_argument("--checkpoint", help="checkpoint prefix, a folder holding model.ckpt*, the official .tar.gz, "
@@ -103,7 +115,7 @@ def _verify_options(p: argparse.ArgumentParser) -> None:
 
 
 def _verify_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="convert-effnet verify",
         description="Check a converted file against its TensorFlow checkpoint (variant and flavor from its metadata).")
     p.add_argument("--weights", required=True, help="the converted .safetensors or .pth")
@@ -156,6 +168,7 @@ def _finish(result, ckpt, prefix: Optional[str], plan, args: argparse.Namespace,
     the final names held stays. Error or Ctrl-C: the temp files go, the final names are untouched.
     """
     from .verify import checked_report, report_path_for, write_report
+    from .writer import publish
 
     pending = result.pending
     what = (f"({ckpt.name}, {'EMA' if result.selection.ema else 'raw'} weights, "
@@ -164,8 +177,7 @@ def _finish(result, ckpt, prefix: Optional[str], plan, args: argparse.Namespace,
         if plan is None:
             if pending:
                 _drop_report(result.outputs)
-            for f in pending:
-                f.commit()
+            publish(pending, replace=args.force)  # a name another run took meanwhile: refused, not replaced
             for p in result.outputs:
                 print(f"wrote {p} {what}")
             return 0
@@ -179,11 +191,11 @@ def _finish(result, ckpt, prefix: Optional[str], plan, args: argparse.Namespace,
         if report.passed:
             rf = write_report(report, final_report, commit=False)
             try:
-                for f in pending:
-                    f.commit()
+                publish(pending, replace=args.force)
                 rf.commit()
             finally:
                 rf.discard()
+            _remove_failed(result.outputs, final_report)
             for p in result.outputs:
                 print(f"wrote {p} {what}")
             print(f"report: {final_report}")
@@ -201,6 +213,15 @@ def _finish(result, ckpt, prefix: Optional[str], plan, args: argparse.Namespace,
     finally:
         for f in pending:
             f.discard()
+
+
+def _remove_failed(outputs: Sequence[Path], report: Path) -> None:
+    """Remove the ``.failed`` files an earlier failed verification left beside ``outputs`` (now verified)."""
+    for p in list(outputs) + [report]:
+        stale = Path(p).with_name(Path(p).name + ".failed")
+        if stale.is_file():
+            stale.unlink()
+            log.info("removed %s (an earlier failed verification; %s now verified)", stale, Path(outputs[0]).name)
 
 
 def _finish_folder(staged: Path, final: Path, prefix: Optional[str], plan, args: argparse.Namespace,
@@ -301,9 +322,7 @@ def run_convert_keras(args) -> int:
         spec = reader.spec
         check_variant(spec, layout)
         fmt_paths = output_paths(Path(args.output_dir), layout_stem(output_stem(spec), layout), args.format)
-        for p in fmt_paths:
-            if p.exists() and not args.force:
-                raise ConversionError(f"{p} exists; pass --force to overwrite it")
+        _refuse_existing(fmt_paths, args.force)
         classes, drop_background = _checkpoint_classes(reader, spec, args)
         spec = spec.with_classes(classes)
         cfg: Dict[str, object] = {
@@ -328,12 +347,14 @@ def run_convert_keras(args) -> int:
     return 0
 
 
-def _checkpoint_classes(reader, spec, args) -> Tuple[int, Optional[bool]]:
+def _checkpoint_classes(reader, spec, args, ckpt=None) -> Tuple[int, Optional[bool]]:
     """(classes of the checkpoint's classifier, whether to drop its background class), checked
-    against --num-classes / --drop-background (``args`` is not changed)."""
+    against --num-classes / --drop-background and the release ``ckpt`` (``args`` is not changed)."""
     from .convert import checkpoint_num_classes
 
     n = checkpoint_num_classes(reader, spec)
+    if ckpt is not None:
+        _check_flavor_classes(ckpt, n)  # before anything is written
     drop = args.drop_background
     if n is None:  # no classifier found: the totality check reports it
         return args.num_classes or spec.num_classes, drop
@@ -348,12 +369,67 @@ def _checkpoint_classes(reader, spec, args) -> Tuple[int, Optional[bool]]:
     if args.num_classes is not None and args.num_classes != out:
         extra = " after --drop-background" if drop else ""
         raise ConversionError(f"--num-classes {args.num_classes} but the checkpoint's classifier has {out} classes{extra}")
-    if n != spec.num_classes:
+    if n != (ckpt.arch if ckpt is not None else spec).num_classes:
         log.info("the checkpoint's classifier has %d classes", n)
     return n, drop
 
 
+def _refuse_verify_options(args: argparse.Namespace) -> None:
+    """Verification options without --verify would be ignored: refuse them in one line."""
+    if args.verify:
+        return
+    from .mapping import get_layout
+
+    try:
+        folder = get_layout(args.layout).file_form == "folder"
+    except ConversionError:  # an unknown layout: refused by check_variant in its turn
+        folder = False
+    given = [flag for flag, on in (
+        ("--images", bool(args.images)),
+        ("--resolution", args.resolution is not None and not folder),  # a folder's config is padded for it
+        ("--dump-logits", bool(args.dump_logits)),
+        ("--device", args.device != "auto"),
+        ("--max-rel-error", args.max_rel_error is not None),
+        ("--trace", bool(getattr(args, "trace", False)))) if on]
+    if len(given) == 1:
+        raise ConversionError(f"{given[0]} is a verification option; add --verify (or leave it out)")
+    if given:
+        raise ConversionError(f"{', '.join(given)} are verification options; add --verify (or leave them out)")
+
+
+def _refuse_existing(paths: Sequence[Path], force: bool) -> None:
+    for p in paths:
+        if p.exists() and not force:
+            raise ConversionError(f"{p} exists; pass --force to overwrite it")
+
+
+def _check_flavor_classes(ckpt, classes: Optional[int]) -> None:
+    """Refuse a checkpoint whose classifier fits another release of its variant, not ``ckpt``
+    (``--flavor 1k`` on a 21843-class V2 head): its metadata would name the wrong preprocessing.
+
+    A count that no release of the variant has (a fine-tuned head) is converted as before.
+    """
+    from .zoo import all_checkpoints
+
+    own = ckpt.arch.num_classes
+    if classes is None or classes == own:
+        return
+    fits = [c for c in all_checkpoints() if c.variant == ckpt.variant and c.arch.num_classes == classes]
+    if fits:
+        raise ConversionError(
+            f"the checkpoint's classifier has {classes} classes but {ckpt.name} has {own}: it is "
+            f"{' or '.join(c.name for c in fits)}; pass --flavor {' or --flavor '.join(c.flavor for c in fits)}")
+
+
 def run_convert(args: argparse.Namespace) -> int:
+    """Convert one checkpoint; its output names stay claimed for the whole run (writer.claimed)."""
+    import contextlib
+
+    with contextlib.ExitStack() as claims:
+        return _run_convert(args, claims)
+
+
+def _run_convert(args: argparse.Namespace, claims) -> int:
     from . import sources
     from .arch import get_arch
     from .convert import convert, output_paths
@@ -363,15 +439,14 @@ def run_convert(args: argparse.Namespace) -> int:
         raise ConversionError("--variant is required (e.g. convert-effnet --variant b4 --flavor advprop); see --list")
     kind = sources.classify(args.checkpoint) if args.checkpoint else "download"  # classified once
     if kind == "keras":  # a keras.applications EfficientNet .h5 / .weights.h5
+        if not args.verify:
+            _refuse_verify_options(args)
         return run_convert_keras(args)
     if args.verify:  # before any download or conversion
         from .verify import require_tensorflow
 
         require_tensorflow()
-    if args.max_rel_error is not None and not args.verify:
-        raise ConversionError("--max-rel-error is a verification option; add --verify")
-    if getattr(args, "trace", False) and not args.verify:
-        raise ConversionError("--trace is a verification option; add --verify")
+    _refuse_verify_options(args)
     source = None
     need_files = bool(args.verify)  # TensorFlow verifies from files: a tarball is extracted then
     variant = args.variant
@@ -400,12 +475,13 @@ def run_convert(args: argparse.Namespace) -> int:
     else:
         write, paths = convert, output_paths
     fmt_paths = paths(Path(args.output_dir), output_stem(ckpt.name, args.layout), args.format)
-    for p in fmt_paths:  # say so before downloading gigabytes
-        if p.exists() and not args.force:
-            raise ConversionError(f"{p} exists; pass --force to overwrite it")
-    from .writer import check_writable_folder
+    from .writer import check_writable_folder, claimed
 
+    _refuse_existing(fmt_paths, args.force)  # say so before downloading gigabytes
     check_writable_folder(Path(args.output_dir))  # a read-only folder: before any download
+    # a second run into these names is refused until this one ends (its outputs are not replaced)
+    claims.enter_context(claimed(fmt_paths, force=args.force))
+    _refuse_existing(fmt_paths, args.force)  # a run that finished just before our claim
     plan = None
     if args.verify:  # every verification option checked, --images decoded: before anything is written
         from .verify import plan_verification
@@ -419,7 +495,7 @@ def run_convert(args: argparse.Namespace) -> int:
         source = sources.Source.open(tarball, need_files, args.reader, "download", origin=ckpt.download_url())
     reader, prefix = source.reader, source.prefix
 
-    classes, drop_background = _checkpoint_classes(reader, spec, args)
+    classes, drop_background = _checkpoint_classes(reader, spec, args, ckpt)
     spec = spec.with_classes(classes)
     cfg = ckpt.pretrained_cfg()
     cfg.update(source=source.origin, source_sha256=source.sha256)
@@ -447,7 +523,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from . import interrupts
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    # our own lines at INFO; other libraries' at WARNING: torch's atexit "FakeTensor cache stats" (INFO)
+    # reaches stderr when Ctrl-C stops torch's import before it sets its own loggers' levels
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
+    log.setLevel(logging.INFO)
     with interrupts.installed():
         try:
             rc = _dispatch(argv)
@@ -472,6 +551,9 @@ def _dispatch(argv: List[str]) -> int:
 
         args = _verify_parser().parse_args(argv[1:])
         return run_verify(Path(args.weights), sources.resolve_checkpoint(args.checkpoint), args)
+    if argv and not argv[0].startswith("-"):  # a word where a subcommand or an option goes
+        raise ConversionError(f"unknown subcommand {argv[0]!r}; the subcommands are {', '.join(SUBCOMMANDS)} "
+                              "(convert-effnet --help)")
     args = _convert_parser().parse_args(argv)
     if args.list:
         list_checkpoints()
