@@ -97,10 +97,50 @@ def fuse_bn(model: nn.Module) -> nn.Module:
     return model
 
 
+# fold_pads: the kernel form (one zero row and column more in the kernel) costs
+# 0.25 * out_channels * in_channels_per_group * (2k + 1) / in_channels extra multiply-adds per
+# input element, the F.pad one copy of it. Measured (2 threads, channels_last, batch 1 and 32):
+# depthwise (1.75) and the 3->24 stem (42) gain, 24->96 3x3 (168) breaks even, 48->192 3x3 (336)
+# loses 30 %: the kernel form is taken up to this many extra multiply-adds per element.
+PAD_FOLD_MAX_MACS = 192
+
+
+def _kernel_form_pays(conv: Conv2dSame) -> bool:
+    kh, kw = conv.kernel_size
+    extra = 0.25 * conv.out_channels * (conv.in_channels // conv.groups) * (kh + kw + 1) / conv.in_channels
+    return extra <= PAD_FOLD_MAX_MACS
+
+
+def fold_pads(model: nn.Module, on: bool = True) -> nn.Module:
+    """Conv2dSame layers compute their extra TF 'SAME' pixel in the kernel, not by padding the input.
+
+    The stride-2 layers of an even-sized input pad (0, 1): one F.pad copy of the whole
+    activation each (on CPU the copy costs more than a depthwise conv). A folded conv pads its
+    (tiny) kernel with a zero row/column instead and its input symmetrically
+    (:func:`converter.layers.kernel_form`): the same sums. Taken where it pays (depthwise and
+    few-input-channel convs, PAD_FOLD_MAX_MACS); ``on=False`` restores the F.pad everywhere.
+    """
+    for _, conv in same_convs(model):
+        conv.pad_into_kernel = bool(on) and _kernel_form_pays(conv)
+    return model
+
+
+def inplace_activations(model: nn.Module, on: bool = True) -> nn.Module:
+    """Activations (SiLU, ReLU, ReLU6) overwrite their input, a fresh conv/BN output in every
+    block: no new tensor per activation (on CPU half the activation's time). Inference only:
+    autograd cannot differentiate through the overwritten inputs.
+    """
+    for m in model.modules():
+        if isinstance(m, (nn.SiLU, nn.ReLU, nn.ReLU6)):
+            m.inplace = bool(on)
+    return model
+
+
 def prepare_for_inference(model: nn.Module, input_size: Union[None, int, Sequence[int]] = None,
                           fuse: bool = True, channels_last: bool = True, compile: bool = False,
-                          device: Union[None, str, torch.device] = None):
-    """The fastest exact eager model (measured, see README): static pads, BN folded, channels_last.
+                          device: Union[None, str, torch.device] = None, pads_in_kernel: bool = True):
+    """The fastest exact eager model (measured, see README): static pads folded into the kernels
+    (:func:`fold_pads`), BN folded, activations in place (:func:`inplace_activations`), channels_last.
 
     ``input_size``: H, (H, W) or (C, H, W) to freeze the padding for (default: keep what the
     model has, its native resolution after build_model/load_model). ``compile=True`` returns
@@ -115,6 +155,8 @@ def prepare_for_inference(model: nn.Module, input_size: Union[None, int, Sequenc
         set_input_size(model, input_size)
     if fuse and not getattr(model, "bn_fused", False):
         fuse_bn(model)
+    fold_pads(model, pads_in_kernel)
+    inplace_activations(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if compile:
