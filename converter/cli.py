@@ -242,6 +242,10 @@ def _finish_folder(staged: Path, final: Path, prefix: Optional[str], plan, args:
             add_verification(staged, report)
             interrupts.check()
             commit_folder(staged, final)
+            stale = final.with_name(final.name + ".failed")  # an earlier failed attempt's folder
+            if stale.is_dir():
+                shutil.rmtree(stale)
+                log.info("removed %s (an earlier failed verification; %s now verified)", stale, final.name)
             print(f"wrote {final} {what}")
             print(f"report: {report_path_for(final)}")
             return 0
@@ -586,6 +590,10 @@ def _stdout_gone() -> None:
 def _os_error_line(e: OSError) -> str:
     """An OSError in one line; a hidden temp file (``.NAME.tmp-...``) is named by its folder."""
     name = e.filename
+    from .errors import disk_full, is_disk_full
+
+    if name and is_disk_full(e):  # no room (committing, a report): the same line as while converting
+        return str(disk_full(Path(str(name)).parent))
     if name and re.fullmatch(r"\..+\.tmp-\d+(?:-[0-9a-f]+)?(?:\.\w+)?", Path(str(name)).name):
         from .writer import folder_error
 

@@ -62,9 +62,9 @@ def free_space(folder) -> "int | None":
 def disk_full(folder, needed: "int | None" = None, what: str = "the output") -> ConversionError:
     """The one-line error for ``folder`` lacking room: what is needed, what is free, what to do."""
     free = free_space(folder)
-    have = "no space" if not free else f"{human_size(free)} free"
+    have = "free space unknown" if free is None else "no space there" if not free else f"{human_size(free)} free there"
     need = f"{what} needs {human_size(needed)}" if needed else f"{what} did not fit"
-    return ConversionError(f"not enough space in {folder}: {need}, {have} there; "
+    return ConversionError(f"not enough space in {folder}: {need}, {have}; "
                            "free some space or choose another folder")
 
 
