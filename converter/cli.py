@@ -77,7 +77,7 @@ def _convert_parser() -> argparse.ArgumentParser:
                     help="1001-class checkpoints: keep all 1001 outputs (default for --layout native)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--allow-nonfinite", action="store_true", help="convert even if weights hold NaN/inf")
-    p.add_argument("--sha256", help="expected sha256 of the downloaded tarball")
+    p.add_argument("--sha256", help="expected sha256 of the tarball (downloaded or --checkpoint) or .h5")
     p.add_argument("--fused-stride", choices=("expand", "project"), default=None,
                    help="EdgeTPU fused blocks: which conv carries the stride. expand (default): the kxk expand conv, "
                         "as the official code since tensorflow/tpu 32572cb (2020-12-27) and timm/mmpretrain; "
@@ -321,6 +321,7 @@ def run_convert_keras(args) -> int:
     from .mapping import check_variant, output_stem as layout_stem
 
     layout = getattr(args, "layout", None) or "native"
+    sources.check_pin(args.checkpoint, args.sha256, "keras")  # before anything is read
     reader = KerasH5Reader(args.checkpoint, variant=args.variant)
     try:
         spec = reader.spec
@@ -455,7 +456,7 @@ def _run_convert(args: argparse.Namespace, claims) -> int:
     need_files = bool(args.verify)  # TensorFlow verifies from files: a tarball is extracted then
     variant = args.variant
     if args.checkpoint and not variant and not _flavor_names_checkpoint(args.flavor):
-        source = sources.Source.open(args.checkpoint, need_files, args.reader, kind)
+        source = sources.Source.open(args.checkpoint, need_files, args.reader, kind, sha256=args.sha256)
         variant = infer_variant(source.reader)
         log.info("variant %s (from the checkpoint's scope)", variant)
     if args.checkpoint and not args.flavor:
@@ -493,7 +494,7 @@ def _run_convert(args: argparse.Namespace, claims) -> int:
         plan = plan_verification(ckpt.pretrained_cfg(), progress=not args.quiet, **_verify_kwargs(args))
 
     if source is None and args.checkpoint:
-        source = sources.Source.open(args.checkpoint, need_files, args.reader, kind)
+        source = sources.Source.open(args.checkpoint, need_files, args.reader, kind, sha256=args.sha256)
     elif source is None:
         tarball = sources.fetch_checkpoint(ckpt, sha256=args.sha256, progress=not args.quiet)
         source = sources.Source.open(tarball, need_files, args.reader, "download", origin=ckpt.download_url())
@@ -554,7 +555,8 @@ def _dispatch(argv: List[str]) -> int:
         from . import sources
 
         args = _verify_parser().parse_args(argv[1:])
-        return run_verify(Path(args.weights), sources.resolve_checkpoint(args.checkpoint), args)
+        with sources.checkpoint_files(args.checkpoint) as prefix:  # a tarball: extracted for the run
+            return run_verify(Path(args.weights), prefix, args)
     if argv and not argv[0].startswith("-"):  # a word where a subcommand or an option goes
         raise ConversionError(f"unknown subcommand {argv[0]!r}; the subcommands are {', '.join(SUBCOMMANDS)} "
                               "(convert-effnet --help)")
@@ -574,7 +576,9 @@ def _dispatch(argv: List[str]) -> int:
         return run_all(args)
     if args.only:
         raise ConversionError("--only selects checkpoints for --all; add --all")
-    return run_convert(args)
+    from . import sources
+
+    return sources.rerun_if_corrupt_download(run_convert, args)  # a damaged cached download: once more
 
 
 def _stdout_gone() -> None:

@@ -9,15 +9,38 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .arch import ArchSpec, architecture_name, get_arch, register_release, release_name
 from .errors import ConversionError
 
-# tensorflow/tpu efficientnet README: where the released checkpoints live
-OFFICIAL_BASE_URL = "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/"
+# tensorflow/tpu efficientnet README: where the released checkpoints live; mnasnet/README.md and
+# mixnet/README.md: MnasNet and MixNet beside efficientnet/ in the same bucket
+OFFICIAL_ROOT_URL = "https://storage.googleapis.com/cloud-tpu-checkpoints/"
+OFFICIAL_BASE_URL = OFFICIAL_ROOT_URL + "efficientnet/"
 BASE_URL_ENV = "EFFNET_BASE_URL"
+_LEGACY_BASE_SEGMENT = "efficientnet"  # a $EFFNET_BASE_URL ending in it mirrors efficientnet/, not the root
+
+
+def mirror_root() -> str:
+    """The bucket root every checkpoint is fetched below: ``$EFFNET_BASE_URL`` (a mirror of
+    cloud-tpu-checkpoints/, with the official paths below it), else the official bucket.
+
+    A base whose last path segment is ``efficientnet`` (the earlier documented form, a mirror of
+    cloud-tpu-checkpoints/efficientnet/) stands for its parent: V1/V2 are found below it as
+    before, MnasNet/MixNet beside it, as in the bucket.
+    """
+    base = (os.environ.get(BASE_URL_ENV) or "").strip()
+    if not base:
+        return OFFICIAL_ROOT_URL
+    parts = urllib.parse.urlsplit(base)
+    path = parts.path.rstrip("/")
+    head, _, last = path.rpartition("/")
+    if last == _LEGACY_BASE_SEGMENT:
+        path = head
+    return urllib.parse.urlunsplit(parts._replace(path=path + "/"))
 
 # tensorflow/tpu efficientnet main.py / preprocessing: MEAN_RGB, STDDEV_RGB on the 0-255 scale
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -128,15 +151,17 @@ class Checkpoint:
         return _PATHS[self.flavor].format(v=v)
 
     @property
+    def bucket_path(self) -> str:
+        """The tarball's path below the bucket root (and below the cache): ``efficientnet/...``."""
+        return "efficientnet/" + self.relative_path
+
+    @property
     def url(self) -> str:
-        return OFFICIAL_BASE_URL + self.relative_path
+        return OFFICIAL_ROOT_URL + self.bucket_path
 
     def download_url(self) -> str:
-        """The URL to fetch: below ``$EFFNET_BASE_URL`` when set (mirrors, tests)."""
-        base = os.environ.get(BASE_URL_ENV) or OFFICIAL_BASE_URL
-        if not base.endswith("/"):
-            base += "/"
-        return base + self.relative_path
+        """The URL to fetch: ``mirror_root()`` + ``bucket_path`` (``$EFFNET_BASE_URL``: mirrors, tests)."""
+        return mirror_root() + self.bucket_path
 
     def pretrained_cfg(self) -> Dict[str, object]:
         return {

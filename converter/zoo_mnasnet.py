@@ -13,7 +13,6 @@ Importing this module registers them in converter.zoo (converter/__init__.py doe
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -21,9 +20,8 @@ from . import zoo as _zoo
 from .arch import get_arch
 from .errors import ConversionError
 from .mnasnet import A1_WIDTHS, GRID_RESOLUTIONS, INTERPOLATION, MIXNET, MNASNET, width_tag
-from .zoo import BASE_URL_ENV, CROP_PADDING, IMAGENET_MEAN, IMAGENET_STD, Checkpoint
+from .zoo import CROP_PADDING, IMAGENET_MEAN, IMAGENET_STD, Checkpoint
 
-TPU_CHECKPOINTS = "https://storage.googleapis.com/cloud-tpu-checkpoints/"
 PREPROCESSING = "mnasnet"  # pretrained_cfg["preprocessing"]: converter.preprocess's bilinear official path
 
 # README.md (mnasnet) table: (depth multiplier, input size) -> (top-1, top-5, params M, MAdds M)
@@ -82,15 +80,9 @@ class CheckpointMnas(Checkpoint):
         return f"{self.folder}/{self.stem}{self.suffix}"
 
     @property
-    def url(self) -> str:
-        return TPU_CHECKPOINTS + self.relative_path
-
-    def download_url(self) -> str:
-        """Below ``$EFFNET_BASE_URL`` when set (then ``BASE/mnasnet/...``), else the official URL."""
-        base = os.environ.get(BASE_URL_ENV)
-        if not base:
-            return self.url
-        return base + ("" if base.endswith("/") else "/") + self.relative_path
+    def bucket_path(self) -> str:
+        """Beside efficientnet/ in the bucket: ``mnasnet/...``, ``mixnet/...``."""
+        return self.relative_path
 
     def pretrained_cfg(self) -> Dict[str, object]:
         cfg = super().pretrained_cfg()

@@ -31,9 +31,9 @@ from . import zoo as _zoo
 from .arch import ArchSpec, get_arch
 from .arch_v2 import V2_ARCHS, with_resolution
 from .errors import ConversionError
-from .zoo import IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_BASE_URL, Checkpoint
+from .zoo import IMAGENET_MEAN, IMAGENET_STD, Checkpoint
 
-V2_PATH = "v2/{name}.tgz"  # below OFFICIAL_BASE_URL (effnetv2_model.get_model: v2url)
+V2_PATH = "v2/{name}.tgz"  # below zoo.OFFICIAL_BASE_URL (effnetv2_model.get_model: v2url)
 FLAVORS_V2 = ("1k", "21k", "21k-ft1k")
 FLAVOR_ALIASES_V2 = {
     "imagenet": "1k", "in1k": "1k", "imagenet1k": "1k", "1k": "1k",
@@ -117,10 +117,6 @@ class CheckpointV2(Checkpoint):
     @property
     def relative_path(self) -> str:
         return V2_PATH.format(name=self.name)
-
-    @property
-    def url(self) -> str:
-        return OFFICIAL_BASE_URL + self.relative_path
 
     def pretrained_cfg(self) -> Dict[str, object]:
         cfg = super().pretrained_cfg()

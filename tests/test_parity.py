@@ -180,7 +180,8 @@ def test_make_all_converts_and_verifies_in_parallel(root, tmp_path):
     if shutil.which("make") is None or shutil.which("convert-effnet") is None:
         pytest.fail("make and an installed convert-effnet are needed (make install)")
     bucket = tmp_path / "bucket"
-    for flavor, rel in (("aa", "ckptsaug/efficientnet-b0.tar.gz"), ("advprop", "advprop/efficientnet-b0.tar.gz")):
+    for flavor, rel in (("aa", "efficientnet/ckptsaug/efficientnet-b0.tar.gz"),
+                        ("advprop", "efficientnet/advprop/efficientnet-b0.tar.gz")):
         prefix = make_checkpoint(root, "b0", calibration_resolution=224, flavor=flavor)
         (bucket / rel).parent.mkdir(parents=True, exist_ok=True)
         make_tarball(str(prefix), str(bucket / rel), "efficientnet-b0")

@@ -345,7 +345,7 @@ def test_wrong_sha256_pin_blames_the_pin(prefix, tmp_path, capsys, monkeypatch):
     from converter.tfref.generate import make_tarball
 
     bucket = tmp_path / "bucket"
-    tarball = bucket / "ckptsaug" / "efficientnet-b0.tar.gz"
+    tarball = bucket / "efficientnet" / "ckptsaug" / "efficientnet-b0.tar.gz"  # below the bucket root
     tarball.parent.mkdir(parents=True)
     make_tarball(str(prefix), str(tarball), "efficientnet-b0")
     good = _sha(tarball)
