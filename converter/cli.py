@@ -102,7 +102,8 @@ def _verify_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("verification")
     g.add_argument("--images", nargs="+", default=(), metavar="IMAGE",
                    help="your own images, added to the synthetic set (official eval preprocessing)")
-    g.add_argument("--num-images", type=int, default=8, help="synthetic images (default 8)")
+    g.add_argument("--num-images", type=int, default=None,
+                   help="synthetic images (default 8; none with --images unless given)")
     g.add_argument("--resolution", type=int, help="input size (default: the model's native resolution); "
                    "with --layout transformers also the size the folder's config is padded for")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
