@@ -6,14 +6,16 @@ min(h, w))`` px, JPEG decoded with libjpeg-turbo's fast integer DCT and fancy up
 ``tf.image.decode_jpeg`` does by default), ``tf.compat.v1.image.resize_bicubic`` (legacy kernel,
 re-implemented here bit for bit), then the mean/std normalization on the 0-255 scale.
 
-The one deliberate difference: TensorFlow decodes only the crop window
-(``tf.image.decode_and_crop_jpeg``); here the whole image is decoded, then cropped. libjpeg-turbo's
-cropped decode upsamples the chroma of the window's side columns as if they were image edges, so
-in chroma-subsampled JPEGs (most photos) the crop's first and/or last column differ by a few
-levels; grayscale and 4:4:4 JPEGs come out identical. After the resize that is at most 0.005
-levels on average per image (tests/test_preprocess.py on real photos; the shared reference
-README measured the same). Everything else equals TensorFlow's ops bit for bit. Decoding the
-window alone would need libjpeg-turbo's crop API, which simplejpeg does not expose.
+TensorFlow decodes only the crop window (``tf.image.decode_and_crop_jpeg``); here the whole
+image is decoded, then cropped. libjpeg-turbo's cropped decode upsamples the chroma of the
+window's side columns as if they were image edges, so in JPEGs with 2x horizontal chroma
+subsampling (most photos) the crop's first and/or last column come out differently: up to 0.024
+levels on average per image after the resize on small odd-sided portraits, the narrower the crop
+the more. Those columns are redone here as libjpeg-turbo does (:func:`_crop_edges_as_tf`), from
+the raw chroma samples read back from two more decodes; only pixels whose samples cannot be told
+apart because a channel clips at 0 or 255 may still differ (measured: at most 0.0011 levels on
+average per image, most images exact; tests/test_preprocess.py). Grayscale and 4:4:4 JPEGs need
+nothing. Everything else equals TensorFlow's ops bit for bit.
 
 ``mode="fixed-crop"``: the same, with the Nov 2021 crop rule (``CROP_FRACTION = 0.875``).
 ``mode="pil"``: plain Pillow (accurate-DCT decode, Pillow's antialiased bicubic), for comparison
@@ -65,13 +67,16 @@ def _read(src: Source) -> Tuple[bytes, str]:
 
 class JpegHeader(NamedTuple):
     """What the markers before the first scan say: components and size from the SOF marker (None
-    when there is none), whether an Adobe APP14 marker was seen, whether the frame is progressive."""
+    when there is none), whether an Adobe APP14 marker was seen (and its colour transform byte),
+    whether the frame is progressive, each component's (id, h, v) sampling factors."""
 
     components: Optional[int]
     adobe: bool
     progressive: bool = False
     height: int = 0
     width: int = 0
+    sampling: Tuple[Tuple[int, int, int], ...] = ()
+    adobe_transform: Optional[int] = None
 
 
 # ITU T.81 table B.1: SOF0-3, 5-7, 9-11, 13-15; progressive: SOF2, 6, 10, 14
@@ -84,6 +89,8 @@ def _jpeg_markers(data: bytes) -> JpegHeader:
     """The :class:`JpegHeader` of a JPEG stream."""
     pos, n = 2, len(data)
     components, adobe, progressive, height, width = None, False, False, 0, 0
+    sampling: Tuple[Tuple[int, int, int], ...] = ()
+    transform = None
     while pos + 4 <= n:
         if data[pos] != 0xFF:
             break
@@ -99,15 +106,18 @@ def _jpeg_markers(data: bytes) -> JpegHeader:
         if marker == 0xEE and length - 2 >= 12 and body[:5] == b"Adobe":
             # libjpeg jdmarker.c examine_app14: saw_Adobe_marker needs APP14_DATA_LEN = 12 bytes
             adobe = True
+            transform = body[11]
         elif marker in _SOF_MARKERS:
             if len(body) >= 6:  # P, Y (height), X (width), Nf
                 height, width = int.from_bytes(body[1:3], "big"), int.from_bytes(body[3:5], "big")
                 components = body[5]
+                specs = body[6:6 + 3 * components]  # Ci, Hi << 4 | Vi, Tqi
+                sampling = tuple((specs[i], specs[i + 1] >> 4, specs[i + 1] & 15) for i in range(0, len(specs) - 2, 3))
             progressive = marker in _PROGRESSIVE_SOF
         elif marker == 0xDA:  # start of scan: the header ends here
             break
         pos += 2 + length
-    return JpegHeader(components, adobe, progressive, height, width)
+    return JpegHeader(components, adobe, progressive, height, width, sampling, transform)
 
 
 # ----------------------------------------------------------------------------- size limit
@@ -212,6 +222,143 @@ def _decode_jpeg(data: bytes, name: str, max_pixels: Optional[int] = None) -> np
         if image is None:
             raise ConversionError(f"cannot decode JPEG {name}: {msg}") from None
         return image
+
+
+# ----------------------------------------------------------------------------- the cropped decode's edges
+
+# libjpeg-turbo jdcolor.c build_ycc_rgb_table: SCALEBITS = 16, FIX(x) = (INT32)(x * (1 << 16) + 0.5)
+_SCALEBITS = 16
+_HALF = 1 << (_SCALEBITS - 1)
+
+
+def _fix(x: float) -> int:
+    return int(x * (1 << _SCALEBITS) + 0.5)
+
+
+_X = np.arange(256, dtype=np.int64) - 128
+_CRR = (_fix(1.40200) * _X + _HALF) >> _SCALEBITS  # Cr => R
+_CBB = (_fix(1.77200) * _X + _HALF) >> _SCALEBITS  # Cb => B
+_CRG = -_fix(0.71414) * _X  # Cr => G (before the shift)
+_CBG = -_fix(0.34414) * _X + _HALF  # Cb => G (before the shift)
+
+
+def _ycc_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
+    """jdcolor.c ycc_rgb_convert: uint8 RGB of Y and (upsampled) Cb, Cr samples (int arrays)."""
+    return np.clip(np.stack([y + _CRR[cr], y + ((_CBG[cb] + _CRG[cr]) >> _SCALEBITS), y + _CBB[cb]], -1),
+                   0, 255).astype(np.uint8)
+
+
+def _edge_columns(header: JpegHeader, width: int, ow: int, size: int) -> Tuple[Tuple[int, int], ...]:
+    """Image columns where libjpeg-turbo's cropped decode (``jpeg_crop_scanline``, what TF's
+    decode_and_crop_jpeg uses) upsamples chroma differently from a whole-image decode, each with its
+    rounding bias: the window is widened left to an iMCU boundary and its side columns are then
+    upsampled as image edges (jdsample.c h2v1/h2v2_fancy_upsample: first column ``c`` (h2v1) or
+    ``(4 * s + 8) >> 4`` (h2v2), last ``c`` or ``(4 * s + 7) >> 4``). Only 2x horizontal chroma
+    subsampling has such columns; none elsewhere."""
+    if header.components != 3 or len(header.sampling) != 3:
+        return ()
+    (c0, h0, v0), (c1, h1, v1), (c2, h2, v2) = header.sampling
+    rgb = (header.adobe and header.adobe_transform == 0) or (not header.adobe and (c0, c1, c2) == (82, 71, 66))
+    if rgb or (h0, h1, h2) != (2, 1, 1) or v0 not in (1, 2) or (v1, v2) != (1, 1):
+        return ()
+    left = (ow // (8 * h0)) * (8 * h0)  # jdapistd.c jpeg_crop_scanline: align = DCT size * max h samp
+    cols = []
+    if left == ow and ow > 0:  # the window's first column is the crop's and not the image's first
+        cols.append((ow, 8))
+    if (ow + size - left) % 2 == 0 and ow + size < width:  # an odd output column ends the window
+        cols.append((ow + size - 1, 7))
+    return tuple(cols)
+
+
+_INV_CRR = np.full(1024, -1, np.int64)
+_INV_CRR[_CRR + 512] = np.arange(256)  # _CRR and _CBB are one-to-one (steps of 1.402, 1.772)
+_INV_CBB = np.full(1024, -1, np.int64)
+_INV_CBB[_CBB + 512] = np.arange(256)
+
+
+def _chroma_samples(y: np.ndarray, rgb: np.ndarray) -> list:
+    """Per chroma sample, the (Cb, Cr) pairs that give, with each pixel's Y, the pixels that share it
+    (y: [n, P], rgb: [n, P, 3] ints of its P pixels): arrays (cb, cr); one pair when a pixel's R and
+    one's B are unclipped (R - Y = Crr[Cr], B - Y = Cbb[Cb]), else every pair that fits (clipping)."""
+    r_free = (rgb[..., 0] > 0) & (rgb[..., 0] < 255)
+    b_free = (rgb[..., 2] > 0) & (rgb[..., 2] < 255)
+    cr_all = _INV_CRR[np.clip(rgb[..., 0] - y + 512, 0, 1023)]
+    cb_all = _INV_CBB[np.clip(rgb[..., 2] - y + 512, 0, 1023)]
+    n = np.arange(len(y))
+    cr1, cb1 = cr_all[n, r_free.argmax(1)], cb_all[n, b_free.argmax(1)]  # the first unclipped pixel's
+    found = r_free.any(1) & b_free.any(1) & (cr1 >= 0) & (cb1 >= 0)
+    out = []
+    for i in range(len(y)):
+        if found[i]:
+            out.append((cb1[i:i + 1], cr1[i:i + 1]))
+            continue
+        ok = np.ones((256, 256), bool)  # [Cb, Cr]
+        for p in range(y.shape[1]):
+            yy = y[i, p]
+            ok &= (np.clip(yy + _CBB, 0, 255) == rgb[i, p, 2])[:, None]
+            ok &= (np.clip(yy + _CRR, 0, 255) == rgb[i, p, 0])[None, :]
+            ok &= np.clip(yy + ((_CBG[:, None] + _CRG[None, :]) >> _SCALEBITS), 0, 255) == rgb[i, p, 1]
+        out.append(np.nonzero(ok))
+    return out
+
+
+def _crop_edges_as_tf(data: bytes, header: JpegHeader, image: np.ndarray, oh: int, ow: int, size: int) -> np.ndarray:
+    """The crop ``image[oh:oh+size, ow:ow+size]`` of a whole-image decode, with its side columns as
+    TensorFlow's ``decode_and_crop_jpeg`` decodes them (see :func:`_edge_columns`).
+
+    The raw chroma samples of those columns come from two more decodes (Y alone, and RGB without
+    fancy upsampling, where a sample's pixels share it unfiltered): each (Cb, Cr) is the pair that
+    gives those pixels. Where clipping at 0 or 255 leaves pairs that give different results, the
+    whole-image decode's pixel stays (rare: saturated colours at the crop's edge).
+    """
+    import simplejpeg
+
+    crop = image[oh:oh + size, ow:ow + size]
+    cols = _edge_columns(header, image.shape[1], ow, size)
+    if not cols:
+        return crop
+    crop = crop.copy()
+    vs = header.sampling[0][2]
+    height, width = image.shape[:2]
+    # strict=False: the file has decoded already (a missing end-of-image marker is warned about there)
+    luma = simplejpeg.decode_jpeg(data, colorspace="GRAY", fastdct=True, fastupsample=True, strict=False)
+    luma = luma[..., 0].astype(np.int64)
+    flat = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=True, strict=False)
+    flat = flat.astype(np.int64)
+    rows = np.arange(oh, oh + size)
+    near = rows // vs
+    # h2v2: the nearer chroma row 3/4, the other 1/4 (above for even rows, below for odd; edges repeated)
+    far = (np.where(rows % 2 == 0, np.maximum(near - 1, 0), np.minimum(near + 1, (height - 1) // vs))
+           if vs == 2 else near)
+    need = np.unique(np.concatenate([near, far]))
+    at = np.searchsorted(need, near), np.searchsorted(need, far)
+    for x, bias in cols:
+        k = x // 2
+        px = [(dy, dx) for dy in range(vs) for dx in (2 * k, 2 * k + 1) if dx < width]
+        ys = np.stack([np.minimum(need * vs + dy, height - 1) for dy, _ in px], 1)
+        xs = np.array([dx for _, dx in px])[None, :]
+        samples = _chroma_samples(luma[ys, xs], flat[ys, xs])
+
+        def upsampled(a, b, pairs=False):  # the window edge: h2v2 (thiscolsum * 4 + bias) >> 4, h2v1 the sample
+            if vs == 1:
+                return a
+            return ((4 * (3 * a[:, None] + b[None, :]) + bias) >> 4).ravel() if pairs else (4 * (3 * a + b) + bias) >> 4
+
+        one = np.array([len(cb) == 1 for cb, _ in samples])
+        cb1 = np.array([cb[0] if len(cb) == 1 else 0 for cb, _ in samples])
+        cr1 = np.array([cr[0] if len(cr) == 1 else 0 for _, cr in samples])
+        sure = one[at[0]] & one[at[1]]  # most rows: one pair each, all at once
+        crop[sure, x - ow] = _ycc_rgb(luma[rows[sure], x], upsampled(cb1[at[0][sure]], cb1[at[1][sure]]),
+                                      upsampled(cr1[at[0][sure]], cr1[at[1][sure]]))
+        for r in np.nonzero(~sure)[0]:
+            (cb_a, cr_a), (cb_b, cr_b) = samples[at[0][r]], samples[at[1][r]]
+            if not len(cb_a) or not len(cb_b):
+                continue
+            cb, cr = upsampled(cb_a, cb_b, True), upsampled(cr_a, cr_b, True)
+            out = np.unique(_ycc_rgb(np.full(cb.shape, luma[rows[r], x]), cb, cr), axis=0)
+            if len(out) == 1:
+                crop[r, x - ow] = out[0]
+    return crop
 
 
 # ----------------------------------------------------------------------------- other formats (Pillow)
@@ -490,7 +637,11 @@ def preprocess_raw(src: Source, resolution: int, mode: str = "official",
         oh, ow, size = crop_window(h, w, resolution, crop="fixed")
     else:
         oh, ow, size = crop_window(h, w, resolution, crop_pct)
-    return resize_legacy(image[oh:oh + size, ow:ow + size], resolution, resize)
+    if data[:2] == b"\xff\xd8":  # the official code decodes the window alone: its side columns as TF's
+        crop = _crop_edges_as_tf(data, _jpeg_markers(data), image, oh, ow, size)
+    else:
+        crop = image[oh:oh + size, ow:ow + size]
+    return resize_legacy(crop, resolution, resize)
 
 
 def _decode_named(data: bytes, name: str, max_pixels: Optional[int] = None) -> np.ndarray:
