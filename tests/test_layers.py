@@ -149,3 +149,19 @@ def test_pad_into_kernel_keeps_weight_and_state_dict():
     assert conv.weight.shape == (8, 3, 3, 3)
     assert sorted(conv.state_dict()) == sorted(before)
     assert all(torch.equal(conv.state_dict()[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("kind,shape", [(CONV, (1, 1, 300, 517)), (CONV, (1, 1, 7, 3)), (DWCONV, (5, 5, 613, 1)),
+                                        (DWCONV, (3, 3, 40, 2)), (DENSE, (1281, 1001)), (CONV, (3, 3, 70, 300))])
+def test_tf_to_torch_tiled_equals_plain_transpose(kind, shape):
+    """The tiled re-layout (tiles not dividing the shapes) vs numpy's own transpose, value for value."""
+    a = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    got = tf_to_torch(a, kind)
+    if kind == CONV:
+        ref = a.transpose(3, 2, 0, 1)
+    elif kind == DWCONV:
+        ref = a.transpose(2, 3, 0, 1).reshape(shape[2] * shape[3], 1, shape[0], shape[1])
+    else:
+        ref = a.T
+    assert got.flags.c_contiguous and got.shape == ref.shape
+    np.testing.assert_array_equal(got, ref)
