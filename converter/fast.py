@@ -8,7 +8,8 @@ applies the combination measured fastest (see README, "Fast inference and export
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+import contextlib
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -162,3 +163,42 @@ def prepare_for_inference(model: nn.Module, input_size: Union[None, int, Sequenc
     if compile:
         return torch.compile(model)
     return model
+
+
+# --dtype of verify and evaluate: the precision the converted model runs in
+PRECISIONS: Dict[str, Optional[torch.dtype]] = {"float32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def in_precision(model: nn.Module, precision: str, device: Union[str, torch.device] = "cpu") -> Iterator[str]:
+    """Run ``model`` in ``precision`` ('float32', 'bf16', 'fp16') inside the block; yields how.
+
+    'autocast': torch.autocast on the device (convolutions, matmuls in the low precision, the
+    ops autocast keeps in float32 stay there: what mixed-precision inference runs); 'cast': the
+    model and its input cast to the dtype (devices without autocast); 'float32': nothing. The
+    logits come out as float32 either way; the model is as before after the block.
+    """
+    if precision not in PRECISIONS:
+        raise ConversionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        yield "float32"
+        return
+    dev_type = torch.device(device).type
+    to_float = model.register_forward_hook(lambda mod, args, out: out.float())
+    try:
+        if torch.amp.is_autocast_available(dev_type):
+            with torch.autocast(dev_type, dtype=dtype):
+                yield "autocast"
+            return
+        before = next(model.parameters()).dtype
+        cast_in = model.register_forward_pre_hook(lambda mod, args: tuple(
+            a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args))
+        model.to(dtype)
+        try:
+            yield "cast"
+        finally:
+            cast_in.remove()
+            model.to(before)
+    finally:
+        to_float.remove()

@@ -299,3 +299,50 @@ def test_fold_pads_policy_dense_convs():
             and c.kernel_size[0] == 3]
     assert wide and not any(c.pad_into_kernel for c in wide)
     assert by_name["stem.conv"].pad_into_kernel
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_in_precision_runs_the_model_in_that_dtype(b0, precision, dtype):
+    """in_precision: the convolutions really run in the low precision (their outputs have its dtype),
+    the logits come back as float32, close to the float32 ones (bf16 keeps 8 mantissa bits,
+    fp16 11), and the model is float32 and hook-free afterwards."""
+    from converter.fast import in_precision
+
+    model = copy.deepcopy(b0)
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(7))
+    seen = []
+    hook = model.stem.conv.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    with torch.no_grad():
+        ref = model(x)
+        with in_precision(model, precision, "cpu") as how:
+            low = model(x)
+        after = model(x)
+    hook.remove()
+    assert how == "autocast" and seen == [torch.float32, dtype, torch.float32]
+    assert low.dtype == torch.float32
+    err = rel(low, ref)
+    assert 1e-5 < err < (0.1 if dtype is torch.bfloat16 else 0.02), err  # not float32, not broken
+    assert torch.equal(after, ref) and next(model.parameters()).dtype == torch.float32
+    assert not model._forward_hooks and not model._forward_pre_hooks
+    with pytest.raises(ConversionError):
+        with in_precision(model, "int8"):
+            pass
+
+
+def test_in_precision_cast_where_no_autocast(b0, monkeypatch):
+    """A device without autocast: the model and input are cast, and cast back after."""
+    from converter.fast import in_precision
+
+    model = copy.deepcopy(b0)
+    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(8))
+    monkeypatch.setattr(torch.amp, "is_autocast_available", lambda dev: False)
+    seen = []
+    model.head.conv.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    with torch.no_grad():
+        ref = model(x)
+        with in_precision(model, "bf16") as how:
+            low = model(x)
+            assert model.classifier.weight.dtype == torch.bfloat16
+    assert how == "cast" and seen == [torch.float32, torch.bfloat16] and low.dtype == torch.float32
+    assert 1e-5 < rel(low, ref) < 0.1
+    assert model.classifier.weight.dtype == torch.float32
