@@ -137,7 +137,13 @@ def build_runners(variant: str, batch: int, args, tmp: Path, log) -> tuple:
         ref = base(x)
     runners, checks = [], {}
 
+    core = ("ours fused channels_last", "ours compiled", "ours ONNX")
+
     def add(name, model, cl, note=""):
+        if args.core and name.startswith("ours") and not name.startswith(core):
+            return
+        if args.core and ("BN folded" in name or "dynamic" in name):
+            return
         prep = (lambda t: t.contiguous(memory_format=CL)) if cl else (lambda t: t.contiguous())
         r = Runner(name, model, prep, note)
         with torch.inference_mode():
@@ -267,6 +273,9 @@ def main(argv=None) -> int:
     p.add_argument("--skip", nargs="*", default=[], choices=("compile", "onnx", "timm", "mmpretrain"))
     p.add_argument("--compile-at", nargs="*", default=[], metavar="VARIANT:BATCH",
                    help="torch.compile only these (e.g. b0:1; default all): on 2 busy cores a compile takes minutes")
+    p.add_argument("--core", action="store_true",
+                   help="time only prepare_for_inference (pads in the kernels and by F.pad), its compiled "
+                        "and ONNX forms and timm's two models (the issue 27 comparison; faster on busy cores)")
     p.add_argument("--parity-only", action="store_true", help="only the fp16/bf16 vs float32 parity figures")
     p.add_argument("--json", help="write all figures here")
     args = p.parse_args(argv)
