@@ -191,6 +191,10 @@ def test_judge_separates_rounding_from_conversion():
     assert V.judge(V.compare(tf32, pt32, tf64)) == []
     assert V.judge(V.compare(tf32, off(tf64, 5e-3), tf64))[0].startswith("float32 relative error 0.005 > 0.00194")
     assert V.tolerances({"float32_floor": 9.7e-5}) == (pytest.approx(1.94e-3), V.MAX_REL_ERROR_F64)
+    # float32 overflowing (a non-finite floor) leaves the float64 check bounded
+    assert V.tolerances({"float32_floor": float("inf")})[1] == V.MAX_F64_TOLERANCE
+    inf32 = V.compare(np.full_like(tf32, np.inf), pt32, tf64, off(tf64, 1e-5))
+    assert V.judge(inf32)[0].startswith("conversion error (float64 on both sides) 1e-05 > 1e-06")
 
 
 def test_grouped_conv2d_is_pytorchs_conv():
