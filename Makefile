@@ -11,6 +11,9 @@ PYTHON := $(shell $(BASE_PYTHON) scripts/pick_python.py $(VENV) $(PICK_ARGS) 2>/
 endif
 PIP ?= $(PYTHON) -m pip
 CONVERT ?= $(PYTHON) -m converter
+# Optional extras of setup.cfg, installed editable with the package: make install EXTRAS=export
+# (a plain `pip install '.[export]'` would replace the editable install by a copy)
+EXTRAS ?=
 # A CPU-only machine: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu takes torch's CPU
 # build (no CUDA libraries, ~3 GB less); the version stays requirements-core.txt's pin
 TORCH_INDEX ?=
@@ -27,6 +30,7 @@ install:            ## convert-effnet ready (runtime dependencies + the package,
 	$(if $(TORCH_INDEX),$(PIP) install -q "$(TORCH_PIN)" --index-url $(TORCH_INDEX))
 	$(PIP) install -q -r requirements.txt "setuptools>=64" wheel
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(if $(EXTRAS),$(PIP) install -q --no-build-isolation -e ".[$(EXTRAS)]")
 	@echo "installed for $(PYTHON); run: $(dir $(PYTHON))convert-effnet --help"
 
 install-test: install

@@ -142,7 +142,9 @@ def child_command(ckpt: Checkpoint, args: argparse.Namespace, output_dir: Path, 
     """The ``python -m converter`` command that converts and verifies ``ckpt`` into ``output_dir``."""
     cmd = [sys.executable, "-m", "converter", "--variant", ckpt.variant, "--flavor", ckpt.flavor,
            "--output-dir", str(output_dir), "--verify", "--quiet",
-           "--format", args.format, "--device", args.device, "--num-images", str(args.num_images)]
+           "--format", args.format, "--device", args.device]
+    if getattr(args, "num_images", None) is not None:  # not given: the child's default (verify.num_images)
+        cmd += ["--num-images", str(args.num_images)]
     if force:
         cmd.append("--force")
     if getattr(args, "resolution", None):
@@ -261,7 +263,7 @@ def _check_options(args: argparse.Namespace) -> None:
 
     # every child verifies with these: a bad one is one error now, not one failure per checkpoint
     max_rel = getattr(args, "max_rel_error", None)
-    check_options(getattr(args, "resolution", None), getattr(args, "num_images", 8), list(getattr(args, "images", ())),
+    check_options(getattr(args, "resolution", None), getattr(args, "num_images", None), list(getattr(args, "images", ())),
                   getattr(args, "device", "auto"), None, MAX_REL_ERROR if max_rel is None else max_rel)
 
 

@@ -710,17 +710,21 @@ class BundleReader:
         except OSError as err:
             raise ConversionError(f"cannot read {name} from {path}: {err.strerror or err}") from None
         except EOFError:
-            raise ConversionError(f"{path} ends inside {name} (bytes {e.offset}..{e.offset + e.size}): "
-                                  f"truncated data file? download it again") from None
+            raise self._damaged(f"{path} ends inside {name} (bytes {e.offset}..{e.offset + e.size}): "
+                                f"truncated data file?", "download it again") from None
         actual = mask_crc(crc32c(raw))
         if actual != e.crc:
-            raise ConversionError(f"checksum mismatch for {name} in {path} (bytes {e.offset}..{e.offset + e.size}): "
-                                  f"corrupt data file; download it again")
+            raise self._damaged(f"checksum mismatch for {name} in {path} (bytes {e.offset}..{e.offset + e.size}): "
+                                f"corrupt data file", "download it again")
         if stored != dtype:  # bfloat16 without ml_dtypes: widen exactly to float32
             out = (out.astype(np.uint32) << np.uint32(16)).view(np.float32)
         elif not dtype.isnative:  # pragma: no cover - big-endian hosts
             out = out.astype(dtype.newbyteorder("="))
         return out.reshape(e.shape)
+
+    def _damaged(self, what: str, advice: str) -> ConversionError:
+        """The error of damaged tensor bytes (TarballReader: a cached download's is set aside)."""
+        return ConversionError(f"{what}; {advice}")
 
     # files
 

@@ -6,10 +6,15 @@ official eval preprocessing); converter.registry lists and finds them over every
 from __future__ import annotations
 
 import os
+import urllib.parse
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-BASE_URL_ENV = "EFFNET_BASE_URL"  # a mirror (tests): the tarballs below it at their relative paths
+# tensorflow/tpu efficientnet README: where the released checkpoints live; mnasnet/README.md and
+# mixnet/README.md: MnasNet and MixNet beside efficientnet/ in the same bucket
+OFFICIAL_ROOT_URL = "https://storage.googleapis.com/cloud-tpu-checkpoints/"
+BASE_URL_ENV = "EFFNET_BASE_URL"
+_LEGACY_BASE_SEGMENT = "efficientnet"  # a $EFFNET_BASE_URL ending in it mirrors efficientnet/, not the root
 # tensorflow/tpu models/official/efficientnet preprocessing.py (pre-Nov 2021): CROP_PADDING = 32; the
 # same 32 in mnasnet/preprocessing.py and google/automl efficientnetv2 preprocessing.py
 CROP_PADDING = 32
@@ -18,6 +23,25 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Norm = Tuple[float, float, float]
+
+
+def mirror_root() -> str:
+    """The bucket root every checkpoint is fetched below: ``$EFFNET_BASE_URL`` (a mirror of
+    cloud-tpu-checkpoints/, with the official paths below it), else the official bucket.
+
+    A base whose last path segment is ``efficientnet`` (the earlier documented form, a mirror of
+    cloud-tpu-checkpoints/efficientnet/) stands for its parent: V1/V2 are found below it as
+    before, MnasNet/MixNet beside it, as in the bucket.
+    """
+    base = (os.environ.get(BASE_URL_ENV) or "").strip()
+    if not base:
+        return OFFICIAL_ROOT_URL
+    parts = urllib.parse.urlsplit(base)
+    path = parts.path.rstrip("/")
+    head, _, last = path.rpartition("/")
+    if last == _LEGACY_BASE_SEGMENT:
+        path = head
+    return urllib.parse.urlunsplit(parts._replace(path=path + "/"))
 
 
 @dataclass(frozen=True)
@@ -50,7 +74,7 @@ class Checkpoint:
     top5: Optional[float]  # the zoo page's (no official top-5 is published)
     name: str  # what --list shows and the output files are named after
     arch: object  # its ArchSpec as evaluated (resolution, classes)
-    base_url: str  # the official folder its relative path is under
+    folder: str  # the folder of the bucket its relative path is under ("efficientnet/", "" for MnasNet's)
     relative_path: str
     mean: Norm = IMAGENET_MEAN  # normalization on the 0-1 scale
     std: Norm = IMAGENET_STD
@@ -94,15 +118,17 @@ class Checkpoint:
         return abs(self.zoo_top1 - self.top1) > 0.5 * 10.0 ** -decimals(self.top1) + 1e-9
 
     @property
+    def bucket_path(self) -> str:
+        """The tarball's path below the bucket root (and below the cache): ``efficientnet/...``, ``mnasnet/...``."""
+        return self.folder + self.relative_path
+
+    @property
     def url(self) -> str:
-        return self.base_url + self.relative_path
+        return OFFICIAL_ROOT_URL + self.bucket_path
 
     def download_url(self) -> str:
-        """The URL to fetch: below ``$EFFNET_BASE_URL`` when set (mirrors, tests), else the official one."""
-        base = os.environ.get(BASE_URL_ENV)
-        if not base:
-            return self.url
-        return base + ("" if base.endswith("/") else "/") + self.relative_path
+        """The URL to fetch: ``mirror_root()`` + ``bucket_path`` (``$EFFNET_BASE_URL``: mirrors, tests)."""
+        return mirror_root() + self.bucket_path
 
     def pretrained_cfg(self) -> Dict[str, object]:
         res = self.resolution

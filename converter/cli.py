@@ -26,8 +26,18 @@ USAGE = """
 (convert-effnet SUBCOMMAND --help for a subcommand's options)"""
 
 
+SUBCOMMANDS = ("verify", "predict", "evaluate", "export")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (what is wrong, where the help is), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _convert_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="convert-effnet",
         usage=USAGE,
         description="Convert an official TensorFlow EfficientNet checkpoint into PyTorch weights.",
@@ -38,7 +48,7 @@ def _convert_parser() -> argparse.ArgumentParser:
                "(default ~/.cache/effnet-convert).")
     from .registry import variants_help
 
-    p.add_argument("--variant", help=variants_help())
+    p.add_argument("--variant", help=f"{variants_help()}; see --list")
     p.add_argument("--flavor", help="standard, aa, advprop, noisystudent, randaug; EfficientNetV2: 1k, 21k, 21k-ft1k; "
                                     "or a zoo model name / an official name (efficientnetv2-s-21k-ft1k)")
     p.add_argument("--checkpoint", help="checkpoint prefix, a folder holding model.ckpt*, the official .tar.gz, "
@@ -65,7 +75,7 @@ def _convert_parser() -> argparse.ArgumentParser:
                     help="1001-class checkpoints: keep all 1001 outputs (default for --layout native)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--allow-nonfinite", action="store_true", help="convert even if weights hold NaN/inf")
-    p.add_argument("--sha256", help="expected sha256 of the downloaded tarball")
+    p.add_argument("--sha256", help="expected sha256 of the tarball (downloaded or --checkpoint) or .h5")
     p.add_argument("--fused-stride", choices=("expand", "project"), default=None,
                    help="EdgeTPU fused blocks: which conv carries the stride. expand (default): the kxk expand conv, "
                         "as the official code since tensorflow/tpu 32572cb (2020-12-27) and timm/mmpretrain; "
@@ -90,7 +100,8 @@ def _verify_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("verification")
     g.add_argument("--images", nargs="+", default=(), metavar="IMAGE",
                    help="your own images, added to the synthetic set (official eval preprocessing)")
-    g.add_argument("--num-images", type=int, default=8, help="synthetic images (default 8)")
+    g.add_argument("--num-images", type=int, default=None,
+                   help="synthetic images (default 8; none with --images unless given)")
     g.add_argument("--resolution", type=int, help="input size (default: the model's native resolution); "
                    "with --layout transformers also the size the folder's config is padded for")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -103,7 +114,7 @@ def _verify_options(p: argparse.ArgumentParser) -> None:
 
 
 def _verify_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="convert-effnet verify",
         description="Check a converted file against its TensorFlow checkpoint (variant and flavor from its metadata).")
     p.add_argument("--weights", required=True, help="the converted .safetensors or .pth")
@@ -156,6 +167,7 @@ def _finish(result, ckpt, prefix: Optional[str], plan, args: argparse.Namespace,
     the final names held stays. Error or Ctrl-C: the temp files go, the final names are untouched.
     """
     from .verify import checked_report, report_path_for, write_report
+    from .writer import publish
 
     pending = result.pending
     what = (f"({ckpt.name}, {'EMA' if result.selection.ema else 'raw'} weights, "
@@ -164,8 +176,7 @@ def _finish(result, ckpt, prefix: Optional[str], plan, args: argparse.Namespace,
         if plan is None:
             if pending:
                 _drop_report(result.outputs)
-            for f in pending:
-                f.commit()
+            publish(pending, replace=args.force)  # a name another run took meanwhile: refused, not replaced
             for p in result.outputs:
                 print(f"wrote {p} {what}")
             return 0
@@ -179,11 +190,11 @@ def _finish(result, ckpt, prefix: Optional[str], plan, args: argparse.Namespace,
         if report.passed:
             rf = write_report(report, final_report, commit=False)
             try:
-                for f in pending:
-                    f.commit()
+                publish(pending, replace=args.force)
                 rf.commit()
             finally:
                 rf.discard()
+            _remove_failed(result.outputs, final_report)
             for p in result.outputs:
                 print(f"wrote {p} {what}")
             print(f"report: {final_report}")
@@ -201,6 +212,15 @@ def _finish(result, ckpt, prefix: Optional[str], plan, args: argparse.Namespace,
     finally:
         for f in pending:
             f.discard()
+
+
+def _remove_failed(outputs: Sequence[Path], report: Path) -> None:
+    """Remove the ``.failed`` files an earlier failed verification left beside ``outputs`` (now verified)."""
+    for p in list(outputs) + [report]:
+        stale = Path(p).with_name(Path(p).name + ".failed")
+        if stale.is_file():
+            stale.unlink()
+            log.info("removed %s (an earlier failed verification; %s now verified)", stale, Path(outputs[0]).name)
 
 
 def _finish_folder(staged: Path, final: Path, prefix: Optional[str], plan, args: argparse.Namespace,
@@ -222,6 +242,10 @@ def _finish_folder(staged: Path, final: Path, prefix: Optional[str], plan, args:
             writer.add_verification(staged, report)
             interrupts.check()
             writer.commit_folder(staged, final)
+            stale = final.with_name(final.name + ".failed")  # an earlier failed attempt's folder
+            if stale.is_dir():
+                shutil.rmtree(stale)
+                log.info("removed %s (an earlier failed verification; %s now verified)", stale, final.name)
             print(f"wrote {final} {what}")
             print(f"report: {report_path_for(final)}")
             return 0
@@ -297,14 +321,13 @@ def run_convert_keras(args) -> int:
     from .mapping import check_variant, output_stem as layout_stem
 
     layout = getattr(args, "layout", None) or "native"
+    sources.check_pin(args.checkpoint, args.sha256, "keras")  # before anything is read
     reader = KerasH5Reader(args.checkpoint, variant=args.variant)
     try:
         spec = reader.spec
         check_variant(spec, layout)
         fmt_paths = output_paths(Path(args.output_dir), layout_stem(output_stem(spec), layout), args.format)
-        for p in fmt_paths:
-            if p.exists() and not args.force:
-                raise ConversionError(f"{p} exists; pass --force to overwrite it")
+        _refuse_existing(fmt_paths, args.force)
         classes, drop_background = _checkpoint_classes(reader, spec, args)
         spec = spec.with_classes(classes)
         cfg: Dict[str, object] = {
@@ -329,12 +352,14 @@ def run_convert_keras(args) -> int:
     return 0
 
 
-def _checkpoint_classes(reader, spec, args) -> Tuple[int, Optional[bool]]:
+def _checkpoint_classes(reader, spec, args, ckpt=None) -> Tuple[int, Optional[bool]]:
     """(classes of the checkpoint's classifier, whether to drop its background class), checked
-    against --num-classes / --drop-background (``args`` is not changed)."""
+    against --num-classes / --drop-background and the release ``ckpt`` (``args`` is not changed)."""
     from .convert import checkpoint_num_classes
 
     n = checkpoint_num_classes(reader, spec)
+    if ckpt is not None:
+        _check_flavor_classes(ckpt, n)  # before anything is written
     drop = args.drop_background
     if n is None:  # no classifier found: the totality check reports it
         return args.num_classes or spec.num_classes, drop
@@ -349,12 +374,67 @@ def _checkpoint_classes(reader, spec, args) -> Tuple[int, Optional[bool]]:
     if args.num_classes is not None and args.num_classes != out:
         extra = " after --drop-background" if drop else ""
         raise ConversionError(f"--num-classes {args.num_classes} but the checkpoint's classifier has {out} classes{extra}")
-    if n != spec.num_classes:
+    if n != (ckpt.arch if ckpt is not None else spec).num_classes:
         log.info("the checkpoint's classifier has %d classes", n)
     return n, drop
 
 
+def _refuse_verify_options(args: argparse.Namespace) -> None:
+    """Verification options without --verify would be ignored: refuse them in one line."""
+    if args.verify:
+        return
+    from .mapping import get_layout
+
+    try:
+        folder = get_layout(args.layout).file_form == "folder"
+    except ConversionError:  # an unknown layout: refused by check_variant in its turn
+        folder = False
+    given = [flag for flag, on in (
+        ("--images", bool(args.images)),
+        ("--resolution", args.resolution is not None and not folder),  # a folder's config is padded for it
+        ("--dump-logits", bool(args.dump_logits)),
+        ("--device", args.device != "auto"),
+        ("--max-rel-error", args.max_rel_error is not None),
+        ("--trace", bool(getattr(args, "trace", False)))) if on]
+    if len(given) == 1:
+        raise ConversionError(f"{given[0]} is a verification option; add --verify (or leave it out)")
+    if given:
+        raise ConversionError(f"{', '.join(given)} are verification options; add --verify (or leave them out)")
+
+
+def _refuse_existing(paths: Sequence[Path], force: bool) -> None:
+    for p in paths:
+        if p.exists() and not force:
+            raise ConversionError(f"{p} exists; pass --force to overwrite it")
+
+
+def _check_flavor_classes(ckpt, classes: Optional[int]) -> None:
+    """Refuse a checkpoint whose classifier fits another release of its variant, not ``ckpt``
+    (``--flavor 1k`` on a 21843-class V2 head): its metadata would name the wrong preprocessing.
+
+    A count that no release of the variant has (a fine-tuned head) is converted as before.
+    """
+    from .registry import all_checkpoints
+
+    own = ckpt.arch.num_classes
+    if classes is None or classes == own:
+        return
+    fits = [c for c in all_checkpoints() if c.variant == ckpt.variant and c.arch.num_classes == classes]
+    if fits:
+        raise ConversionError(
+            f"the checkpoint's classifier has {classes} classes but {ckpt.name} has {own}: it is "
+            f"{' or '.join(c.name for c in fits)}; pass --flavor {' or --flavor '.join(c.flavor for c in fits)}")
+
+
 def run_convert(args: argparse.Namespace) -> int:
+    """Convert one checkpoint; its output names stay claimed for the whole run (writer.claimed)."""
+    import contextlib
+
+    with contextlib.ExitStack() as claims:
+        return _run_convert(args, claims)
+
+
+def _run_convert(args: argparse.Namespace, claims) -> int:
     from . import sources
     from .registry import get_arch
     from .convert import convert, output_paths
@@ -364,20 +444,19 @@ def run_convert(args: argparse.Namespace) -> int:
         raise ConversionError("--variant is required (e.g. convert-effnet --variant b4 --flavor advprop); see --list")
     kind = sources.classify(args.checkpoint) if args.checkpoint else "download"  # classified once
     if kind == "keras":  # a keras.applications EfficientNet .h5 / .weights.h5
+        if not args.verify:
+            _refuse_verify_options(args)
         return run_convert_keras(args)
     if args.verify:  # before any download or conversion
         from .verify import require_tensorflow
 
         require_tensorflow()
-    if args.max_rel_error is not None and not args.verify:
-        raise ConversionError("--max-rel-error is a verification option; add --verify")
-    if getattr(args, "trace", False) and not args.verify:
-        raise ConversionError("--trace is a verification option; add --verify")
+    _refuse_verify_options(args)
     source = None
     need_files = bool(args.verify)  # TensorFlow verifies from files: a tarball is extracted then
     variant = args.variant
     if args.checkpoint and not variant and not _flavor_names_checkpoint(args.flavor):
-        source = sources.Source.open(args.checkpoint, need_files, args.reader, kind)
+        source = sources.Source.open(args.checkpoint, need_files, args.reader, kind, sha256=args.sha256)
         variant = infer_variant(source.reader)
         log.info("variant %s (from the checkpoint's scope)", variant)
     if args.checkpoint and not args.flavor:
@@ -400,12 +479,13 @@ def run_convert(args: argparse.Namespace) -> int:
     else:
         write, paths = convert, output_paths
     fmt_paths = paths(Path(args.output_dir), output_stem(ckpt.name, args.layout), args.format)
-    for p in fmt_paths:  # say so before downloading gigabytes
-        if p.exists() and not args.force:
-            raise ConversionError(f"{p} exists; pass --force to overwrite it")
-    from .writer import check_writable_folder
+    from .writer import check_writable_folder, claimed
 
+    _refuse_existing(fmt_paths, args.force)  # say so before downloading gigabytes
     check_writable_folder(Path(args.output_dir))  # a read-only folder: before any download
+    # a second run into these names is refused until this one ends (its outputs are not replaced)
+    claims.enter_context(claimed(fmt_paths, force=args.force))
+    _refuse_existing(fmt_paths, args.force)  # a run that finished just before our claim
     plan = None
     if args.verify:  # every verification option checked, --images decoded: before anything is written
         from .verify import plan_verification
@@ -413,13 +493,13 @@ def run_convert(args: argparse.Namespace) -> int:
         plan = plan_verification(ckpt.pretrained_cfg(), progress=not args.quiet, **_verify_kwargs(args))
 
     if source is None and args.checkpoint:
-        source = sources.Source.open(args.checkpoint, need_files, args.reader, kind)
+        source = sources.Source.open(args.checkpoint, need_files, args.reader, kind, sha256=args.sha256)
     elif source is None:
         tarball = sources.fetch_checkpoint(ckpt, sha256=args.sha256, progress=not args.quiet)
         source = sources.Source.open(tarball, need_files, args.reader, "download", origin=ckpt.download_url())
     reader, prefix = source.reader, source.prefix
 
-    classes, drop_background = _checkpoint_classes(reader, spec, args)
+    classes, drop_background = _checkpoint_classes(reader, spec, args, ckpt)
     spec = spec.with_classes(classes)
     cfg = ckpt.pretrained_cfg()
     cfg.update(source=source.origin, source_sha256=source.sha256)
@@ -447,7 +527,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from . import interrupts
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    # our own lines at INFO; other libraries' at WARNING: torch's atexit "FakeTensor cache stats" (INFO)
+    # reaches stderr when Ctrl-C stops torch's import before it sets its own loggers' levels
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
+    log.setLevel(logging.INFO)
     with interrupts.installed():
         try:
             rc = _dispatch(argv)
@@ -471,7 +554,11 @@ def _dispatch(argv: List[str]) -> int:
         from . import sources
 
         args = _verify_parser().parse_args(argv[1:])
-        return run_verify(Path(args.weights), sources.resolve_checkpoint(args.checkpoint), args)
+        with sources.checkpoint_files(args.checkpoint) as prefix:  # a tarball: extracted for the run
+            return run_verify(Path(args.weights), prefix, args)
+    if argv and not argv[0].startswith("-"):  # a word where a subcommand or an option goes
+        raise ConversionError(f"unknown subcommand {argv[0]!r}; the subcommands are {', '.join(SUBCOMMANDS)} "
+                              "(convert-effnet --help)")
     args = _convert_parser().parse_args(argv)
     if args.list:
         list_checkpoints()
@@ -488,7 +575,9 @@ def _dispatch(argv: List[str]) -> int:
         return run_all(args)
     if args.only:
         raise ConversionError("--only selects checkpoints for --all; add --all")
-    return run_convert(args)
+    from . import sources
+
+    return sources.rerun_if_corrupt_download(run_convert, args)  # a damaged cached download: once more
 
 
 def _stdout_gone() -> None:
@@ -504,6 +593,10 @@ def _stdout_gone() -> None:
 def _os_error_line(e: OSError) -> str:
     """An OSError in one line; a hidden temp file (``.NAME.tmp-...``) is named by its folder."""
     name = e.filename
+    from .errors import disk_full, is_disk_full
+
+    if name and is_disk_full(e):  # no room (committing, a report): the same line as while converting
+        return str(disk_full(Path(str(name)).parent))
     if name and re.fullmatch(r"\..+\.tmp-\d+(?:-[0-9a-f]+)?(?:\.\w+)?", Path(str(name)).name):
         from .writer import folder_error
 

@@ -12,13 +12,13 @@ import numpy as np
 
 from . import __version__
 from .arch import ArchSpec
-from .errors import ConversionError, listing
+from .errors import ConversionError, check_space, disk_full_as_error, listing
 from .reorder import tf_to_torch
 from .mapping import Entry, expand, get_layout, is_classifier, layout_caveat, resolve_names
 from .metadata import encode
 from .readers import CheckpointReader
 from .pipeline import Deferred, SyncingWriter, patch_header, prefetch
-from .writer import STALE_TEMP_AGE_S, AtomicFile, remove_stale_temps, write_safetensors
+from .writer import STALE_TEMP_AGE_S, AtomicFile, publish, remove_stale_temps, write_safetensors
 
 log = logging.getLogger("converter")
 
@@ -242,6 +242,24 @@ def iter_tensors(reader: CheckpointReader, selection: Selection, allow_nonfinite
         yield e.key, np.array(e.const, dtype=e.dtype)
 
 
+# torch.save's zip archive beyond the tensor bytes: per tensor a local header, a central-directory
+# entry and 64-byte alignment (~200 B with the names), plus the pickle and the metadata (~64 kB)
+PTH_OVERHEAD_PER_TENSOR = 256
+PTH_OVERHEAD = 64 * 1024
+
+
+def output_bytes(specs: Sequence[Tuple[str, Tuple[int, ...], np.dtype]], suffixes: Sequence[str]) -> int:
+    """An upper estimate of the bytes the files with ``suffixes`` (.safetensors/.pth) take on disk."""
+    data = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize for _, shape, dt in specs)
+    total = 0
+    for suffix in suffixes:
+        if suffix == ".safetensors":  # JSON header: ~100 bytes a tensor, plus the metadata
+            total += data + 128 * len(specs) + 16 * 1024
+        else:
+            total += data + PTH_OVERHEAD_PER_TENSOR * len(specs) + PTH_OVERHEAD
+    return total
+
+
 def output_paths(output_dir: Path, stem: str, fmt: str) -> List[Path]:
     """The files a conversion writes: ``{stem}.safetensors`` and/or ``{stem}.pth``."""
     if fmt not in FORMATS + ("both",):
@@ -307,43 +325,48 @@ def convert(reader: CheckpointReader, spec: ArchSpec, cfg: Dict[str, object], ou
 
     for p in outputs:  # temp files of writers killed earlier (dead PIDs, old enough)
         remove_stale_temps(p, min_age_s=STALE_TEMP_AGE_S)
+    folder = outputs[0].parent if outputs else Path(".")
+    needed = output_bytes(output_specs(selection, drop_background), [p.suffix for p in outputs])
+    if folder.is_dir():  # a folder still to be made: AtomicFile.create says what is wrong with it
+        check_space(folder, needed)  # a disk too full: one line before anything is written
     files = [AtomicFile(p) for p in outputs]
     bar = _progress_bar(len(selection.pairs), spec.name) if progress else None
     tensors = None
     keep = False
     try:
-        for f in files:  # a folder that refuses the file: one error naming the folder
-            f.create()
-        # reading + re-laying runs a few tensors ahead of the writer, in its own thread
-        tensors = prefetch(iter_tensors(reader, selection, allow_nonfinite, bar, drop_background),
-                           depth=PREFETCH_DEPTH)
-        st = [f for f in files if f.path.suffix == ".safetensors"]
-        pth = [f for f in files if f.path.suffix == ".pth"]
-        if st:
-            specs = output_specs(selection, drop_background)
-            with open(st[0].tmp, "wb") as fh:
-                out = SyncingWriter(fh)
-                try:
-                    head = write_safetensors(out, specs, tensors, encoded)
-                    out.finish()
-                except BaseException:
-                    out.abandon()
-                    raise
-        if deferred:
-            for k, d in deferred.items():
-                meta[k] = d.result()
+        # no room met while writing: the same one line (free space counted without our partial files)
+        with disk_full_as_error(folder, needed, cleanup=lambda: [f.discard() for f in files]):
+            for f in files:  # a folder that refuses the file: one error naming the folder
+                f.create()
+            # reading + re-laying runs a few tensors ahead of the writer, in its own thread
+            tensors = prefetch(iter_tensors(reader, selection, allow_nonfinite, bar, drop_background),
+                               depth=PREFETCH_DEPTH)
+            st = [f for f in files if f.path.suffix == ".safetensors"]
+            pth = [f for f in files if f.path.suffix == ".pth"]
             if st:
-                patch_header(st[0].tmp, head, [(k, d.placeholder, meta[k]) for k, d in deferred.items()])
-            encoded = encode(meta)
-        if pth:
-            _write_pth(pth[0].tmp, st[0].tmp if st else None, tensors if not st else None, encoded)
-        if commit:
-            for f in files:
-                f.commit()
-        else:
-            for f in files:
-                f.sync()
-            keep = True
+                specs = output_specs(selection, drop_background)
+                with open(st[0].tmp, "wb") as fh:
+                    out = SyncingWriter(fh)
+                    try:
+                        head = write_safetensors(out, specs, tensors, encoded)
+                        out.finish()
+                    except BaseException:
+                        out.abandon()
+                        raise
+            if deferred:
+                for k, d in deferred.items():
+                    meta[k] = d.result()
+                if st:
+                    patch_header(st[0].tmp, head, [(k, d.placeholder, meta[k]) for k, d in deferred.items()])
+                encoded = encode(meta)
+            if pth:
+                _write_pth(pth[0].tmp, st[0].tmp if st else None, tensors if not st else None, encoded)
+            if commit:  # without force, a name another run took meanwhile is not replaced
+                publish(files, replace=force)
+            else:
+                for f in files:
+                    f.sync()
+                keep = True
     finally:
         if tensors is not None:
             tensors.close()
@@ -371,7 +394,8 @@ def _write_pth(tmp: Path, safetensors_file: Optional[Path], tensors, encoded: Di
     else:
         for k, arr in tensors:
             sd[k] = torch.from_numpy(arr)
-    torch.save(get_layout(encoded.get("layout", "native")).pth_payload(sd, encoded), tmp)
+    with open(tmp, "wb") as fh:  # closed here even when torch.save fails (a full disk: the space comes back)
+        torch.save(get_layout(encoded.get("layout", "native")).pth_payload(sd, encoded), fh)
 
 
 def _progress_bar(total: int, name: str):

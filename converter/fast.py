@@ -8,7 +8,8 @@ applies the combination measured fastest (see README, "Fast inference and export
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+import contextlib
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -97,10 +98,50 @@ def fuse_bn(model: nn.Module) -> nn.Module:
     return model
 
 
+# fold_pads: the kernel form (one zero row and column more in the kernel) costs
+# 0.25 * out_channels * in_channels_per_group * (2k + 1) / in_channels extra multiply-adds per
+# input element, the F.pad one copy of it. Measured (2 threads, channels_last, batch 1 and 32):
+# depthwise (1.75) and the 3->24 stem (42) gain, 24->96 3x3 (168) breaks even, 48->192 3x3 (336)
+# loses 30 %: the kernel form is taken up to this many extra multiply-adds per element.
+PAD_FOLD_MAX_MACS = 192
+
+
+def _kernel_form_pays(conv: Conv2dSame) -> bool:
+    kh, kw = conv.kernel_size
+    extra = 0.25 * conv.out_channels * (conv.in_channels // conv.groups) * (kh + kw + 1) / conv.in_channels
+    return extra <= PAD_FOLD_MAX_MACS
+
+
+def fold_pads(model: nn.Module, on: bool = True) -> nn.Module:
+    """Conv2dSame layers compute their extra TF 'SAME' pixel in the kernel, not by padding the input.
+
+    The stride-2 layers of an even-sized input pad (0, 1): one F.pad copy of the whole
+    activation each (on CPU the copy costs more than a depthwise conv). A folded conv pads its
+    (tiny) kernel with a zero row/column instead and its input symmetrically
+    (:func:`converter.layers.kernel_form`): the same sums. Taken where it pays (depthwise and
+    few-input-channel convs, PAD_FOLD_MAX_MACS); ``on=False`` restores the F.pad everywhere.
+    """
+    for _, conv in same_convs(model):
+        conv.pad_into_kernel = bool(on) and _kernel_form_pays(conv)
+    return model
+
+
+def inplace_activations(model: nn.Module, on: bool = True) -> nn.Module:
+    """Activations (SiLU, ReLU, ReLU6) overwrite their input, a fresh conv/BN output in every
+    block: no new tensor per activation (on CPU half the activation's time). Inference only:
+    autograd cannot differentiate through the overwritten inputs.
+    """
+    for m in model.modules():
+        if isinstance(m, (nn.SiLU, nn.ReLU, nn.ReLU6)):
+            m.inplace = bool(on)
+    return model
+
+
 def prepare_for_inference(model: nn.Module, input_size: Union[None, int, Sequence[int]] = None,
                           fuse: bool = True, channels_last: bool = True, compile: bool = False,
-                          device: Union[None, str, torch.device] = None):
-    """The fastest exact eager model (measured, see README): static pads, BN folded, channels_last.
+                          device: Union[None, str, torch.device] = None, pads_in_kernel: bool = True):
+    """The fastest exact eager model (measured, see README): static pads folded into the kernels
+    (:func:`fold_pads`), BN folded, activations in place (:func:`inplace_activations`), channels_last.
 
     ``input_size``: H, (H, W) or (C, H, W) to freeze the padding for (default: keep what the
     model has, its native resolution after build_model/load_model). ``compile=True`` returns
@@ -115,8 +156,49 @@ def prepare_for_inference(model: nn.Module, input_size: Union[None, int, Sequenc
         set_input_size(model, input_size)
     if fuse and not getattr(model, "bn_fused", False):
         fuse_bn(model)
+    fold_pads(model, pads_in_kernel)
+    inplace_activations(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if compile:
         return torch.compile(model)
     return model
+
+
+# --dtype of verify and evaluate: the precision the converted model runs in
+PRECISIONS: Dict[str, Optional[torch.dtype]] = {"float32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def in_precision(model: nn.Module, precision: str, device: Union[str, torch.device] = "cpu") -> Iterator[str]:
+    """Run ``model`` in ``precision`` ('float32', 'bf16', 'fp16') inside the block; yields how.
+
+    'autocast': torch.autocast on the device (convolutions, matmuls in the low precision, the
+    ops autocast keeps in float32 stay there: what mixed-precision inference runs); 'cast': the
+    model and its input cast to the dtype (devices without autocast); 'float32': nothing. The
+    logits come out as float32 either way; the model is as before after the block.
+    """
+    if precision not in PRECISIONS:
+        raise ConversionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        yield "float32"
+        return
+    dev_type = torch.device(device).type
+    to_float = model.register_forward_hook(lambda mod, args, out: out.float())
+    try:
+        if torch.amp.is_autocast_available(dev_type):
+            with torch.autocast(dev_type, dtype=dtype):
+                yield "autocast"
+            return
+        before = next(model.parameters()).dtype
+        cast_in = model.register_forward_pre_hook(lambda mod, args: tuple(
+            a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args))
+        model.to(dtype)
+        try:
+            yield "cast"
+        finally:
+            cast_in.remove()
+            model.to(before)
+    finally:
+        to_float.remove()

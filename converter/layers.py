@@ -41,6 +41,12 @@ class Conv2dSame(nn.Conv2d):
     an input of that size then takes them as constants (no shape arithmetic per call, nothing
     computed at run time in an exported graph); any other size takes the dynamic path, which
     splits the padding the same way, so both give identical numbers.
+
+    ``pad_into_kernel = True`` (set by converter.fast.fold_pads) computes the same convolution
+    without padding the activation: the kernel gets the extra pixel as a zero row/column on the
+    opposite side and the convolution pads symmetrically by the larger amount (see
+    :func:`kernel_form`). The weight, its shape and the state_dict are unchanged; the zero-padded
+    kernel is made from it per call (a few hundred floats).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -52,6 +58,7 @@ class Conv2dSame(nn.Conv2d):
         self.static_padding: List[int] = [0, 0]  # symmetric part (rows, cols), into the conv
         self.static_extra: List[int] = [0, 0, 0, 0]  # the rest (left, right, top, bottom), one F.pad
         self.static_has_extra: bool = False
+        self.pad_into_kernel: bool = False  # the extra pixel as a zero row/col of the kernel, not an F.pad
 
     def same_pads(self, h: int, w: int) -> Tuple[List[int], List[int]]:
         """TF 'SAME' padding for an ``h`` x ``w`` input: ([rows, cols] into the conv, [l, r, t, b] by F.pad)."""
@@ -77,6 +84,25 @@ class Conv2dSame(nn.Conv2d):
         else:
             padding, extra = self.same_pads(x.shape[-2], x.shape[-1])
             has_extra = extra[0] != 0 or extra[1] != 0 or extra[2] != 0 or extra[3] != 0
+        weight = self.weight
         if has_extra:
-            x = F.pad(x, extra)
-        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
+            if self.pad_into_kernel:
+                kpad, padding = kernel_form(padding, extra)
+                weight = F.pad(weight, kpad)
+            else:
+                x = F.pad(x, extra)
+        return F.conv2d(x, weight, self.bias, self.stride, padding, self.dilation, self.groups)
+
+
+def kernel_form(padding: List[int], extra: List[int]) -> Tuple[List[int], List[int]]:
+    """conv(F.pad(x, extra), w, padding=p) as conv(x, F.pad(w, kernel_pad), padding=p'): (kernel_pad, p').
+
+    ``extra`` is [left, right, top, bottom] with at most one side of each dimension non-zero
+    (as :meth:`Conv2dSame.same_pads` makes it). Per dimension with extra (lo, hi): the input is
+    padded by p + lo + hi on both sides and the kernel gets ``hi`` zero taps in front and ``lo``
+    behind. Window i of stride s then starts at s*i - p - hi and its live taps at s*i - p - lo,
+    where those of the padded original start; the output keeps floor((H + 2p + lo + hi - k) / s) + 1
+    rows. Exact in arithmetic: the same products are summed, plus zeros.
+    """
+    left, right, top, bottom = extra[0], extra[1], extra[2], extra[3]
+    return [right, left, bottom, top], [padding[0] + top + bottom, padding[1] + left + right]

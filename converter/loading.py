@@ -20,6 +20,42 @@ _SIGNATURES = (
     (b"\xfd7zXZ\x00", "an xz file (a checkpoint tarball?)", "convert it first: convert-effnet --checkpoint FILE"),
 )
 _CONVERT_FIRST = "convert it first: convert-effnet --checkpoint FILE --variant V --flavor F"
+# images, by signature: (prefix, format); predict takes them as its IMAGE arguments
+_IMAGE_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
+                     (b"GIF89a", "GIF"), (b"BM", "BMP"))
+_IMAGE_TODO = (f"{EXPECTED} (images are predict's IMAGE arguments: "
+               "convert-effnet predict IMAGE... --weights MODEL.safetensors)")
+
+
+def _image_format(head: bytes) -> Optional[str]:
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((fmt for sig, fmt in _IMAGE_SIGNATURES if head.startswith(sig)), None)
+
+
+def _tf_checkpoint_folder(folder: Path) -> bool:
+    """A folder holding a TensorFlow checkpoint (its ``checkpoint`` state file or a ``*.index``)."""
+    try:
+        return (folder / "checkpoint").is_file() or any(p.suffix == ".index" for p in folder.iterdir())
+    except OSError:
+        return False
+
+
+def check_weights_path(path: Path) -> None:
+    """A --weights argument that is not a file or folder convert-effnet wrote, said in one line: a
+    missing path (a TensorFlow checkpoint prefix named), a TensorFlow checkpoint folder."""
+    path = Path(path)
+    if path.is_dir():
+        if _tf_checkpoint_folder(path):
+            raise ConversionError(f"{path} is a TensorFlow checkpoint folder, not converted weights; "
+                                  + _CONVERT_FIRST.replace("FILE", str(path)))
+        return
+    if path.exists():
+        return
+    if Path(f"{path}.index").is_file():
+        raise ConversionError(f"{path} is a TensorFlow checkpoint prefix ({path.name}.index, {path.name}.data-...), "
+                              "not converted weights; " + _CONVERT_FIRST.replace("FILE", str(path)))
+    raise ConversionError(f"{path}: no such file")
 
 
 def _safetensors_like(head: bytes, size: int) -> bool:
@@ -80,6 +116,8 @@ def sniff_weights(path: Path) -> Optional[str]:
                 what, todo = "a zip archive", EXPECTED
         if what is None:
             return None
+    elif _image_format(head):
+        what, todo = f"an image ({_image_format(head)})", _IMAGE_TODO
     elif path.name.endswith(".index"):
         what, todo = "a TensorFlow checkpoint index", ("convert the checkpoint first: convert-effnet --checkpoint "
                                                        f"{str(path)[:-len('.index')]} --variant V --flavor F")
@@ -106,6 +144,7 @@ def read_weights(path) -> Tuple[Dict[str, "object"], Dict[str, object]]:
     import torch
 
     path = Path(path)
+    check_weights_path(path)
     if path.is_dir():  # a folder layout's output (--layout transformers): its weights file
         from .mapping import folder_writer_of
 

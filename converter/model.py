@@ -224,13 +224,15 @@ class FusedMBConvV2(nn.Module):
         self.act = make_activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # hasattr, not self.has_expand: TorchScript folds hasattr on a module at compile time and
+        # compiles only the branch that exists (a bool attribute would compile both: no bn0)
         y = x
-        if self.has_expand:
+        if hasattr(self, "expand_conv"):
             y = self.act(self.bn0(self.expand_conv(y)))
         if self.se is not None:
             y = self.se(y)
         y = self.bn1(self.project_conv(y))
-        if not self.has_expand:
+        if not hasattr(self, "expand_conv"):
             y = self.act(y)
         if self.residual:
             y = y + x

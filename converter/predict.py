@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import os
 import re
 import sys
@@ -26,9 +27,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .errors import ConversionError, first_line
+from .errors import ConversionError, first_line, listing
+from .loading import check_weights_path
 from .metadata import decode
-from .preprocess import MODES, preprocess
+from .preprocess import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, MODES, max_pixels_limit, preprocess
 from .writer import read_safetensors_metadata
 
 # ImageNet-1k class names: data/imagenet_classes.txt, built from timm 1.0.31
@@ -40,6 +42,7 @@ IMAGENET_CLASSES = 1000
 SYNSET_RE = re.compile(r"n\d{8}")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 DEVKIT_GROUND_TRUTH = "ILSVRC2012_validation_ground_truth"
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- classes
@@ -148,6 +151,9 @@ def _common_options(p: argparse.ArgumentParser, batch_size: int) -> None:
                    help="where PyTorch runs (auto: the GPU when there is one)")
     p.add_argument("--preprocess", default="official", choices=MODES,
                    help="official (TF eval, default), fixed-crop (Nov 2021 crop rule) or pil (Pillow, for comparison)")
+    p.add_argument("--max-image-pixels", type=int, metavar="N", default=None,
+                   help=f"refuse images of more than N pixels (default ${MAX_PIXELS_ENV}, else "
+                        f"{DEFAULT_MAX_PIXELS // 1_000_000} million: a guard against decompression bombs; 0: no limit)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -157,6 +163,9 @@ def _load(args: argparse.Namespace):
 
     if args.batch_size < 1:
         raise ConversionError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_image_pixels is not None and args.max_image_pixels < 0:
+        raise ConversionError(f"--max-image-pixels must be 0 (no limit) or more, got {args.max_image_pixels}")
+    max_pixels_limit(args.max_image_pixels)  # a bad $EFFNET_MAX_IMAGE_PIXELS: said before the model loads
     device = resolve_device(args.device)  # strict float32 on CUDA (no TF32)
     model = load_model(args.weights, device=device)
     return model, device, label_space(int(model.pretrained_cfg["num_classes"]))
@@ -179,7 +188,8 @@ def _predict_parser() -> argparse.ArgumentParser:
 
 
 def predict_images(model, images: Sequence[str], space: LabelSpace, top_k: int = 5, batch_size: int = 16,
-                   device: str = "cpu", mode: str = "official") -> List[Dict[str, object]]:
+                   device: str = "cpu", mode: str = "official",
+                   max_pixels: Optional[int] = None) -> List[Dict[str, object]]:
     """[{image, top: [{index, synset, name, lemma, prob}]}] for each image, in order.
 
     An image that cannot be read or decoded gets ``{image, error}`` (one line) instead of ``top``;
@@ -194,7 +204,7 @@ def predict_images(model, images: Sequence[str], space: LabelSpace, top_k: int =
         errors: Dict[int, str] = {}
         for j, image in enumerate(chunk):
             try:
-                arrays[j] = preprocess(image, cfg, mode)
+                arrays[j] = preprocess(image, cfg, mode, max_pixels)
             except ConversionError as e:
                 msg = first_line(e, "unreadable image")
                 errors[j] = msg if str(image) in msg else f"{image}: {msg}"
@@ -262,7 +272,7 @@ def run_predict(args: argparse.Namespace) -> int:
     images = expand_images(args.images)  # before loading the model
     model, device, space = _load(args)
     results = predict_images(model, images, space, top_k=args.top_k, batch_size=args.batch_size,
-                             device=device, mode=args.preprocess)
+                             device=device, mode=args.preprocess, max_pixels=args.max_image_pixels)
     print(json.dumps(results, indent=1) if args.json else format_predictions(results), flush=True)
     failed = [r for r in results if "error" in r]
     for r in failed:
@@ -327,8 +337,9 @@ def _parse_label(token: str, space: LabelSpace, where: str) -> int:
     return label
 
 
-def _read_labels_file(path: Path, images: List[Path], space: LabelSpace) -> List[int]:
-    """The label of each image (sorted), from 'name label' lines or one label per line in that order."""
+def _read_labels_file(path: Path, images: List[Path], space: LabelSpace) -> Tuple[List[int], List[str]]:
+    """The label of each image (sorted), from 'name label' lines or one label per line in that order;
+    and the names the file labels that are not among the images (in file order)."""
     if path.name.startswith(DEVKIT_GROUND_TRUTH):
         raise ConversionError(
             f"{path}: the ILSVRC2012 devkit ground truth holds 1-based ILSVRC2012_IDs in the devkit's own class "
@@ -349,7 +360,7 @@ def _read_labels_file(path: Path, images: List[Path], space: LabelSpace) -> List
         if len(rows) != len(images):
             raise ConversionError(f"{path}: {len(rows)} labels for {len(images)} images in {images[0].parent} "
                                   "(one label per line must follow the sorted file names)")
-        return [_parse_label(line, space, f"{path}:{n}") for n, line in rows]
+        return [_parse_label(line, space, f"{path}:{n}") for n, line in rows], []
     by_name: Dict[str, int] = {}
     for n, line in rows:
         name, token = line.rsplit(None, 1)
@@ -362,11 +373,14 @@ def _read_labels_file(path: Path, images: List[Path], space: LabelSpace) -> List
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise ConversionError(f"{path}: no label for {missing[0]}{more} in {images[0].parent}")
-    return [by_name[p.name] for p in images]
+    present = {p.name for p in images}
+    return [by_name[p.name] for p in images], [name for name in by_name if name not in present]
 
 
-def collect_images(root: Path, labels: Optional[Path], space: LabelSpace) -> List[Tuple[Path, int]]:
-    """(image, label) pairs of a validation folder, sorted by path; labels in the reported class space."""
+def collect_images(root: Path, labels: Optional[Path],
+                   space: LabelSpace) -> Tuple[List[Tuple[Path, int]], List[str]]:
+    """(image, label) pairs of a validation folder, sorted by path, labels in the reported class space;
+    and the file names ``labels`` names that are not images in ``root`` (evaluated without them)."""
     if not root.is_dir():
         raise ConversionError(f"{root}: no such folder")
     if labels is not None:
@@ -375,7 +389,8 @@ def collect_images(root: Path, labels: Optional[Path], space: LabelSpace) -> Lis
         images = _images_under(root, recursive=False)
         if not images:
             raise ConversionError(f"{root}: no images (.jpg, .jpeg, .png, ...) directly in the folder")
-        return list(zip(images, _read_labels_file(labels, images, space)))
+        found, absent = _read_labels_file(labels, images, space)
+        return list(zip(images, found)), absent
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     loose = _images_under(root, recursive=False)
     if loose:
@@ -395,7 +410,7 @@ def collect_images(root: Path, labels: Optional[Path], space: LabelSpace) -> Lis
     items = [(p, index[d.name]) for d in subdirs for p in _images_under(d, recursive=True)]
     if not items:
         raise ConversionError(f"{root}: no images (.jpg, .jpeg, .png, ...) in its {len(subdirs)} synset subfolders")
-    return sorted(items, key=lambda t: t[0].relative_to(root).as_posix())
+    return sorted(items, key=lambda t: t[0].relative_to(root).as_posix()), []
 
 
 class EvalDataset(torch.utils.data.Dataset):
@@ -405,10 +420,12 @@ class EvalDataset(torch.utils.data.Dataset):
     raise it as a ConversionError instead of the DataLoader's multi-line worker traceback.
     """
 
-    def __init__(self, items: Sequence[Tuple[Path, int]], cfg: Dict[str, object], mode: str):
+    def __init__(self, items: Sequence[Tuple[Path, int]], cfg: Dict[str, object], mode: str,
+                 max_pixels: Optional[int] = None):
         self.items = list(items)
         self.cfg = dict(cfg)
         self.mode = mode
+        self.max_pixels = max_pixels
         res = int(list(cfg["input_size"])[-1])  # type: ignore[arg-type]
         self.shape = (3, res, res)
 
@@ -418,7 +435,7 @@ class EvalDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         path, label = self.items[i]
         try:
-            x, err = preprocess(path, self.cfg, self.mode), ""
+            x, err = preprocess(path, self.cfg, self.mode, self.max_pixels), ""
         except ConversionError as e:
             msg = first_line(e, "unreadable image")
             x, err = np.zeros(self.shape, np.float32), (msg if str(path) in msg else f"{path}: {msg}")
@@ -440,12 +457,13 @@ class EvalResult:
 
 def evaluate_items(model, items: Sequence[Tuple[Path, int]], space: LabelSpace, batch_size: int = 32,
                    workers: int = 2, device: str = "cpu", mode: str = "official",
-                   progress: bool = False) -> EvalResult:
+                   progress: bool = False, max_pixels: Optional[int] = None) -> EvalResult:
     """Top-1/top-5 of ``model`` on (image, label) pairs; labels in the reported class space."""
     from tqdm import tqdm
 
-    loader = torch.utils.data.DataLoader(EvalDataset(items, model.pretrained_cfg, mode), batch_size=batch_size,
-                                         shuffle=False, num_workers=workers, pin_memory=device == "cuda")
+    loader = torch.utils.data.DataLoader(EvalDataset(items, model.pretrained_cfg, mode, max_pixels),
+                                         batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         pin_memory=device == "cuda")
     k = min(5, space.num_outputs)
     c1 = c5 = seen = 0
     start = time.perf_counter()
@@ -471,36 +489,66 @@ def evaluate_items(model, items: Sequence[Tuple[Path, int]], space: LabelSpace, 
                       images=seen, seconds=seconds, images_per_s=seen / seconds if seconds > 0 else float("inf"))
 
 
+def _check_json_path(out: Path) -> None:
+    """--json names a file (not a folder) in an existing folder where a file can be created."""
+    from .writer import check_writable_folder
+
+    if out.is_dir():
+        raise ConversionError(f"--json {out} is a folder; name a file (e.g. results.json)")
+    if not out.parent.is_dir():
+        raise ConversionError(f"--json {out}: folder {out.parent} does not exist")
+    try:
+        check_writable_folder(out.parent, "folder")
+    except ConversionError as e:
+        raise ConversionError(f"--json {out}: {e}") from None
+
+
+def _write_json(out: Path, doc: Dict[str, object]) -> None:
+    """``doc`` to ``out`` through a temporary file beside it: all of it or nothing."""
+    from .writer import AtomicFile
+
+    f = AtomicFile(out)
+    try:
+        f.tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        f.commit()
+    except OSError as e:
+        raise ConversionError(f"cannot write --json {out}: {e.strerror or e}") from None
+    finally:
+        f.discard()
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ConversionError(f"--limit must be at least 1, got {args.limit}")
     if args.workers < 0:
         raise ConversionError(f"--workers must be 0 or more, got {args.workers}")
     out = Path(args.json) if args.json else None
-    if out is not None and not out.parent.is_dir():  # say so before an hour of evaluation
-        raise ConversionError(f"--json {out}: folder {out.parent} does not exist")
+    if out is not None:  # say so before an hour of evaluation
+        _check_json_path(out)
     weights, root, labels = Path(args.weights), Path(args.dir), Path(args.labels) if args.labels else None
-    if not (weights.is_file() or weights.is_dir()):  # a folder: --layout transformers (loading.read_weights)
-        raise ConversionError(f"{weights}: no such file")
-    items = None
+    check_weights_path(weights)  # a folder: --layout transformers (loading.read_weights)
+    items, absent = None, []
     if weights.suffix == ".safetensors":  # class count from the header: folder errors before a long load
         try:
             n = decode(read_safetensors_metadata(weights)).get("num_classes")
         except ValueError:  # malformed metadata: load_model says what is wrong
             n = None
         if isinstance(n, int):
-            items = collect_images(root, labels, label_space(n))
+            items, absent = collect_images(root, labels, label_space(n))
     from .distributed import Session, evaluate_shared
 
     session = Session.start(args.device)  # under torchrun: this process's share (converter/distributed.py)
     model, device, space = _load(args)
     if items is None:
-        items = collect_images(root, labels, space)
+        items, absent = collect_images(root, labels, space)
+    if absent and session.is_main:  # the file labels images the folder lacks: said, counted in the report
+        log.warning("warning: %s labels %d images that are not in %s: %s; evaluating the %d that are",
+                    labels, len(absent), root, listing(absent), len(items))
     if args.limit is not None:
         items = items[:args.limit]
     r = evaluate_shared(session, items, lambda part: evaluate_items(
         model, part, space, batch_size=args.batch_size, workers=args.workers, device=device, mode=args.preprocess,
-        progress=not args.quiet and sys.stderr.isatty() and session.is_main))
+        progress=not args.quiet and sys.stderr.isatty() and session.is_main, max_pixels=args.max_image_pixels))
     if not session.is_main:  # rank 0 prints and writes the gathered results
         return 0
     cfg = model.pretrained_cfg
@@ -509,16 +557,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(f"images: {r.images} in {r.seconds:.1f} s, {r.images_per_s:.1f} images/s "
           f"({cfg['variant']}_{cfg['flavor']}, {args.preprocess} preprocessing, {device}, {args.workers} workers"
           + (f", {session.world} processes" if session.world > 1 else "") + ")")
+    if absent:
+        print(f"missing: {len(absent)} images named in {labels} are not in {root} (not counted above)")
     if out is not None:
         doc = {"top1": r.top1, "top5": r.top5, "top1_correct": r.top1_correct, "top5_correct": r.top5_correct,
                "images": r.images, "images_per_s": r.images_per_s, "seconds": r.seconds,
                "weights": str(Path(args.weights).resolve()), "preprocess": args.preprocess,
                "variant": cfg["variant"], "flavor": cfg["flavor"], "num_classes": int(cfg["num_classes"]),
                "dir": str(Path(args.dir).resolve()), "device": device, "batch_size": args.batch_size,
-               "workers": args.workers, "processes": session.world, "images_per_process": session.shares}
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, out)
+               "workers": args.workers, "processes": session.world, "images_per_process": session.shares,
+               "labelled_missing": len(absent), "labelled_missing_names": absent}
+        _write_json(out, doc)
         print(f"wrote {out}")
     return 0
 

@@ -6,14 +6,16 @@ min(h, w))`` px, JPEG decoded with libjpeg-turbo's fast integer DCT and fancy up
 ``tf.image.decode_jpeg`` does by default), ``tf.compat.v1.image.resize_bicubic`` (legacy kernel,
 re-implemented here bit for bit), then the mean/std normalization on the 0-255 scale.
 
-The one deliberate difference: TensorFlow decodes only the crop window
-(``tf.image.decode_and_crop_jpeg``); here the whole image is decoded, then cropped. libjpeg-turbo's
-cropped decode upsamples the chroma of the window's side columns as if they were image edges, so
-in chroma-subsampled JPEGs (most photos) the crop's first and/or last column differ by a few
-levels; grayscale and 4:4:4 JPEGs come out identical. After the resize that is at most 0.005
-levels on average per image (tests/test_preprocess.py on real photos; the shared reference
-README measured the same). Everything else equals TensorFlow's ops bit for bit. Decoding the
-window alone would need libjpeg-turbo's crop API, which simplejpeg does not expose.
+TensorFlow decodes only the crop window (``tf.image.decode_and_crop_jpeg``); here the whole
+image is decoded, then cropped. libjpeg-turbo's cropped decode upsamples the chroma of the
+window's side columns as if they were image edges, so in JPEGs with 2x horizontal chroma
+subsampling (most photos) the crop's first and/or last column come out differently: up to 0.024
+levels on average per image after the resize on small odd-sided portraits, the narrower the crop
+the more. Those columns are redone here as libjpeg-turbo does (:func:`_crop_edges_as_tf`), from
+the raw chroma samples read back from two more decodes; only pixels whose samples cannot be told
+apart because a channel clips at 0 or 255 may still differ (measured: at most 0.0011 levels on
+average per image, most images exact; tests/test_preprocess.py). Grayscale and 4:4:4 JPEGs need
+nothing. Everything else equals TensorFlow's ops bit for bit.
 
 ``mode="fixed-crop"``: the same, with the Nov 2021 crop rule (``CROP_FRACTION = 0.875``).
 ``mode="pil"``: plain Pillow (accurate-DCT decode, Pillow's antialiased bicubic), for comparison
@@ -23,9 +25,12 @@ EXIF orientation is ignored, as TensorFlow's decoders ignore it.
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
-from typing import Mapping, Optional, Sequence, Tuple, Union
+import warnings
+from typing import Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -44,6 +49,7 @@ MODES = ("official", "fixed-crop", "pil")
 CROP_RULES = ("padding", "fixed")
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -59,10 +65,32 @@ def _read(src: Source) -> Tuple[bytes, str]:
         raise ConversionError(f"cannot read image {src}: {e.strerror or e}") from None
 
 
-def _jpeg_markers(data: bytes) -> Tuple[Optional[int], bool]:
-    """(number of components from the SOF marker, saw an Adobe APP14 marker) of a JPEG stream."""
+class JpegHeader(NamedTuple):
+    """What the markers before the first scan say: components and size from the SOF marker (None
+    when there is none), whether an Adobe APP14 marker was seen (and its colour transform byte),
+    whether the frame is progressive, each component's (id, h, v) sampling factors."""
+
+    components: Optional[int]
+    adobe: bool
+    progressive: bool = False
+    height: int = 0
+    width: int = 0
+    sampling: Tuple[Tuple[int, int, int], ...] = ()
+    adobe_transform: Optional[int] = None
+
+
+# ITU T.81 table B.1: SOF0-3, 5-7, 9-11, 13-15; progressive: SOF2, 6, 10, 14
+_SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+_PROGRESSIVE_SOF = frozenset((0xC2, 0xC6, 0xCA, 0xCE))
+JPEG_EOI = b"\xff\xd9"
+
+
+def _jpeg_markers(data: bytes) -> JpegHeader:
+    """The :class:`JpegHeader` of a JPEG stream."""
     pos, n = 2, len(data)
-    components, adobe = None, False
+    components, adobe, progressive, height, width = None, False, False, 0, 0
+    sampling: Tuple[Tuple[int, int, int], ...] = ()
+    transform = None
     while pos + 4 <= n:
         if data[pos] != 0xFF:
             break
@@ -78,56 +106,290 @@ def _jpeg_markers(data: bytes) -> Tuple[Optional[int], bool]:
         if marker == 0xEE and length - 2 >= 12 and body[:5] == b"Adobe":
             # libjpeg jdmarker.c examine_app14: saw_Adobe_marker needs APP14_DATA_LEN = 12 bytes
             adobe = True
-        elif marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            if len(body) >= 6:
+            transform = body[11]
+        elif marker in _SOF_MARKERS:
+            if len(body) >= 6:  # P, Y (height), X (width), Nf
+                height, width = int.from_bytes(body[1:3], "big"), int.from_bytes(body[3:5], "big")
                 components = body[5]
+                specs = body[6:6 + 3 * components]  # Ci, Hi << 4 | Vi, Tqi
+                sampling = tuple((specs[i], specs[i + 1] >> 4, specs[i + 1] & 15) for i in range(0, len(specs) - 2, 3))
+            progressive = marker in _PROGRESSIVE_SOF
         elif marker == 0xDA:  # start of scan: the header ends here
             break
         pos += 2 + length
-    return components, adobe
+    return JpegHeader(components, adobe, progressive, height, width, sampling, transform)
 
 
-def _decode_jpeg(data: bytes, name: str) -> np.ndarray:
+# ----------------------------------------------------------------------------- size limit
+
+# Our own limit on decoded pixels per image (a guard against decompression bombs: a small file that
+# decodes to gigabytes). TensorFlow's decoders have none; Pillow's own (MAX_IMAGE_PIXELS, an error
+# above twice its 89.5 MP) is not used. 0 lifts it: --max-image-pixels, or this environment variable.
+DEFAULT_MAX_PIXELS = 250_000_000  # 250 MP: 750 MB decoded as uint8 RGB, about 2.3 GB as the float32 crop
+MAX_PIXELS_ENV = "EFFNET_MAX_IMAGE_PIXELS"
+
+
+def max_pixels_limit(max_pixels: Optional[int] = None) -> int:
+    """The limit in force: ``max_pixels`` when given, else $EFFNET_MAX_IMAGE_PIXELS, else the default (0: none)."""
+    if max_pixels is None:
+        env = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if not env:
+            return DEFAULT_MAX_PIXELS
+        try:
+            max_pixels = int(env)
+        except ValueError:
+            raise ConversionError(f"{MAX_PIXELS_ENV}={env!r} is not a whole number of pixels (0: no limit)") from None
+    if max_pixels < 0:
+        raise ConversionError(f"the image size limit must be 0 (none) or more pixels, got {max_pixels}")
+    return int(max_pixels)
+
+
+def _check_size(name: str, height: int, width: int, max_pixels: Optional[int]) -> None:
+    limit = max_pixels_limit(max_pixels)
+    if limit and height * width > limit:
+        raise ConversionError(
+            f"{name}: {width}x{height} px ({height * width / 1e6:.1f} megapixels) is over convert-effnet's limit of "
+            f"{limit / 1e6:g} megapixels per image (a guard against decompression bombs); raise it with "
+            f"--max-image-pixels N or {MAX_PIXELS_ENV}=N (0: no limit)")
+
+
+@contextlib.contextmanager
+def _pillow_unlimited():
+    """Pillow's own decompression-bomb limit off (ours applies), restored afterwards."""
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+# ----------------------------------------------------------------------------- JPEG
+
+
+def _simplejpeg(data: bytes, header: JpegHeader) -> np.ndarray:
     import simplejpeg
 
-    components, adobe = _jpeg_markers(data)
+    if header.components == 4:
+        # tensorflow/core/lib/jpeg/jpeg_mem.cc: CMYK/YCCK are decoded to CMYK, then
+        # r = k * c / 255 (Adobe marker: inverted CMYK) or (255 - k) * (255 - c) / 255
+        cmyk = simplejpeg.decode_jpeg(data, colorspace="CMYK", fastdct=True, fastupsample=False, strict=True)
+        c = cmyk.astype(np.int32)
+        k = c[..., 3:4]
+        rgb = (k * c[..., :3]) // 255 if header.adobe else ((255 - k) * (255 - c[..., :3])) // 255
+        return rgb.astype(np.uint8)
+    # simplejpeg (libjpeg-turbo, fast integer DCT, fancy upsampling) equals
+    # tf.image.decode_jpeg(channels=3) with its defaults bit for bit; grayscale comes out as
+    # three equal channels, as libjpeg's JCS_GRAYSCALE -> JCS_RGB conversion does in TF
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=False, strict=True)
+
+
+def _missing_eoi(data: bytes, name: str, header: JpegHeader) -> Optional[np.ndarray]:
+    """The image of a JPEG whose entropy data is complete but whose end-of-image marker is missing
+    (warned in one line), as TensorFlow's decode_and_crop_jpeg (the official eval) decodes it; None
+    when more than the marker is missing.
+
+    TensorFlow reads the crop window's rows and never needs the marker; it refuses such a file only
+    when the window reaches its last row of blocks (here the whole image is decoded: a few more files
+    pass) and when it is progressive (all scans are read first: refused here too).
+    """
+    if data.endswith(JPEG_EOI):
+        return None
     try:
-        if components == 4:
-            # tensorflow/core/lib/jpeg/jpeg_mem.cc: CMYK/YCCK are decoded to CMYK, then
-            # r = k * c / 255 (Adobe marker: inverted CMYK) or (255 - k) * (255 - c) / 255
-            cmyk = simplejpeg.decode_jpeg(data, colorspace="CMYK", fastdct=True,
-                                         fastupsample=False, strict=True)
-            c = cmyk.astype(np.int32)
-            k = c[..., 3:4]
-            rgb = (k * c[..., :3]) // 255 if adobe else ((255 - k) * (255 - c[..., :3])) // 255
-            return rgb.astype(np.uint8)
-        # simplejpeg (libjpeg-turbo, fast integer DCT, fancy upsampling) equals
-        # tf.image.decode_jpeg(channels=3) with its defaults bit for bit; grayscale comes out as
-        # three equal channels, as libjpeg's JCS_GRAYSCALE -> JCS_RGB conversion does in TF
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=False, strict=True)
+        image = _simplejpeg(data + JPEG_EOI, header)
+    except (ValueError, RuntimeError):  # more than the marker is missing: truncated
+        return None
+    if header.progressive:
+        raise ConversionError(f"cannot decode JPEG {name}: a progressive JPEG without its end-of-image marker "
+                              "(truncated?); TensorFlow's decoder refuses it too; re-encode or re-download it")
+    log.warning("warning: %s: JPEG without its end-of-image marker (cut at the very end?); decoded anyway, "
+                "as TensorFlow's decode_and_crop_jpeg in the official eval does", name)
+    return image
+
+
+def _decode_jpeg(data: bytes, name: str, max_pixels: Optional[int] = None) -> np.ndarray:
+    header = _jpeg_markers(data)
+    _check_size(name, header.height, header.width, max_pixels)
+    try:
+        return _simplejpeg(data, header)
     except (ValueError, RuntimeError) as e:  # strict=True: libjpeg warnings (truncation...) too
         msg = first_line(e, "invalid JPEG data")
-        raise ConversionError(f"cannot decode JPEG {name}: {msg}") from None
+        image = _missing_eoi(data, name, header) if "Premature end of JPEG file" in msg else None
+        if image is None:
+            raise ConversionError(f"cannot decode JPEG {name}: {msg}") from None
+        return image
 
 
-def _decode_pillow(data: bytes, name: str) -> np.ndarray:
+# ----------------------------------------------------------------------------- the cropped decode's edges
+
+# libjpeg-turbo jdcolor.c build_ycc_rgb_table: SCALEBITS = 16, FIX(x) = (INT32)(x * (1 << 16) + 0.5)
+_SCALEBITS = 16
+_HALF = 1 << (_SCALEBITS - 1)
+
+
+def _fix(x: float) -> int:
+    return int(x * (1 << _SCALEBITS) + 0.5)
+
+
+_X = np.arange(256, dtype=np.int64) - 128
+_CRR = (_fix(1.40200) * _X + _HALF) >> _SCALEBITS  # Cr => R
+_CBB = (_fix(1.77200) * _X + _HALF) >> _SCALEBITS  # Cb => B
+_CRG = -_fix(0.71414) * _X  # Cr => G (before the shift)
+_CBG = -_fix(0.34414) * _X + _HALF  # Cb => G (before the shift)
+
+
+def _ycc_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
+    """jdcolor.c ycc_rgb_convert: uint8 RGB of Y and (upsampled) Cb, Cr samples (int arrays)."""
+    return np.clip(np.stack([y + _CRR[cr], y + ((_CBG[cb] + _CRG[cr]) >> _SCALEBITS), y + _CBB[cb]], -1),
+                   0, 255).astype(np.uint8)
+
+
+def _edge_columns(header: JpegHeader, width: int, ow: int, size: int) -> Tuple[Tuple[int, int], ...]:
+    """Image columns where libjpeg-turbo's cropped decode (``jpeg_crop_scanline``, what TF's
+    decode_and_crop_jpeg uses) upsamples chroma differently from a whole-image decode, each with its
+    rounding bias: the window is widened left to an iMCU boundary and its side columns are then
+    upsampled as image edges (jdsample.c h2v1/h2v2_fancy_upsample: first column ``c`` (h2v1) or
+    ``(4 * s + 8) >> 4`` (h2v2), last ``c`` or ``(4 * s + 7) >> 4``). Only 2x horizontal chroma
+    subsampling has such columns; none elsewhere."""
+    if header.components != 3 or len(header.sampling) != 3:
+        return ()
+    (c0, h0, v0), (c1, h1, v1), (c2, h2, v2) = header.sampling
+    rgb = (header.adobe and header.adobe_transform == 0) or (not header.adobe and (c0, c1, c2) == (82, 71, 66))
+    if rgb or (h0, h1, h2) != (2, 1, 1) or v0 not in (1, 2) or (v1, v2) != (1, 1):
+        return ()
+    left = (ow // (8 * h0)) * (8 * h0)  # jdapistd.c jpeg_crop_scanline: align = DCT size * max h samp
+    cols = []
+    if left == ow and ow > 0:  # the window's first column is the crop's and not the image's first
+        cols.append((ow, 8))
+    if (ow + size - left) % 2 == 0 and ow + size < width:  # an odd output column ends the window
+        cols.append((ow + size - 1, 7))
+    return tuple(cols)
+
+
+_INV_CRR = np.full(1024, -1, np.int64)
+_INV_CRR[_CRR + 512] = np.arange(256)  # _CRR and _CBB are one-to-one (steps of 1.402, 1.772)
+_INV_CBB = np.full(1024, -1, np.int64)
+_INV_CBB[_CBB + 512] = np.arange(256)
+
+
+def _chroma_samples(y: np.ndarray, rgb: np.ndarray) -> list:
+    """Per chroma sample, the (Cb, Cr) pairs that give, with each pixel's Y, the pixels that share it
+    (y: [n, P], rgb: [n, P, 3] ints of its P pixels): arrays (cb, cr); one pair when a pixel's R and
+    one's B are unclipped (R - Y = Crr[Cr], B - Y = Cbb[Cb]), else every pair that fits (clipping)."""
+    r_free = (rgb[..., 0] > 0) & (rgb[..., 0] < 255)
+    b_free = (rgb[..., 2] > 0) & (rgb[..., 2] < 255)
+    cr_all = _INV_CRR[np.clip(rgb[..., 0] - y + 512, 0, 1023)]
+    cb_all = _INV_CBB[np.clip(rgb[..., 2] - y + 512, 0, 1023)]
+    n = np.arange(len(y))
+    cr1, cb1 = cr_all[n, r_free.argmax(1)], cb_all[n, b_free.argmax(1)]  # the first unclipped pixel's
+    found = r_free.any(1) & b_free.any(1) & (cr1 >= 0) & (cb1 >= 0)
+    out = []
+    for i in range(len(y)):
+        if found[i]:
+            out.append((cb1[i:i + 1], cr1[i:i + 1]))
+            continue
+        ok = np.ones((256, 256), bool)  # [Cb, Cr]
+        for p in range(y.shape[1]):
+            yy = y[i, p]
+            ok &= (np.clip(yy + _CBB, 0, 255) == rgb[i, p, 2])[:, None]
+            ok &= (np.clip(yy + _CRR, 0, 255) == rgb[i, p, 0])[None, :]
+            ok &= np.clip(yy + ((_CBG[:, None] + _CRG[None, :]) >> _SCALEBITS), 0, 255) == rgb[i, p, 1]
+        out.append(np.nonzero(ok))
+    return out
+
+
+def _crop_edges_as_tf(data: bytes, header: JpegHeader, image: np.ndarray, oh: int, ow: int, size: int) -> np.ndarray:
+    """The crop ``image[oh:oh+size, ow:ow+size]`` of a whole-image decode, with its side columns as
+    TensorFlow's ``decode_and_crop_jpeg`` decodes them (see :func:`_edge_columns`).
+
+    The raw chroma samples of those columns come from two more decodes (Y alone, and RGB without
+    fancy upsampling, where a sample's pixels share it unfiltered): each (Cb, Cr) is the pair that
+    gives those pixels. Where clipping at 0 or 255 leaves pairs that give different results, the
+    whole-image decode's pixel stays (rare: saturated colours at the crop's edge).
+    """
+    import simplejpeg
+
+    crop = image[oh:oh + size, ow:ow + size]
+    cols = _edge_columns(header, image.shape[1], ow, size)
+    if not cols:
+        return crop
+    crop = crop.copy()
+    vs = header.sampling[0][2]
+    height, width = image.shape[:2]
+    # strict=False: the file has decoded already (a missing end-of-image marker is warned about there)
+    luma = simplejpeg.decode_jpeg(data, colorspace="GRAY", fastdct=True, fastupsample=True, strict=False)
+    luma = luma[..., 0].astype(np.int64)
+    flat = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=True, strict=False)
+    flat = flat.astype(np.int64)
+    rows = np.arange(oh, oh + size)
+    near = rows // vs
+    # h2v2: the nearer chroma row 3/4, the other 1/4 (above for even rows, below for odd; edges repeated)
+    far = (np.where(rows % 2 == 0, np.maximum(near - 1, 0), np.minimum(near + 1, (height - 1) // vs))
+           if vs == 2 else near)
+    need = np.unique(np.concatenate([near, far]))
+    at = np.searchsorted(need, near), np.searchsorted(need, far)
+    for x, bias in cols:
+        k = x // 2
+        px = [(dy, dx) for dy in range(vs) for dx in (2 * k, 2 * k + 1) if dx < width]
+        ys = np.stack([np.minimum(need * vs + dy, height - 1) for dy, _ in px], 1)
+        xs = np.array([dx for _, dx in px])[None, :]
+        samples = _chroma_samples(luma[ys, xs], flat[ys, xs])
+
+        def upsampled(a, b, pairs=False):  # the window edge: h2v2 (thiscolsum * 4 + bias) >> 4, h2v1 the sample
+            if vs == 1:
+                return a
+            return ((4 * (3 * a[:, None] + b[None, :]) + bias) >> 4).ravel() if pairs else (4 * (3 * a + b) + bias) >> 4
+
+        one = np.array([len(cb) == 1 for cb, _ in samples])
+        cb1 = np.array([cb[0] if len(cb) == 1 else 0 for cb, _ in samples])
+        cr1 = np.array([cr[0] if len(cr) == 1 else 0 for _, cr in samples])
+        sure = one[at[0]] & one[at[1]]  # most rows: one pair each, all at once
+        crop[sure, x - ow] = _ycc_rgb(luma[rows[sure], x], upsampled(cb1[at[0][sure]], cb1[at[1][sure]]),
+                                      upsampled(cr1[at[0][sure]], cr1[at[1][sure]]))
+        for r in np.nonzero(~sure)[0]:
+            (cb_a, cr_a), (cb_b, cr_b) = samples[at[0][r]], samples[at[1][r]]
+            if not len(cb_a) or not len(cb_b):
+                continue
+            cb, cr = upsampled(cb_a, cb_b, True), upsampled(cr_a, cr_b, True)
+            out = np.unique(_ycc_rgb(np.full(cb.shape, luma[rows[r], x]), cb, cr), axis=0)
+            if len(out) == 1:
+                crop[r, x - ow] = out[0]
+    return crop
+
+
+# ----------------------------------------------------------------------------- other formats (Pillow)
+
+
+def _pil_rgb(im) -> np.ndarray:
+    """An open Pillow image (first frame) -> uint8 HxWx3, 16-bit samples reduced as TensorFlow reduces them."""
+    if im.mode.startswith("I;16"):
+        # 16-bit grayscale: keep the high byte, as TF's decode_png / decode_image (dtype uint8) do:
+        # tensorflow/core/lib/png/png_io.cc CommonInitDecode, "If we only want 8 bits, but are given
+        # 16, strip off the LS 8 bits": png_set_strip_16. Pillow's convert("RGB") clips at 255 instead.
+        # (16-bit RGB(A) and gray+alpha PNGs already open as 8-bit "RGB(A)" in Pillow, high byte kept.)
+        g = (np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(g[:, :, None], 3, axis=2)
+    if im.mode in ("I", "F"):
+        kind = "integer" if im.mode == "I" else "float"
+        raise ConversionError(f"32-bit {kind} images are not supported; save it as 8-bit RGB")
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _decode_pillow(data: bytes, name: str, max_pixels: Optional[int] = None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with _pillow_unlimited(), Image.open(io.BytesIO(data)) as im:
+            _check_size(name, im.height, im.width, max_pixels)
             im.seek(0)  # animations: the first frame, like tf.io.decode_image(expand_animations=False)
-            if im.mode.startswith("I;16"):
-                # 16-bit grayscale: keep the high byte, as TF's decode_png(dtype=uint8) does
-                # (libpng png_set_strip_16); Pillow's convert("RGB") would clip at 255 instead.
-                # (16-bit RGB(A) PNGs already open as 8-bit "RGB(A)" in Pillow, high byte kept.)
-                g = (np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8)
-                return np.repeat(g[:, :, None], 3, axis=2)
-            if im.mode in ("I", "F"):
-                raise ConversionError(f"cannot decode {name}: 32-bit {'integer' if im.mode == 'I' else 'float'} "
-                                      "images are not supported; save it as 8-bit RGB")
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except ConversionError:
-        raise
+            return _pil_rgb(im)
+    except ConversionError as e:
+        msg = str(e)
+        raise ConversionError(msg if msg.startswith(f"{name}:") else f"cannot decode {name}: {msg}") from None
     except UnidentifiedImageError:
         raise ConversionError(f"cannot decode {name}: not an image format Pillow knows") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
@@ -135,17 +397,19 @@ def _decode_pillow(data: bytes, name: str) -> np.ndarray:
         raise ConversionError(f"cannot decode {name}: {msg}") from None
 
 
-def decode(src: Source) -> np.ndarray:
+def decode(src: Source, max_pixels: Optional[int] = None) -> np.ndarray:
     """An image file (path or encoded bytes) -> uint8 HxWx3 RGB, decoded as TensorFlow decodes it.
 
     JPEG: libjpeg-turbo via simplejpeg, fast integer DCT + fancy upsampling (TF's defaults);
     grayscale as 3 equal channels; CMYK/YCCK converted with TF's own formula. Other formats
     (PNG, BMP, GIF, WebP, ...): Pillow, converted to RGB (alpha dropped, not composited, as
     TF's channels=3 does); 16-bit PNGs keep the high byte of each sample (TF's decode_png with
-    dtype=uint8).
+    dtype=uint8). A JPEG missing only its end-of-image marker is decoded, with a warning, as the
+    official eval's decode_and_crop_jpeg takes it. Images over ``max_pixels`` (:func:`max_pixels_limit`)
+    are refused.
     """
     data, name = _read(src)
-    return _decode_named(data, name)
+    return _decode_named(data, name, max_pixels)
 
 
 # ----------------------------------------------------------------------------- crop
@@ -334,29 +598,32 @@ def _cfg_values(cfg: Mapping[str, object]) -> Tuple[int, np.ndarray, np.ndarray,
     return res_h, mean, std, (None if crop_pct is None else float(crop_pct))  # type: ignore[arg-type]
 
 
-def _pil_resized(data: bytes, name: str, res: int, crop_pct: Optional[float], resize: str = "bicubic") -> np.ndarray:
+def _pil_resized(data: bytes, name: str, res: int, crop_pct: Optional[float], resize: str = "bicubic",
+                 max_pixels: Optional[int] = None) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.seek(0)
-            rgb = im.convert("RGB")
-    except Exception as e:  # Pillow raises several types for bad files
-        msg = first_line(e)
-        raise ConversionError(f"cannot decode {name}: {msg}") from None
-    oh, ow, size = crop_window(rgb.height, rgb.width, res, crop_pct)
+        array = _decode_pillow(data, name, max_pixels)
+    except ConversionError as e:
+        header = _jpeg_markers(data) if data[:2] == b"\xff\xd8" and "truncated" in str(e) else None
+        if header is None or _missing_eoi(data, name, header) is None:
+            raise
+        array = _decode_pillow(data + JPEG_EOI, name, max_pixels)  # Pillow calls it truncated
+    oh, ow, size = crop_window(array.shape[0], array.shape[1], res, crop_pct)
     method = Image.BILINEAR if resize == "bilinear" else Image.BICUBIC
-    out = rgb.crop((ow, oh, ow + size, oh + size)).resize((res, res), method)
+    with _pillow_unlimited():  # Image.crop checks Pillow's limit too
+        out = Image.fromarray(array).crop((ow, oh, ow + size, oh + size)).resize((res, res), method)
     return np.asarray(out, dtype=np.float32)
 
 
 def preprocess_raw(src: Source, resolution: int, mode: str = "official",
-                   crop_pct: Optional[float] = None, resize: str = "bicubic") -> np.ndarray:
+                   crop_pct: Optional[float] = None, resize: str = "bicubic",
+                   max_pixels: Optional[int] = None) -> np.ndarray:
     """One image -> float32 HxWx3 on the 0-255 scale at ``resolution`` (not normalized).
 
     ``crop_pct`` overrides res / (res + 32) in the ``official`` and ``pil`` modes; ``fixed-crop``
     always uses the Nov 2021 rule. ``resize``: ``bicubic`` (EfficientNet) or ``bilinear``
-    (MnasNet, MixNet; ``cfg_resize``), both the legacy kernels.
+    (MnasNet, MixNet; ``cfg_resize``), both the legacy kernels. ``max_pixels``: see :func:`decode`.
     """
     if resize not in RESIZES:
         raise ConversionError(f"unknown resize {resize!r}; use one of {', '.join(RESIZES)}")
@@ -364,20 +631,26 @@ def preprocess_raw(src: Source, resolution: int, mode: str = "official",
         raise ConversionError(f"unknown preprocessing mode {mode!r}; use one of {', '.join(MODES)}")
     data, name = _read(src)
     if mode == "pil":
-        return _pil_resized(data, name, resolution, crop_pct, resize)
-    image = _decode_named(data, name)
+        return _pil_resized(data, name, resolution, crop_pct, resize, max_pixels)
+    image = _decode_named(data, name, max_pixels)
     h, w = image.shape[:2]
     if mode == "fixed-crop":
         oh, ow, size = crop_window(h, w, resolution, crop="fixed")
     else:
         oh, ow, size = crop_window(h, w, resolution, crop_pct)
-    return resize_legacy(image[oh:oh + size, ow:ow + size], resolution, resize)
+    if data[:2] == b"\xff\xd8":  # the official code decodes the window alone: its side columns as TF's
+        crop = _crop_edges_as_tf(data, _jpeg_markers(data), image, oh, ow, size)
+    else:
+        crop = image[oh:oh + size, ow:ow + size]
+    return resize_legacy(crop, resolution, resize)
 
 
-def _decode_named(data: bytes, name: str) -> np.ndarray:
+def _decode_named(data: bytes, name: str, max_pixels: Optional[int] = None) -> np.ndarray:
     if not data:
         raise ConversionError(f"cannot decode {name}: empty file")
-    return _decode_jpeg(data, name) if data[:2] == b"\xff\xd8" else _decode_pillow(data, name)
+    if data[:2] == b"\xff\xd8":
+        return _decode_jpeg(data, name, max_pixels)
+    return _decode_pillow(data, name, max_pixels)
 
 
 def normalize(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -426,7 +699,7 @@ def crop_window_v2(height: int, width: int, resolution: int) -> Tuple[int, int, 
     return (height - size) // 2, (width - size) // 2, size
 
 
-def preprocess_v2(src: Source, resolution: int, kind: str) -> np.ndarray:
+def preprocess_v2(src: Source, resolution: int, kind: str, max_pixels: Optional[int] = None) -> np.ndarray:
     """One image -> float32 HxWx3, normalized, as google/automl efficientnetv2 evaluates it.
 
     ``v2`` (S/M/L ImageNet-1k, every 21k checkpoint): decode, centre crop when the size is
@@ -436,7 +709,7 @@ def preprocess_v2(src: Source, resolution: int, kind: str) -> np.ndarray:
     if kind not in V2_PREPROCESSING:
         raise ConversionError(f"unknown EfficientNetV2 preprocessing {kind!r}; use one of {', '.join(V2_PREPROCESSING)}")
     data, name = _read(src)
-    image = _decode_named(data, name)
+    image = _decode_named(data, name, max_pixels)
     if kind == "v2-ft":
         x = (image.astype(np.float32) / np.float32(255.0) - np.float32(0.5)) / np.float32(0.5)
         return resize_bilinear_half_pixel(x, resolution)
@@ -447,24 +720,27 @@ def preprocess_v2(src: Source, resolution: int, kind: str) -> np.ndarray:
     return ((x - np.float32(128.0)) / np.float32(128.0)).astype(np.float32, copy=False)
 
 
-def preprocess(src: Source, cfg: Mapping[str, object], mode: str = "official") -> np.ndarray:
+def preprocess(src: Source, cfg: Mapping[str, object], mode: str = "official",
+               max_pixels: Optional[int] = None) -> np.ndarray:
     """One image -> float32 3xHxW, normalized ``(x / 255 - mean) / std`` with the cfg's mean/std.
 
     ``cfg``: a pretrained_cfg (input_size, mean, std, crop_pct). Modes: ``official`` (crop
     fraction cfg["crop_pct"], else res / (res + 32)), ``fixed-crop`` (Nov 2021 rule; ignores
     crop_pct), ``pil`` (Pillow decode + bicubic, same crop window; for comparison).
+    ``max_pixels``: the size limit per image (see :func:`max_pixels_limit`).
     """
     res, mean, std, crop_pct = _cfg_values(cfg)
     from .registry import preprocessing_of
 
     pipeline = preprocessing_of(cfg)
     if mode == "official" and pipeline.v2:  # EfficientNetV2's own eval
-        return preprocess_v2(src, res, pipeline.v2).transpose(2, 0, 1).copy()
-    x = preprocess_raw(src, res, mode, crop_pct, cfg_resize(cfg))
+        return preprocess_v2(src, res, pipeline.v2, max_pixels).transpose(2, 0, 1).copy()
+    x = preprocess_raw(src, res, mode, crop_pct, cfg_resize(cfg), max_pixels)
     return normalize(x, mean, std).transpose(2, 0, 1).copy()
 
 
-def preprocess_batch(srcs: Sequence[Source], cfg: Mapping[str, object], mode: str = "official") -> np.ndarray:
+def preprocess_batch(srcs: Sequence[Source], cfg: Mapping[str, object], mode: str = "official",
+                     max_pixels: Optional[int] = None) -> np.ndarray:
     """Several images -> float32 NxCxHxW numpy array (see :func:`preprocess`).
 
     The converted model takes it as is (``load_model(f)(preprocess_batch(files, cfg))``: the model
@@ -475,4 +751,4 @@ def preprocess_batch(srcs: Sequence[Source], cfg: Mapping[str, object], mode: st
     items = list(srcs)
     if not items:
         raise ConversionError("preprocess_batch: no images given")
-    return np.stack([preprocess(s, cfg, mode) for s in items])
+    return np.stack([preprocess(s, cfg, mode, max_pixels) for s in items])

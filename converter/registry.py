@@ -71,7 +71,7 @@ def variant_names() -> List[str]:
 
 def variants_help() -> str:
     """The --variant help: each family's variant names."""
-    return "; ".join(f.variants_help for f in families())
+    return ", ".join(f.variants_help for f in families())
 
 
 def get_arch(variant: str):

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import sys
 import tarfile
 import tempfile
@@ -22,6 +23,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import weakref
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Union
@@ -52,7 +54,6 @@ USER_AGENT = "effnet-convert"
 _TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 _DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-(?P<i>\d{5})-of-(?P<n>\d{5})$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-_EXTRACTED_MARKER = ".effnet-extracted"
 # tarfile.FilterError: Python >= 3.11.4 (with the extraction filters)
 _FILTER_ERRORS = getattr(tarfile, "FilterError", ())
 
@@ -103,44 +104,69 @@ def _normalize_sha(value: Optional[str], what: str = "sha256") -> Optional[str]:
 
 
 @contextlib.contextmanager
-def _file_lock(lock_path: Path) -> Iterator[None]:
-    """Exclusive advisory lock (fcntl.flock) held for the duration of the block."""
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise ConversionError(
-            f"cannot create lock file {lock_path}: {_one_line(e.strerror or e)}; "
-            f"set {CACHE_ENV} to a writable folder") from e
-    try:
-        if fcntl is not None:
+def _file_lock(lock_path: Path, quiet: bool = False) -> Iterator[None]:
+    """Exclusive advisory lock (fcntl.flock) on ``lock_path`` for the duration of the block; the
+    file is removed on the way out. ``quiet``: no "waiting for another process" line.
+
+    Removing a lock file is safe only with a check on taking it: a process that waited on the
+    file its holder then removed holds a lock on a file no longer at ``lock_path``, so it drops
+    it and starts over on the current file (the holder removes the file while it still holds the
+    lock; an inode cannot be reused while a waiter keeps it open).
+    """
+    said = False
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ConversionError(
+                f"cannot create lock file {lock_path}: {_one_line(e.strerror or e)}; "
+                f"set {CACHE_ENV} to a writable folder") from e
+        if fcntl is None:  # pragma: no cover - no advisory locks: no mutual exclusion either
+            break
+        try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                log.info("waiting for another process using %s", lock_path)
+                if not (quiet or said):
+                    log.info("waiting for another process using %s", lock_path)
+                said = True
                 fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            now = os.stat(lock_path)
+        except FileNotFoundError:  # removed by the holder we waited for
+            os.close(fd)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+            break
+        os.close(fd)  # replaced by a newer lock file: take that one
+    try:
         yield
     finally:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)  # while held: a waiter on this file then starts over
         os.close(fd)  # releases the lock
 
 
 # --------------------------------------------------------------------------- resolving
 
 
-def resolve_checkpoint(path: PathLike, extract_root: Optional[PathLike] = None) -> str:
+def resolve_checkpoint(path: PathLike) -> str:
     """Turn what the user passed as --checkpoint into a TF checkpoint prefix (PREFIX.index exists).
 
     Accepts a prefix (``.../model.ckpt``), its ``.index`` or ``.data-*-of-*`` file, the TF
-    ``checkpoint`` text file, a folder holding one checkpoint anywhere below it, or a tarball
-    (``.tar.gz``/``.tgz``/``.tar``), which is extracted safely into a folder named after the
-    tarball and its sha256 under ``extract_root`` (default ``cache_dir()/"extracted"``) and reused
-    on later calls. Checks that every data shard is present. Returns an absolute path.
+    ``checkpoint`` text file, or a folder holding one checkpoint anywhere below it; a tarball
+    has no prefix on disk (see :func:`checkpoint_files`). Checks that every data shard is
+    present. Returns an absolute path.
     """
     raw = os.fspath(path)
     if not raw.strip():
         raise ConversionError("--checkpoint is empty; pass a checkpoint prefix, folder or .tar.gz")
     p = Path(raw).expanduser()
     name = p.name
-    lower = name.lower()
 
     if p.is_dir():
         return _resolve_folder(p)
@@ -150,10 +176,8 @@ def resolve_checkpoint(path: PathLike, extract_root: Optional[PathLike] = None) 
         raise ConversionError(
             f"{p} is a Keras HDF5 file, not a TensorFlow checkpoint: convert it with "
             f"convert-effnet --checkpoint {p} (verification runs on TensorFlow checkpoints only)")
-    if p.is_file() and (lower.endswith(_TAR_SUFFIXES) or (
-            not lower.endswith(".index") and not _DATA_RE.match(name) and name != "checkpoint"
-            and _looks_like_tar(p))):
-        return _resolve_tarball(p, extract_root)
+    if is_tarball(p):  # a caller's mistake, not the user's
+        raise ValueError(f"{p} is a tarball: open it with Source.open or checkpoint_files")
     if p.is_file() and name == "checkpoint":
         return _resolve_folder(p.parent)
 
@@ -324,61 +348,129 @@ def _make_filter(tarball: Path):
     return _filter
 
 
-def _resolve_tarball(tarball: Path, extract_root: Optional[PathLike]) -> str:
-    root = Path(extract_root).expanduser() if extract_root is not None else cache_dir() / "extracted"
-    root = Path(os.path.abspath(root))
-    digest = sha256_file(tarball)
-    target = root / f"{_tar_stem(tarball.name)}-{digest[:16]}"
-    marker = target / _EXTRACTED_MARKER
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConversionError(
-            f"cannot create extraction folder {root}: {_one_line(e.strerror or e)}; "
-            f"set {CACHE_ENV} to a writable folder") from e
+EXTRACT_MIN_AGE = 60.0  # seconds: an extraction folder younger than this is never taken for a stale one
 
-    with _file_lock(Path(str(target) + ".lock")):
-        if target.is_dir() and _marker_ok(marker, digest):
-            return _resolve_folder(target)
-        if target.exists():  # not ours or not complete: move it aside and start over
-            _remove_tree(target)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
-        try:
-            _extract_into(tarball, tmp)
+
+class Extraction:
+    """A tarball extracted safely into a private folder below ``root`` (``cache_dir()/"extracted"``)
+    for TensorFlow, which reads files; ``prefix`` is the checkpoint in it.
+
+    The cache keeps one form, the tarball: the conversion streams it (converter.tarball) and only
+    TensorFlow (``--verify``, ``--reader tf``, ``verify``) needs files, so each such run extracts it
+    and :meth:`remove` deletes the folder (at the latest when the object is collected or the
+    process exits). A folder left by a killed process is removed by a later extraction once no
+    process holds it locked.
+    """
+
+    def __init__(self, tarball: Path, root: Optional[PathLike] = None, on_corrupt=None):
+        root = Path(os.path.abspath(Path(root).expanduser() if root is not None else cache_dir() / "extracted"))
+        for attempt in range(2):  # the last one out of root removes it: once more if it just went
             try:
-                inner = Path(_resolve_folder(tmp))
+                root.mkdir(parents=True, exist_ok=True)
+                _remove_stale(root)
+                self.folder = Path(tempfile.mkdtemp(prefix=f"{_tar_stem(tarball.name)}-", dir=root))
+                break
+            except FileNotFoundError:
+                if attempt:
+                    raise ConversionError(f"cannot create an extraction folder in {root}: it keeps "
+                                          f"disappearing; set {CACHE_ENV} to a private folder") from None
+            except OSError as e:
+                raise ConversionError(
+                    f"cannot create extraction folder {root}: {_one_line(e.strerror or e)}; "
+                    f"set {CACHE_ENV} to a writable folder") from e
+        self._finalizer = weakref.finalize(self, _discard, self.folder, _lock_folder(self.folder))
+        try:
+            try:
+                _extract_into(tarball, self.folder, on_corrupt)
+            except OSError as e:
+                raise ConversionError(
+                    f"cannot extract {tarball} into {root}: {_one_line(e.strerror or e)}; "
+                    f"check free space and permissions") from e
+            try:
+                self.prefix = _resolve_folder(self.folder)
             except ConversionError as e:
-                reason = str(e).split(";")[0].replace(str(tmp), "the archive")
+                reason = str(e).split(";")[0].replace(str(self.folder), "the archive")
                 raise ConversionError(
                     f"tarball {tarball} holds no usable checkpoint ({reason}); "
                     f"use the official checkpoint tarball") from None
-            (tmp / _EXTRACTED_MARKER).write_text(digest + "\n")
-            os.replace(tmp, target)
-        except OSError as e:
-            raise ConversionError(
-                f"cannot extract {tarball} into {root}: {_one_line(e.strerror or e)}; "
-                f"check free space and permissions") from e
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return os.path.abspath(target / inner.relative_to(tmp))
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        """Delete the extracted files (idempotent)."""
+        self._finalizer()
 
 
-def _marker_ok(marker: Path, digest: str) -> bool:
+def _lock_folder(folder: Path) -> Optional[int]:
+    """An fd holding an exclusive flock on ``folder``; None where that cannot be had."""
+    if fcntl is None:  # pragma: no cover
+        return None
     try:
-        return marker.read_text().strip() == digest
+        fd = os.open(folder, os.O_RDONLY)
     except OSError:
-        return False
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
-def _remove_tree(path: Path) -> None:
-    aside = path.with_name(f".{path.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-    os.replace(path, aside)
-    shutil.rmtree(aside, ignore_errors=True)
+def _discard(folder: Path, fd: Optional[int]) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    if fd is not None:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        folder.parent.rmdir()  # only when empty: the last one out
 
 
-def _extract_into(tarball: Path, dest: Path) -> None:
-    """One streaming pass: every member is checked before it is written."""
+def _remove_stale(root: Path) -> None:
+    """Remove from ``root`` what no live extraction holds: folders of killed processes, and the
+    extracted copies and lock files earlier versions kept (older than EXTRACT_MIN_AGE)."""
+    now = time.time()
+    with contextlib.suppress(OSError), os.scandir(root) as entries:
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if now - st.st_mtime < EXTRACT_MIN_AGE or not (is_dir or entry.name.endswith(".lock")):
+                continue
+            fd = _lock_folder(Path(entry.path))  # a file's flock as well
+            if fd is None:
+                continue  # in use (or no locks here: leave it)
+            try:
+                if is_dir:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+
+@contextlib.contextmanager
+def checkpoint_files(path: PathLike) -> Iterator[str]:
+    """The prefix of ``--checkpoint`` on disk for TensorFlow for the duration of the block: a
+    tarball extracted (see :class:`Extraction`), anything else as :func:`resolve_checkpoint`."""
+    p = Path(os.fspath(path)).expanduser()
+    if not is_tarball(p):
+        yield resolve_checkpoint(p)
+        return
+    extraction = Extraction(p)
+    try:
+        yield extraction.prefix
+    finally:
+        extraction.remove()
+
+
+def _extract_into(tarball: Path, dest: Path, on_corrupt=None) -> None:
+    """One streaming pass: every member is checked before it is written. ``on_corrupt(detail)``
+    gives the error for a damaged archive (a download's: see :func:`_corrupt_download_hook`)."""
     member_filter = _make_filter(tarball)
     try:
         with tarfile.open(tarball, mode="r|*") as tf:
@@ -389,14 +481,147 @@ def _extract_into(tarball: Path, dest: Path) -> None:
     except _FILTER_ERRORS as e:  # tarfile's own 'data' filter caught what our checks did not
         raise ConversionError(
             f"refusing unsafe tarball {tarball}: {_one_line(e)}; use the official checkpoint tarball") from e
-    except (tarfile.TarError, EOFError, zlib.error, ValueError) as e:
-        raise ConversionError(
-            f"corrupt or truncated tarball {tarball} ({_one_line(e)}); delete it and download it again") from e
     except OSError as e:
         if isinstance(e, PermissionError) or e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             raise  # our side, not the tarball's: reported by the caller
-        raise ConversionError(
-            f"corrupt or truncated tarball {tarball} ({_one_line(e)}); delete it and download it again") from e
+        raise corrupt_tarball_error(tarball, _one_line(e), on_corrupt) from e
+    except (tarfile.TarError, EOFError, zlib.error, ValueError) as e:
+        raise corrupt_tarball_error(tarball, _one_line(e), on_corrupt) from e
+
+
+def corrupt_tarball_error(tarball: PathLike, detail: str, on_corrupt=None) -> ConversionError:
+    """The one-line error of a damaged tarball (``on_corrupt(detail)``'s for a cached download)."""
+    if on_corrupt is not None:
+        return on_corrupt(f"corrupt or truncated: {detail}")
+    return ConversionError(f"corrupt or truncated tarball {tarball} ({detail}); delete it and download it again")
+
+
+class CorruptDownload(ConversionError):
+    """A cached download found damaged while read; it was moved to ``aside`` (PATH.corrupt), so the
+    next fetch downloads it again (:func:`rerun_if_corrupt_download` does so at once)."""
+
+    def __init__(self, path: Path, detail: str, aside: Path):
+        self.path, self.detail, self.aside = path, detail, aside
+        super().__init__(f"cached download {path} is damaged ({detail}); moved it to {aside.name}: "
+                         f"run again to download it afresh")
+
+
+def _corrupt_download_hook(path: Path):
+    """``on_corrupt`` of a cached download: set the file aside (if it is still the one read)."""
+    st = os.stat(path)
+    ident = (st.st_dev, st.st_ino)
+
+    def hook(detail: str) -> ConversionError:
+        try:
+            with _file_lock(_lock_path(path), quiet=True):
+                aside = _set_aside(path, ident)
+        except (OSError, ConversionError):
+            aside = None
+        if aside is None:  # replaced meanwhile, or cannot be moved
+            return ConversionError(f"cached download {path} is damaged ({detail}); delete it and run again")
+        return CorruptDownload(path, detail, aside)
+
+    return hook
+
+
+def _set_aside(path: Path, ident=None) -> Optional[Path]:
+    """Move a damaged download to PATH.corrupt (replacing an older one) and drop its sidecar; the
+    caller holds its lock. None when it is gone, or (``ident``) is another file by now."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if ident is not None and (st.st_dev, st.st_ino) != ident:
+        return None
+    aside = path.with_name(path.name + ".corrupt")
+    os.replace(path, aside)
+    with contextlib.suppress(FileNotFoundError):
+        _sidecar(path).unlink()
+    return aside
+
+
+def rerun_if_corrupt_download(run, *args):
+    """``run(*args)``; when it finds a cached download damaged (set aside by then), one line
+    saying so, and ``run(*args)`` once more, which downloads it again."""
+    try:
+        return run(*args)
+    except CorruptDownload as e:
+        log.warning("%s is damaged (%s); moved it to %s and downloading it again", e.path, e.detail, e.aside.name)
+    return run(*args)
+
+
+_ARCHIVE_CHUNK = 1 << 20
+_MAX_INFLATE = 1 << 24  # bytes of output per decompress call (bounded memory on any input)
+
+
+def archive_problem(path: PathLike) -> Optional[str]:
+    """Why ``path`` is not a complete tar archive (None when it is): one pass through a gzip,
+    bzip2 or xz stream checks its own checksums and its end; a plain tar, that its members'
+    data lies inside the file."""
+    import bz2
+    import lzma
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+            if head[:2] == b"\x1f\x8b":
+                make = lambda: _ZlibStream(zlib.decompressobj(16 + zlib.MAX_WBITS))  # noqa: E731
+            elif head[:3] == b"BZh":
+                make = lambda: _ZlibStream(bz2.BZ2Decompressor())  # noqa: E731
+            elif head == b"\xfd7zXZ\x00":
+                make = lambda: _ZlibStream(lzma.LZMADecompressor())  # noqa: E731
+            else:
+                return _plain_tar_problem(Path(path))
+            f.seek(0)
+            d = make()
+            for chunk in iter(lambda: f.read(_ARCHIVE_CHUNK), b""):
+                while chunk:
+                    chunk = d.feed(chunk)
+                    if d.eof:  # another stream may follow (concatenated gzip members)
+                        if not chunk.startswith(head[:2]):
+                            return None  # trailing bytes past the archive are never read
+                        d = make()
+            if not d.eof:
+                return "the compressed stream ends early (truncated)"
+    except (zlib.error, OSError, EOFError, ValueError, lzma.LZMAError) as e:
+        return _one_line(e.strerror if isinstance(e, OSError) and e.strerror else e)
+    return None
+
+
+class _ZlibStream:
+    """zlib/bz2/lzma decompressors behind one ``feed``: returns the input not yet consumed."""
+
+    def __init__(self, d):
+        self.d = d
+
+    @property
+    def eof(self) -> bool:
+        return self.d.eof
+
+    def feed(self, data: bytes) -> bytes:
+        d = self.d
+        if hasattr(d, "unconsumed_tail"):  # zlib
+            d.decompress(data, _MAX_INFLATE)
+            return d.unused_data if d.eof else d.unconsumed_tail
+        d.decompress(data, _MAX_INFLATE)
+        while not d.eof and not d.needs_input:  # output left inside: drain it
+            d.decompress(b"", _MAX_INFLATE)
+        return d.unused_data if d.eof else b""
+
+
+def _plain_tar_problem(path: Path) -> Optional[str]:
+    try:
+        size = path.stat().st_size
+        with tarfile.open(path, mode="r:") as tf:
+            members = tf.getmembers()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        return f"not a tar archive ({_one_line(e)})"
+    if not members:
+        return "an empty tar archive"
+    last = max(members, key=lambda m: m.offset_data + m.size)
+    if last.offset_data + last.size > size:
+        return f"truncated: {last.name} ends at byte {last.offset_data + last.size} of {size}"
+    return None
 
 
 # --------------------------------------------------------------------------- downloading
@@ -605,22 +830,30 @@ def _read_sidecar(path: Path) -> Optional[str]:
     return words[0].lower() if words and _SHA_RE.match(words[0].lower()) else None
 
 
+def _lock_path(path: Path) -> Path:
+    return Path(str(path) + ".lock")
+
+
 def fetch_checkpoint(ckpt: "Checkpoint", sha256: Optional[str] = None, progress: bool = True) -> Path:
     """The official tarball of ``ckpt`` in the cache, downloaded from ``ckpt.download_url()`` if needed.
 
-    Cached at ``cache_dir() / ckpt.relative_path``; reused when it matches its ``.sha256``
-    sidecar (and ``sha256`` when given), downloaded again otherwise. An exclusive lock on
-    ``PATH.lock`` serializes processes sharing the cache.
+    Cached at ``cache_dir() / ckpt.bucket_path`` (the bucket's own paths); reused when it matches
+    its ``.sha256`` sidecar (and ``sha256`` when given), downloaded again otherwise. A download is
+    checked as an archive (:func:`archive_problem`) before it is kept: a damaged one is set aside
+    as ``PATH.corrupt`` and refused. An exclusive lock on ``PATH.lock`` (removed when done)
+    serializes processes sharing the cache; ``progress`` False: no bars, no "waiting" line.
     """
     want = _normalize_sha(sha256, "--sha256")
-    dest = cache_dir() / ckpt.relative_path
+    dest = cache_dir() / ckpt.bucket_path
+    url = ckpt.download_url()
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConversionError(
             f"cannot create cache folder {dest.parent}: {_one_line(e.strerror or e)}; "
             f"set {CACHE_ENV} to a writable folder") from e
-    with _file_lock(Path(str(dest) + ".lock")):
+    with _file_lock(_lock_path(dest), quiet=not progress):
+        _adopt_legacy(cache_dir() / ckpt.relative_path, dest)
         if dest.is_file():
             recorded = _read_sidecar(dest)
             if recorded is not None:
@@ -628,12 +861,30 @@ def fetch_checkpoint(ckpt: "Checkpoint", sha256: Optional[str] = None, progress:
                 if actual == recorded:
                     if want is not None and actual != want:  # an intact download: the pin differs from it
                         raise ConversionError(
-                            f"the download of {ckpt.download_url()} (cached intact as {dest}) does not match the "
+                            f"the download of {url} (cached intact as {dest}) does not match the "
                             f"pinned sha256: pinned {want}, downloaded {actual}; check the pin (--sha256)")
                     return dest
             log.warning("cached %s is incomplete or does not match its sha256; downloading it again", dest)
-        download(ckpt.download_url(), dest, expected_sha256=want, progress=progress)
+        download(url, dest, expected_sha256=want, progress=progress)
+        problem = archive_problem(dest)
+        if problem is not None:
+            aside = _set_aside(dest)
+            raise ConversionError(
+                f"the download of {url} is not a readable tarball ({problem}); kept it as {aside}; "
+                f"the server sent a damaged file: try again later or {_manual_hint(url)}")
     return dest
+
+
+def _adopt_legacy(legacy: Path, dest: Path) -> None:
+    """Move a tarball cached where earlier versions put it (below the family's folder, without
+    ``efficientnet/``) to its place, with its sidecar; the caller holds ``dest``'s lock."""
+    if legacy == dest or dest.exists() or not legacy.is_file():
+        return
+    with contextlib.suppress(OSError):
+        os.replace(legacy, dest)
+        if _sidecar(legacy).is_file():
+            os.replace(_sidecar(legacy), _sidecar(dest))
+        log.info("moved cached %s to %s", legacy, dest)
 
 
 # --------------------------------------------------------------------------- the resolved source
@@ -661,17 +912,21 @@ class Source:
     prefix on disk (None while a tarball is streamed), what the metadata records as its origin and
     its sha256 (a pipeline.Deferred computed beside the conversion)."""
 
-    def __init__(self, kind: str, path: Path, origin: str, reader, prefix: Optional[str], sha256):
+    def __init__(self, kind: str, path: Path, origin: str, reader, prefix: Optional[str], sha256,
+                 extraction: Optional[Extraction] = None):
         self.kind, self.path, self.origin = kind, path, origin
         self.reader, self.prefix, self.sha256 = reader, prefix, sha256
+        self._extraction = extraction
 
     @classmethod
     def open(cls, path: PathLike, need_files: bool = False, reader: Optional[str] = None,
-             kind: Optional[str] = None, origin: Optional[str] = None) -> "Source":
+             kind: Optional[str] = None, origin: Optional[str] = None, sha256: Optional[str] = None) -> "Source":
         """Open --checkpoint ``path`` (a download: ``kind="download"`` and its URL as ``origin``).
 
         A tarball is read as a stream, nothing extracted, unless files are needed (``need_files``:
-        TensorFlow verifies, or ``reader`` is ``tf``); then it is extracted safely into the cache.
+        TensorFlow verifies, or ``reader`` is ``tf``); then it is extracted (:class:`Extraction`)
+        until :meth:`close`. ``sha256`` (--sha256) pins a local tarball: checked here, before
+        anything is read; a download's pin is checked by :func:`fetch_checkpoint`.
         """
         from .pipeline import Deferred, sha256_files
         from .readers import READER_ENV, open_reader
@@ -680,23 +935,51 @@ class Source:
         kind = kind or classify(p)
         if kind == "keras":
             raise ConversionError(f"{p} is a Keras HDF5 file: convert it with convert-effnet --checkpoint {p}")
+        if sha256 is not None and kind != "download":
+            check_pin(p, sha256, kind)
         origin = origin or (str(p.resolve()) if p.exists() else os.fspath(path))
         reader_kind = (reader or os.environ.get(READER_ENV) or "bundle").lower()
         if kind in ("tarball", "download"):
-            sha = Deferred.run(sha256_file, p)  # memoized: free when extraction hashed it
+            sha = Deferred.run(sha256_file, p)  # memoized: free when the pin or the cache hashed it
+            on_corrupt = _corrupt_download_hook(p) if kind == "download" else None
             if not need_files and reader_kind == "bundle":
                 from .tarball import TarballReader
 
-                return cls(kind, p, origin, TarballReader(p), None, sha)
-            prefix = _resolve_tarball(p, None)
-        else:
-            prefix = resolve_checkpoint(p)
-            index = Path(prefix + ".index")
-            shards = sorted(index.parent.glob(Path(prefix).name + ".data-*"))
-            sha = Deferred.run(sha256_files, [index, *shards])  # the .index, then each .data shard
+                return cls(kind, p, origin, TarballReader(p, on_corrupt=on_corrupt), None, sha)
+            extraction = Extraction(p, on_corrupt=on_corrupt)
+            try:
+                return cls(kind, p, origin, open_reader(extraction.prefix, reader), extraction.prefix, sha,
+                           extraction)
+            except BaseException:
+                extraction.remove()
+                raise
+        prefix = resolve_checkpoint(p)
+        index = Path(prefix + ".index")
+        shards = sorted(index.parent.glob(Path(prefix).name + ".data-*"))
+        sha = Deferred.run(sha256_files, [index, *shards])  # the .index, then each .data shard
         return cls(kind, p, origin, open_reader(prefix, reader), prefix, sha)
 
     def close(self) -> None:
+        """Close the reader; delete the extracted files, if any."""
         close = getattr(self.reader, "close", None)
         if close is not None:
             close()
+        if self._extraction is not None:
+            self._extraction.remove()
+
+
+def check_pin(path: PathLike, sha256: Optional[str], kind: Optional[str] = None) -> None:
+    """Refuse a local file that differs from its --sha256 pin (one line), or a pin on a
+    checkpoint of several files (a folder or prefix), which has no one sha256 to pin."""
+    want = _normalize_sha(sha256, "--sha256")
+    if want is None:
+        return
+    p = Path(os.fspath(path)).expanduser()
+    kind = kind or classify(p)
+    if kind in ("folder", "prefix"):
+        raise ConversionError(f"--sha256 pins one file (a tarball or .h5); {p} is a checkpoint {kind} of "
+                              f"several files: drop --sha256, or pass the tarball it came from")
+    actual = sha256_file(p)
+    if actual != want:
+        raise ConversionError(f"{p} does not match the pinned sha256: pinned {want}, file {actual}; "
+                              f"check the pin (--sha256) or the file")

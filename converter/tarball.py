@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .bundle import BundleReader, data_filename
 from .errors import ConversionError, first_line
+from .sources import corrupt_tarball_error
 
 _SEP = "!/"  # tarball!/member in names shown to the user
 _TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError, ValueError)
@@ -27,8 +28,11 @@ _SKIP_CHUNK = 1 << 22
 class TarballReader(BundleReader):
     """The :class:`~converter.readers.CheckpointReader` of a checkpoint inside a tarball."""
 
-    def __init__(self, tarball: os.PathLike):
+    def __init__(self, tarball: os.PathLike, on_corrupt=None):
+        """``on_corrupt(detail)``: the error for damaged bytes (a cached download's sets it aside:
+        converter.sources); by default "corrupt ...; delete it and download it again"."""
         self.tarball = Path(tarball)
+        self._on_corrupt = on_corrupt
         self._files = {}
         self._stream: Optional[tarfile.TarFile] = None
         self._member_file = None  # the open data member being read
@@ -53,9 +57,12 @@ class TarballReader(BundleReader):
             raise self._corrupt(e) from None
 
     def _corrupt(self, e: BaseException) -> ConversionError:
-        detail = first_line(e)
-        return ConversionError(f"corrupt or truncated tarball {self.tarball} ({detail}); "
-                               f"delete it and download it again")
+        return corrupt_tarball_error(self.tarball, first_line(e), self._on_corrupt)
+
+    def _damaged(self, what: str, advice: str) -> ConversionError:
+        if self._on_corrupt is not None:
+            return self._on_corrupt(what)
+        return super()._damaged(what, advice)
 
     def _find_index(self) -> Tuple[str, bytes]:
         """One streaming pass up to the (single) .index member; returns its name and bytes."""
@@ -137,8 +144,8 @@ class TarballReader(BundleReader):
                     self._member_name, self._pos = member, 0
                     return
             self._close_stream()  # end of the archive: it may be behind us
-        raise ConversionError(f"checkpoint data file {self.tarball}{_SEP}{member} is missing from the tarball "
-                              f"(the index refers to it); download it again")
+        raise self._damaged(f"checkpoint data file {self.tarball}{_SEP}{member} is missing from the tarball "
+                            f"(the index refers to it)", "download it again")
 
     def _skip(self, n: int) -> None:
         while n > 0:

@@ -1,6 +1,7 @@
 """Atomic, streaming writers for the converted weights and their metadata."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,7 +11,7 @@ import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -52,15 +53,20 @@ class AtomicFile:
         finally:
             os.close(fd)
 
-    def commit(self, to: Optional[Path] = None) -> None:
+    def commit(self, to: Optional[Path] = None, replace: bool = True) -> None:
         """fsync the temp file and atomically rename it over ``path`` (or ``to``).
 
+        ``replace=False``: publish only where nothing has that name (``link`` + ``unlink``, atomic):
+        a file another run wrote meanwhile is kept and this one refused (ConversionError).
         Never after Ctrl-C, even one a library swallowed (converter.interrupts).
         """
         interrupts.check()
         self.sync()
         target = self.path if to is None else Path(to)
-        os.replace(self.tmp, target)
+        if replace:
+            os.replace(self.tmp, target)
+        else:
+            _publish_new(self.tmp, target)
         sync_folder(target.parent)
         self._done = True
 
@@ -72,6 +78,109 @@ class AtomicFile:
             except FileNotFoundError:
                 pass
             self._done = True
+
+
+def appeared_error(target: Path) -> ConversionError:
+    """The one line for an output name another run took while this one was converting."""
+    return ConversionError(f"{target} was written by another run while this one was converting: it is kept and "
+                           "this run's output discarded; pass --force to replace it")
+
+
+def _publish_new(tmp: Path, target: Path) -> None:
+    """Give ``tmp`` the name ``target`` only if no file has it (never replaces)."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise appeared_error(target) from None
+    except OSError:  # a filesystem without hard links: check, then rename (a window of a few microseconds)
+        if os.path.lexists(target):
+            raise appeared_error(target) from None
+        os.rename(tmp, target)
+        return
+    os.unlink(tmp)
+
+
+def publish(files: Sequence["AtomicFile"], replace: bool = True) -> None:
+    """Commit ``files`` together: with ``replace=False`` none is published when any name is taken."""
+    if not replace:
+        for f in files:
+            if os.path.lexists(f.path):
+                raise appeared_error(f.path)
+    done: List[AtomicFile] = []
+    try:
+        for f in files:
+            f.commit(replace=replace)
+            done.append(f)
+    except ConversionError:
+        for f in done:  # ours, published a moment ago: the set is all or nothing
+            os.unlink(f.path)
+        raise
+
+
+# --- claims: one run at a time per output name ----------------------------------------------------
+try:  # POSIX; elsewhere outputs are not claimed (publishing still never replaces without --force)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+
+def claim_path(path: Path) -> Path:
+    """The claim file of output ``path``: ``.NAME.claim`` beside it (exists only while a run holds it)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.claim")
+
+
+def _claim(path: Path) -> Optional[int]:
+    """Lock ``path``'s claim file (flock; released by the kernel if the run dies); its fd, None without locks."""
+    cp = claim_path(path)
+    for _ in range(10):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(cp, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ConversionError(folder_error(path.parent, e)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise ConversionError(f"{path} is being written by another convert-effnet run (pid {holder}); "
+                                  "wait for it to finish, or pass --force to replace its output") from None
+        except OSError:  # a filesystem without locks: unclaimed
+            os.close(fd)
+            return None
+        try:  # the holder before us may have removed the file after we opened it: lock a fresh one
+            same = os.stat(cp).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
+    raise ConversionError(f"cannot claim {path}: its claim file {cp} keeps changing; retry")
+
+
+@contextlib.contextmanager
+def claimed(paths: Sequence[Path], force: bool = False) -> Iterator[None]:
+    """Hold the final names ``paths`` for the block: another run claiming one is refused in one line
+    (unless ``force``); the claim files are removed at the end, and a crashed run's claim does not
+    block (its lock died with it)."""
+    held: List[Tuple[Path, int]] = []
+    try:
+        if fcntl is not None and not force:
+            for p in paths:
+                fd = _claim(Path(p))
+                if fd is not None:
+                    held.append((claim_path(Path(p)), fd))
+        yield
+    finally:
+        for cp, fd in held:
+            try:
+                os.unlink(cp)  # still locked by us: nobody else holds it
+            except OSError:
+                pass
+            os.close(fd)
 
 
 def sync_folder(folder: Path) -> None:

@@ -11,11 +11,13 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from .arch import lookup, register_release, release_name
-from .checkpoint import IMAGENET_MEAN, IMAGENET_STD, Checkpoint
+from .checkpoint import IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_ROOT_URL, Checkpoint
 from .errors import ConversionError
 
-# tensorflow/tpu efficientnet README: where the released checkpoints live
-OFFICIAL_BASE_URL = "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/"
+# tensorflow/tpu efficientnet README: where the released checkpoints live (below converter.checkpoint's
+# OFFICIAL_ROOT_URL, the bucket)
+FOLDER = "efficientnet/"
+OFFICIAL_BASE_URL = OFFICIAL_ROOT_URL + FOLDER
 # AdvProp checkpoints expect x * 2 / 255 - 1 (tensorflow/tpu efficientnet README, advprop section)
 ADVPROP_MEAN = (0.5, 0.5, 0.5)
 ADVPROP_STD = (0.5, 0.5, 0.5)
@@ -54,7 +56,7 @@ def _checkpoint(variant: str, flavor: str, zoo_name: Optional[str], params_m: fl
         path = _PATHS[flavor].format(v=v)
     mean, std = norm or ((ADVPROP_MEAN, ADVPROP_STD) if flavor == "advprop" else (IMAGENET_MEAN, IMAGENET_STD))
     return Checkpoint(variant, flavor, zoo_name, params_m, flops_g, top1, top5, name=f"efficientnet-{variant}_{flavor}",
-                      arch=lookup(variant), base_url=OFFICIAL_BASE_URL, relative_path=path, mean=mean, std=std,
+                      arch=lookup(variant), folder=FOLDER, relative_path=path, mean=mean, std=std,
                       zoo_top1=zoo_top1)
 
 

@@ -20,7 +20,6 @@ from .checkpoint import Checkpoint
 from .errors import ConversionError
 from .mnasnet import A1_WIDTHS, COST, GRID_RESOLUTIONS, INTERPOLATION, MIXNET, MNAS_ARCHS, registry_key, width_tag
 
-TPU_CHECKPOINTS = "https://storage.googleapis.com/cloud-tpu-checkpoints/"
 STANDARD = ("standard", "baseline", "std")  # the one flavor, and its aliases as EfficientNet's --flavor takes them
 PREPROCESSING = "mnasnet"  # pretrained_cfg["preprocessing"]: converter.preprocess's bilinear official path
 
@@ -51,7 +50,7 @@ def _checkpoint(variant: str, params: float, madds_g: Optional[float], top1: Opt
                 stem: str, folder: str = "mnasnet", suffix: str = ".tgz") -> Checkpoint:
     """One released MnasNet / MixNet checkpoint (flavor ``standard``), named as its file ``stem``."""
     return Checkpoint(variant, "standard", None, params, madds_g, top1, top5, name=stem,
-                      arch=MNAS_ARCHS[registry_key(variant)], base_url=TPU_CHECKPOINTS,
+                      arch=MNAS_ARCHS[registry_key(variant)], folder="",
                       relative_path=f"{folder}/{stem}{suffix}", interpolation=INTERPOLATION,
                       preprocessing=PREPROCESSING, extra_cfg=(("official_name", stem),))
 

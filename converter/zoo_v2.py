@@ -32,9 +32,9 @@ from .arch import params_with
 from .arch_v2 import COST, V2_ARCHS
 from .checkpoint import CROP_PADDING, IMAGENET_MEAN, IMAGENET_STD, Checkpoint
 from .errors import ConversionError
-from .zoo import OFFICIAL_BASE_URL
 
-V2_PATH = "v2/{name}.tgz"  # below OFFICIAL_BASE_URL (effnetv2_model.get_model: v2url)
+# effnetv2_model.get_model: v2url, gs://cloud-tpu-checkpoints/efficientnet/v2/<name>.tgz
+V2_FOLDER, V2_PATH = "efficientnet/", "v2/{name}.tgz"
 FLAVORS_V2 = ("1k", "21k", "21k-ft1k")
 FLAVOR_ALIASES_V2 = {
     "imagenet": "1k", "in1k": "1k", "imagenet1k": "1k", "1k": "1k",
@@ -82,7 +82,7 @@ def _checkpoint(size: str, flavor: str) -> Checkpoint:
     mean, std = _NORM[prep]
     arch = spec.at_resolution(eval_size).with_classes(classes)
     return Checkpoint(spec.name, flavor, MMPRETRAIN_NAMES.get((size, flavor)), round(params_with(arch, lambda b: COST[b.kind][0](b)) / 1e6, 2),
-                      None, TOP1.get((size, flavor)), None, name=name, arch=arch, base_url=OFFICIAL_BASE_URL,
+                      None, TOP1.get((size, flavor)), None, name=name, arch=arch, folder=V2_FOLDER,
                       relative_path=V2_PATH.format(name=name), mean=mean, std=std, crop=crop,
                       interpolation="bicubic" if prep == "v1" else "bilinear", preprocessing=prep,
                       extra_cfg=(("num_classes", classes), ("official_name", name)))

@@ -7,6 +7,11 @@ For each variant it writes an official-layout checkpoint with the project's gene
 kept in --workdir), then runs, each in its own process so peak RSS is that process's alone:
   read      every model tensor read through the reader (no conversion, no output)
   cp        `cp` of the checkpoint's data file (the I/O floor)
+  cp+sha    that `cp` with `sha256sum` of the same file running beside it (the floor of a
+            conversion, which reads, writes and hashes its source: the issue 27 goal is
+            convert <= 1.25x this)
+  cp+hashlib  the same with Python's hashlib (OpenSSL) hashing beside it, as the conversion
+            hashes: coreutils' sha256sum may lack the SHA instructions OpenSSL uses
   convert   convert-effnet on the checkpoint
 for each reader (--readers: TensorFlow's and the project's own tensor-bundle reader), with --tarball
 also a conversion straight from a .tar.gz of the checkpoint (its read_s column: `tar xzf` of it), and
@@ -24,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+HASH_SNIPPET = "import sys; sys.path.insert(0, sys.argv[2]); from converter.pipeline import sha256_files; sha256_files([sys.argv[1]])"
 READ_SNIPPET = r"""
 import sys
 from converter.readers import open_reader
@@ -46,6 +52,17 @@ def timed(cmd, env=None):
     return dt, int(m.group(1)) / 1024 if m else float("nan")
 
 
+def timed_beside(cmds, env=None) -> float:
+    """Wall seconds of ``cmds`` started together, until the last one ends."""
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) for c in cmds]
+    for c, proc in zip(cmds, procs):
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"failed: {' '.join(c)}\n{err.decode(errors='replace')[-2000:]}")
+    return time.perf_counter() - t0
+
+
 def _flavor_args(variant: str):
     """``--flavor F`` naming the variant's first released checkpoint (none where it has one only)."""
     from converter.registry import all_checkpoints
@@ -66,6 +83,8 @@ def main(argv=None) -> int:
     p.add_argument("--tarball", action="store_true",
                    help="also time converting straight from a .tar.gz of the checkpoint (reader 'tar.gz', "
                         "streamed, nothing extracted) next to `tar xzf` of it")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="time cp, cp+sha and convert this many times each, interleaved; report the best")
     p.add_argument("--json", help="also write the rows as JSON here")
     args = p.parse_args(argv)
     work = Path(args.workdir)
@@ -81,23 +100,36 @@ def main(argv=None) -> int:
                             "--mode", args.mode] + (["--no-slots"] if args.mode != "full" else []),
                            check=True, env=env, stdout=subprocess.DEVNULL)
         data = next(ck.glob("model.ckpt.data-*"))
-        t_cp, _ = timed(["cp", str(data), str(work / "cp.tmp")], env)
-        os.unlink(work / "cp.tmp")
+        cp_cmd = ["cp", str(data), str(work / "cp.tmp")]
         flavor = _flavor_args(v)
         for reader in args.readers:
             out = work / f"out-{v}"
-            shutil.rmtree(out, ignore_errors=True)
             t_read, rss_read = timed([sys.executable, "-c", READ_SNIPPET, str(prefix), reader], env)
-            t_conv, rss_conv = timed([sys.executable, "-m", "converter", "--variant", v, *flavor,
-                                      "--checkpoint", str(prefix), "--output-dir", str(out), "--format",
-                                      args.format, "--quiet", "--reader", reader], env)
-            size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
+            t_cp = t_cp_sha = t_cp_hashlib = t_conv = float("inf")
+            rss_conv = 0.0
+            for _ in range(max(1, args.repeat)):  # interleaved, so each sees the same load and page cache
+                t_cp = min(t_cp, timed(cp_cmd, env)[0])
+                os.unlink(work / "cp.tmp")
+                t_cp_sha = min(t_cp_sha, timed_beside([cp_cmd, ["sha256sum", str(data)]], env))
+                os.unlink(work / "cp.tmp")
+                hash_cmd = [sys.executable, "-c", HASH_SNIPPET, str(data), str(Path(__file__).resolve().parents[1])]
+                t_cp_hashlib = min(t_cp_hashlib, timed_beside([cp_cmd, hash_cmd], env))
+                os.unlink(work / "cp.tmp")
+                shutil.rmtree(out, ignore_errors=True)
+                t, rss = timed([sys.executable, "-m", "converter", "--variant", v, *flavor,
+                                "--checkpoint", str(prefix), "--output-dir", str(out), "--format",
+                                args.format, "--quiet", "--reader", reader], env)
+                t_conv, rss_conv = min(t_conv, t), max(rss_conv, rss)
+                size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
+                shutil.rmtree(out, ignore_errors=True)
             rows.append(dict(variant=v, reader=reader, checkpoint_mb=round(data.stat().st_size / 2**20, 1),
                              read_s=round(t_read, 2), read_rss_mb=round(rss_read), cp_s=round(t_cp, 2),
-                             convert_s=round(t_conv, 2), convert_rss_mb=round(rss_conv),
-                             output_mb=round(size, 1), rss_over_output=round(rss_conv / size, 2),
-                             convert_over_cp=round(t_conv / max(t_cp, 1e-3), 1)))
-            shutil.rmtree(out, ignore_errors=True)
+                             cp_sha_s=round(t_cp_sha, 2), cp_hashlib_s=round(t_cp_hashlib, 2),
+                             convert_s=round(t_conv, 2), convert_rss_mb=round(rss_conv), output_mb=round(size, 1),
+                             rss_over_output=round(rss_conv / size, 2),
+                             convert_over_cp=round(t_conv / max(t_cp, 1e-3), 2),
+                             convert_over_cp_sha=round(t_conv / max(t_cp_sha, 1e-3), 2),
+                             convert_over_cp_hashlib=round(t_conv / max(t_cp_hashlib, 1e-3), 2)))
         if args.tarball:
             tarball = work / f"{v}-{args.mode}.tar.gz"
             if not tarball.exists():
@@ -117,9 +149,12 @@ def main(argv=None) -> int:
             size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
             rows.append(dict(variant=v, reader="tar.gz stream", checkpoint_mb=round(tarball.stat().st_size / 2**20, 1),
                              read_s=round(t_x, 2), read_rss_mb="(tar xzf)", cp_s=round(t_cp, 2),
-                             convert_s=round(t_conv, 2), convert_rss_mb=round(rss_conv),
-                             output_mb=round(size, 1), rss_over_output=round(rss_conv / size, 2),
-                             convert_over_cp=round(t_conv / max(t_cp, 1e-3), 1)))
+                             cp_sha_s=round(t_cp_sha, 2), cp_hashlib_s=round(t_cp_hashlib, 2),
+                             convert_s=round(t_conv, 2), convert_rss_mb=round(rss_conv), output_mb=round(size, 1),
+                             rss_over_output=round(rss_conv / size, 2),
+                             convert_over_cp=round(t_conv / max(t_cp, 1e-3), 2),
+                             convert_over_cp_sha=round(t_conv / max(t_cp_sha, 1e-3), 2),
+                             convert_over_cp_hashlib=round(t_conv / max(t_cp_hashlib, 1e-3), 2)))
             shutil.rmtree(out, ignore_errors=True)
     cols = list(rows[0])
     print(" | ".join(cols))

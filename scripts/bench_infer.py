@@ -6,12 +6,14 @@ scripts/bench_infer.py``. For each variant and batch size it times, interleaved 
 rounds (medians reported, with the spread, since the machine may be shared):
 
 - ours: eager as loaded (static padding at the native size, BN separate), the same with
-  channels_last, BN folded (``model.fuse_bn()``) NCHW and channels_last, the fastest eager
-  path with the padding left dynamic (what static padding saves), ``torch.compile`` of the
-  fused channels_last model, and the static ONNX export in ONNX Runtime;
-- timm ``tf_efficientnet_bN`` (TF 'SAME' padding computed per call), timm ``efficientnet_bN``
-  (the same architecture with symmetric padding: the limit for asymmetric pads) and
-  mmpretrain's EfficientNet (TF-style adaptive padding), all channels_last.
+  channels_last, BN folded (``model.fuse_bn()``) NCHW, ``prepare_for_inference`` (BN folded,
+  the stride-2 extra pixel folded into the kernels, activations in place, channels_last), the
+  same with the pads as F.pad copies (what the kernel form saves) and with the padding left
+  dynamic, ``torch.compile`` of the prepared model, and the static ONNX export in ONNX Runtime;
+- timm's TF-padding model (``tf_efficientnet_bN``, ``tf_efficientnetv2_s``,
+  ``tf_efficientnet_lite0``: 'SAME' computed per call), its symmetric-padding twin
+  (``efficientnet_bN``...: the limit for asymmetric pads) and mmpretrain's EfficientNet
+  (B0-B8: TF-style adaptive padding), all channels_last.
 
 Every model gets random weights with batch-norm statistics calibrated on a random batch (so
 activations have realistic magnitudes, no denormals), and ours are checked against the plain
@@ -45,10 +47,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from converter.registry import get_arch  # noqa: E402
-from converter.fast import fuse_bn, prepare_for_inference, set_input_size  # noqa: E402
+from converter.fast import fold_pads, fuse_bn, prepare_for_inference, set_input_size  # noqa: E402
 from converter.model import build_model  # noqa: E402
 
 CL = torch.channels_last
+
+
+def timm_names(variant: str):
+    """timm's (TF-padding, symmetric-padding) models of ``variant``: b0 -> tf_efficientnet_b0, efficientnet_b0."""
+    name = variant.replace("v2-", "v2_")
+    base = f"efficientnet{name}" if name.startswith("v2") else f"efficientnet_{name}"
+    return f"tf_{base}", base
 
 
 def calibrate(model: torch.nn.Module, size: int, device: str, seed: int = 0) -> torch.nn.Module:
@@ -128,7 +137,13 @@ def build_runners(variant: str, batch: int, args, tmp: Path, log) -> tuple:
         ref = base(x)
     runners, checks = [], {}
 
+    core = ("ours fused channels_last", "ours compiled", "ours ONNX")
+
     def add(name, model, cl, note=""):
+        if args.core and name.startswith("ours") and not name.startswith(core):
+            return
+        if args.core and ("BN folded" in name or "dynamic" in name):
+            return
         prep = (lambda t: t.contiguous(memory_format=CL)) if cl else (lambda t: t.contiguous())
         r = Runner(name, model, prep, note)
         with torch.inference_mode():
@@ -141,7 +156,9 @@ def build_runners(variant: str, batch: int, args, tmp: Path, log) -> tuple:
     add("ours eager channels_last", copy.deepcopy(base).to(memory_format=CL), True)
     add("ours fused", fuse_bn(copy.deepcopy(base)), False)
     fast = prepare_for_inference(copy.deepcopy(base))
-    add("ours fused channels_last", fast, True, "prepare_for_inference defaults")
+    add("ours fused channels_last", fast, True, "prepare_for_inference defaults: pads in the kernels")
+    add("ours fused channels_last, F.pad", fold_pads(copy.deepcopy(fast), False), True,
+        "the stride-2 extra pixel by F.pad")
     add("ours fused channels_last, dynamic pads", set_input_size(copy.deepcopy(fast), None), True)
     if "compile" not in args.skip and (not args.compile_at or f"{variant}:{batch}" in args.compile_at):
         t0 = time.perf_counter()
@@ -162,19 +179,20 @@ def build_runners(variant: str, batch: int, args, tmp: Path, log) -> tuple:
         try:
             import timm
 
-            for name in (f"tf_efficientnet_{variant}", f"efficientnet_{variant}"):
+            tf_name, sym_name = timm_names(variant)
+            for name in (tf_name, sym_name):
                 m = calibrate(timm.create_model(name, pretrained=False).to(dev), size, dev)
                 add(f"timm {name} channels_last", m.to(memory_format=CL), True)
-            m = calibrate(timm.create_model(f"tf_efficientnet_{variant}", pretrained=False).to(dev), size, dev)
+            m = calibrate(timm.create_model(tf_name, pretrained=False).to(dev), size, dev)
             with torch.inference_mode():
                 before = m(x)
                 m = _timm_fold(m).to(memory_format=CL)
                 checks_timm = rel(m(x.contiguous(memory_format=CL)), before)
-            log(f"  timm tf_efficientnet_{variant} folded vs unfolded: relative error {checks_timm:.1e}")
-            add(f"timm tf_efficientnet_{variant} BN folded, channels_last", m, True)
+            log(f"  timm {tf_name} folded vs unfolded: relative error {checks_timm:.1e}")
+            add(f"timm {tf_name} BN folded, channels_last", m, True)
         except Exception as e:
             log(f"  timm skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-    if "mmpretrain" not in args.skip:
+    if "mmpretrain" not in args.skip and variant[0] == "b":
         try:
             m = mmpretrain_model(variant)
             m = calibrate(m.to(dev), size, dev)
@@ -191,6 +209,7 @@ TIMM_BN_PAIRS = {
     "EfficientNet": (("conv_stem", "bn1"), ("conv_head", "bn2")),
     "DepthwiseSeparableConv": (("conv_dw", "bn1"), ("conv_pw", "bn2")),
     "InvertedResidual": (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
+    "EdgeResidual": (("conv_exp", "bn1"), ("conv_pwl", "bn2")),  # V2's fused blocks
 }
 
 
@@ -245,7 +264,7 @@ def parity(variants, device: str, log) -> Dict[str, Dict[str, float]]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variants", nargs="+", default=["b0", "b4"])
+    p.add_argument("--variants", nargs="+", default=["b0", "v2-s", "lite0"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
     p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads (default 2)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -254,6 +273,9 @@ def main(argv=None) -> int:
     p.add_argument("--skip", nargs="*", default=[], choices=("compile", "onnx", "timm", "mmpretrain"))
     p.add_argument("--compile-at", nargs="*", default=[], metavar="VARIANT:BATCH",
                    help="torch.compile only these (e.g. b0:1; default all): on 2 busy cores a compile takes minutes")
+    p.add_argument("--core", action="store_true",
+                   help="time only prepare_for_inference (pads in the kernels and by F.pad), its compiled "
+                        "and ONNX forms and timm's two models (the issue 27 comparison; faster on busy cores)")
     p.add_argument("--parity-only", action="store_true", help="only the fp16/bf16 vs float32 parity figures")
     p.add_argument("--json", help="write all figures here")
     args = p.parse_args(argv)
@@ -344,14 +366,16 @@ def markdown(result) -> str:
     for v, b in cols:
         g = {n: get.get((n, v, b)) for n in names}
         best = g.get("ours fused channels_last")
-        tf = g.get(f"timm tf_efficientnet_{v} channels_last")
-        sym = g.get(f"timm efficientnet_{v} channels_last")
+        tf_name, sym_name = timm_names(v)
+        tf = g.get(f"timm {tf_name} channels_last")
+        sym = g.get(f"timm {sym_name} channels_last")
         if best and tf and sym:
-            lines.append(f"{v} batch {b}: fused channels_last = {best / tf:.2f}x timm tf_efficientnet_{v}, "
-                         f"{best / sym:.2f}x timm efficientnet_{v} (symmetric pads)")
-        for alt in ("ours compiled (fused, channels_last)", "ours ONNX Runtime (static, fused)"):
+            lines.append(f"{v} batch {b}: prepare_for_inference = {best / tf:.2f}x timm {tf_name}, "
+                         f"{best / sym:.2f}x timm {sym_name} (symmetric pads)")
+        for alt in ("ours fused channels_last, F.pad", "ours compiled (fused, channels_last)",
+                    "ours ONNX Runtime (static, fused)"):
             if g.get(alt) and sym:
-                lines.append(f"{v} batch {b}: {alt} = {g[alt] / sym:.2f}x timm efficientnet_{v}")
+                lines.append(f"{v} batch {b}: {alt} = {g[alt] / sym:.2f}x timm {sym_name}")
     return "\n".join(lines)
 
 

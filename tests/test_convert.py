@@ -295,11 +295,11 @@ def test_download_convert_and_cache_reuse(root, mirror, tmp_path, capsys):
 
     bucket, hits = mirror
     prefix = make_checkpoint(root, "b0")
-    tarball = bucket / "advprop" / "efficientnet-b0.tar.gz"
-    tarball.parent.mkdir()
+    tarball = bucket / "efficientnet" / "advprop" / "efficientnet-b0.tar.gz"  # below the bucket root
+    tarball.parent.mkdir(parents=True)
     make_tarball(str(prefix), str(tarball), "efficientnet-b0")
     assert main(["--variant", "b0", "--flavor", "advprop", "--output-dir", str(tmp_path / "o1"), "--quiet"]) == 0
-    assert hits == ["/advprop/efficientnet-b0.tar.gz"]
+    assert hits == ["/efficientnet/advprop/efficientnet-b0.tar.gz"]
     out = tmp_path / "o1" / "efficientnet-b0_advprop.safetensors"
     _check_values(out, prefix, "b0")
     with safe_open(str(out), framework="np") as f:

@@ -454,13 +454,13 @@ def test_cli_download_lite0_from_official_path(root, tmp_path, monkeypatch):
 
     prefix = _checkpoint(root, "lite0")
     bucket = tmp_path / "bucket"
-    (bucket / "lite").mkdir(parents=True)
-    make_tarball(str(prefix), str(bucket / "lite" / "efficientnet-lite0.tar.gz"), "efficientnet-lite0")
+    (bucket / "efficientnet" / "lite").mkdir(parents=True)  # below the bucket root, as officially
+    make_tarball(str(prefix), str(bucket / "efficientnet" / "lite" / "efficientnet-lite0.tar.gz"), "efficientnet-lite0")
     with BucketServer(bucket) as server:
         monkeypatch.setenv("EFFNET_BASE_URL", server.url)
         monkeypatch.setenv("EFFNET_CACHE", str(tmp_path / "cache"))
         assert main(["--variant", "lite0", "--output-dir", str(tmp_path / "out"), "--quiet"]) == 0
-        assert server.hits == ["/lite/efficientnet-lite0.tar.gz"]
+        assert server.hits == ["/efficientnet/lite/efficientnet-lite0.tar.gz"]
     model = load_model(tmp_path / "out" / "efficientnet-lite0_standard.safetensors")
     assert model.pretrained_cfg["source"].endswith("/lite/efficientnet-lite0.tar.gz")
 

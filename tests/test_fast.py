@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from converter.arch import ARCHS
 from converter.registry import get_arch
 from converter.errors import ConversionError
-from converter.fast import FUSE_MAX_REL_ERROR, fuse_bn, prepare_for_inference, same_convs, set_input_size
+from converter.fast import (FUSE_MAX_REL_ERROR, fold_pads, fuse_bn, inplace_activations, prepare_for_inference,
+                            same_convs, set_input_size)
 from converter.mapping import expand
 from converter.model import BatchNorm2dTF, Conv2dSame, build_model
 
@@ -112,8 +113,16 @@ def test_static_padding_every_layer_every_architecture(variant):
                 dynamic_conv.set_input_size(-1, -1)
                 dynamic = dynamic_conv(x)
             assert torch.equal(static, dynamic), key
+            with torch.no_grad():
+                folded = copy.deepcopy(small)
+                folded.pad_into_kernel = True  # the extra pixel as zero taps of the kernel
+                in_kernel = folded(x)
+                in_kernel64 = folded.double()(x.double())
+                by_pad64 = copy.deepcopy(small).double()(x.double())
             ref = tf_same_conv(x, small)
             assert static.shape == ref.shape and rel(static, ref) < 1e-5, key
+            assert in_kernel.shape == ref.shape and rel(in_kernel, ref) < 1e-5, key
+            assert rel(in_kernel64, by_pad64) < 1e-14, key
             checked[key] = True
     assert any(k[1] == 2 for k in checked) and any(k[2] for k in checked)
 
@@ -254,3 +263,87 @@ def test_prepare_for_inference(b0):
         ref = b0(x)
         got = fast(x.contiguous(memory_format=torch.channels_last))
     assert rel(got, ref) < FUSE_MAX_REL_ERROR
+
+
+def test_fast_path_folds_pads_and_activations_exactly(b0):
+    """prepare_for_inference (pads in the kernels, in-place activations) vs the same model with F.pad
+    and fresh activations: the same numbers at the frozen size and at even/odd dynamic sizes."""
+    fast = prepare_for_inference(copy.deepcopy(b0))
+    folded = [n for n, c in same_convs(fast) if c.pad_into_kernel]
+    # the depthwise stride-2 convs and the stem (3 input channels) take the kernel form
+    assert "stem.conv" in folded and "blocks.1.dw_conv" in folded and "blocks.3.dw_conv" in folded
+    assert all(m.inplace for m in fast.modules() if isinstance(m, torch.nn.SiLU))
+    plain = inplace_activations(fold_pads(copy.deepcopy(fast), False), False)
+    assert not any(c.pad_into_kernel for _, c in same_convs(plain))
+    for size in (224, 256, 225):
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+        x = x.contiguous(memory_format=torch.channels_last)
+        keep = x.clone()
+        with torch.no_grad():
+            got, ref, unfused = fast(x), plain(x), b0(x)
+        assert torch.equal(x, keep)  # the in-place activations leave the input alone
+        assert rel(got, ref) < 1e-6, size  # float32 summation order only
+        assert rel(got, unfused) < FUSE_MAX_REL_ERROR, size
+        assert torch.equal(got.argmax(1), unfused.argmax(1))
+    # TorchScript (convert-effnet export --torchscript) compiles the kernel form too
+    scripted = torch.jit.script(fast)
+    with torch.no_grad():
+        assert rel(scripted(x), got) < 1e-6
+
+
+def test_fold_pads_policy_dense_convs():
+    """A dense 3x3 stride-2 conv with many input channels keeps the F.pad (its kernel form costs more)."""
+    model = build_model("v2-s")
+    fold_pads(model)
+    by_name = dict(same_convs(model))
+    wide = [c for c in by_name.values() if c.groups == 1 and c.stride[0] == 2 and c.in_channels >= 48
+            and c.kernel_size[0] == 3]
+    assert wide and not any(c.pad_into_kernel for c in wide)
+    assert by_name["stem.conv"].pad_into_kernel
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_in_precision_runs_the_model_in_that_dtype(b0, precision, dtype):
+    """in_precision: the convolutions really run in the low precision (their outputs have its dtype),
+    the logits come back as float32, close to the float32 ones (bf16 keeps 8 mantissa bits,
+    fp16 11), and the model is float32 and hook-free afterwards."""
+    from converter.fast import in_precision
+
+    model = copy.deepcopy(b0)
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(7))
+    seen = []
+    hook = model.stem.conv.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    with torch.no_grad():
+        ref = model(x)
+        with in_precision(model, precision, "cpu") as how:
+            low = model(x)
+        after = model(x)
+    hook.remove()
+    assert how == "autocast" and seen == [torch.float32, dtype, torch.float32]
+    assert low.dtype == torch.float32
+    err = rel(low, ref)
+    assert 1e-5 < err < (0.1 if dtype is torch.bfloat16 else 0.02), err  # not float32, not broken
+    assert torch.equal(after, ref) and next(model.parameters()).dtype == torch.float32
+    assert not model._forward_hooks and not model._forward_pre_hooks
+    with pytest.raises(ConversionError):
+        with in_precision(model, "int8"):
+            pass
+
+
+def test_in_precision_cast_where_no_autocast(b0, monkeypatch):
+    """A device without autocast: the model and input are cast, and cast back after."""
+    from converter.fast import in_precision
+
+    model = copy.deepcopy(b0)
+    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(8))
+    monkeypatch.setattr(torch.amp, "is_autocast_available", lambda dev: False)
+    seen = []
+    model.head.conv.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    with torch.no_grad():
+        ref = model(x)
+        with in_precision(model, "bf16") as how:
+            low = model(x)
+            assert model.classifier.weight.dtype == torch.bfloat16
+    assert how == "cast" and seen == [torch.float32, torch.bfloat16] and low.dtype == torch.float32
+    assert 1e-5 < rel(low, ref) < 0.1
+    assert model.classifier.weight.dtype == torch.float32

@@ -105,14 +105,19 @@ def test_convert_with_verify_flag(root, tmp_path, capsys):
 
 
 def test_fails_on_raw_instead_of_ema(root, tmp_path, capsys):
+    """Raw weights in a file whose metadata says EMA (the reference reads what the metadata says)."""
     prefix = make_checkpoint(root, "b0", calibration_resolution=224)
     assert main(["--variant", "b0", "--flavor", "aa", "--checkpoint", str(prefix), "--output-dir", str(tmp_path),
                  "--no-ema", "--quiet"]) == 0
-    rc = main(["verify", "--weights", str(tmp_path / "efficientnet-b0_aa.safetensors"), "--checkpoint", str(prefix),
+    weights = tmp_path / "efficientnet-b0_aa.safetensors"
+    with safe_open(str(weights), framework="np") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(weights), metadata=dict(meta, ema="true"))
+    rc = main(["verify", "--weights", str(weights), "--checkpoint", str(prefix),
                "--device", "cpu", "--num-images", "4"])
     captured = capsys.readouterr()
     assert rc == 3 and "FAIL" in captured.out
-    assert "verification failed: relative error" in captured.err
+    assert "verification failed: conversion error (float64 on both sides)" in captured.err
 
 
 def test_fails_on_ema_weights_with_raw_bn_statistics(b0, root, tmp_path):
@@ -180,7 +185,8 @@ def test_make_all_converts_and_verifies_in_parallel(root, tmp_path):
     if shutil.which("make") is None or shutil.which("convert-effnet") is None:
         pytest.fail("make and an installed convert-effnet are needed (make install)")
     bucket = tmp_path / "bucket"
-    for flavor, rel in (("aa", "ckptsaug/efficientnet-b0.tar.gz"), ("advprop", "advprop/efficientnet-b0.tar.gz")):
+    for flavor, rel in (("aa", "efficientnet/ckptsaug/efficientnet-b0.tar.gz"),
+                        ("advprop", "efficientnet/advprop/efficientnet-b0.tar.gz")):
         prefix = make_checkpoint(root, "b0", calibration_resolution=224, flavor=flavor)
         (bucket / rel).parent.mkdir(parents=True, exist_ok=True)
         make_tarball(str(prefix), str(bucket / rel), "efficientnet-b0")

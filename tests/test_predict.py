@@ -318,7 +318,7 @@ def test_evaluate_labels_file(setup, capsys, tmp_path, layout):
     by_name = dict(zip((p.name for p in photos), labels))
     if layout.startswith("name"):
         rows = [f"{n} {names[lab][0] if layout == 'name-synset' else lab}" for n, lab in reversed(by_name.items())]
-        rows.append("not_in_the_folder.JPEG 5")  # labels of absent files are ignored
+        rows.append("not_in_the_folder.JPEG 5")  # labels of absent files: named in a warning, not scored
     else:
         rows = [str(by_name[n]) if layout == "positional-index" else names[by_name[n]][0] for n in sorted(by_name)]
     label_file = tmp_path / "labels.txt"
@@ -328,6 +328,96 @@ def test_evaluate_labels_file(setup, capsys, tmp_path, layout):
                            "--workers", 0)
     assert rc == 0, err
     _check_report(out, exp, len(photos))
+    assert ("not_in_the_folder.JPEG" in err) == layout.startswith("name")
+
+
+def test_evaluate_labels_naming_missing_images_warns_and_counts(setup, capsys, tmp_path):
+    """Images the labels file names but DIR lacks: one warning naming them, counted in the report."""
+    photos, logits = setup["photos"][:3], setup["logits"][:3]
+    labels = _mixed_labels(logits)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in photos:
+        shutil.copy(p, flat / p.name)
+    ghosts = ["ghost_b.JPEG", "ghost_a.png"]
+    label_file = tmp_path / "labels.txt"
+    label_file.write_text("".join(f"{p.name} {lab}\n" for p, lab in zip(photos, labels))
+                          + "".join(f"{g} 7\n" for g in ghosts))
+    report = tmp_path / "eval.json"
+    rc, out, err = run_cli(capsys, "evaluate", flat, "--weights", setup["weights"], "--labels", label_file,
+                           "--workers", 0, "--json", report)
+    assert rc == 0, err
+    _check_report(out, _expected(logits, labels), 3)  # scored on the images that are there
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: "), err
+    assert "2 images" in lines[0] and all(g in lines[0] for g in ghosts) and str(flat) in lines[0]
+    assert f"missing: 2 images named in {label_file}" in out
+    doc = json.loads(report.read_text())
+    assert doc["images"] == 3 and doc["labelled_missing"] == 2 and doc["labelled_missing_names"] == ghosts
+    # none missing: no warning, a zero count
+    label_file.write_text("".join(f"{p.name} {lab}\n" for p, lab in zip(photos, labels)))
+    rc, out, err = run_cli(capsys, "evaluate", flat, "--weights", setup["weights"], "--labels", label_file,
+                           "--workers", 0, "--json", report)
+    assert rc == 0 and not err.strip() and "missing" not in out, err
+    assert json.loads(report.read_text())["labelled_missing"] == 0
+
+
+def test_evaluate_json_output_checked_before_evaluating(setup, capsys, tmp_path, monkeypatch):
+    from converter import predict
+
+    def never(*a, **k):
+        raise AssertionError("evaluated before the --json output was checked")
+
+    monkeypatch.setattr(predict, "evaluate_items", never)
+    val = tmp_path / "val"
+    _synset_tree(val, setup["photos"][:2], [1, 2])
+    folder = tmp_path / "a_folder.json"
+    folder.mkdir()
+    cases = [(folder, "is a folder"), (tmp_path / "nope" / "r.json", "does not exist"),
+             (Path("/proc/effnet-eval.json"), "cannot write to the folder /proc")]
+    for out, needle in cases:
+        rc, stdout, err = run_cli(capsys, "evaluate", val, "--weights", setup["weights"], "--workers", 0,
+                                  "--json", out)
+        assert_one_line_error(rc, err, str(out), needle)
+        assert "top-1" not in stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_folder.json", "val"]  # nothing left behind
+
+
+def test_predict_weights_that_are_not_converted_files(setup, capsys, tmp_path):
+    """A TensorFlow checkpoint prefix, its folder, an image: named, with what to pass instead."""
+    from tests.helpers import write_checkpoint
+
+    prefix = write_checkpoint(tmp_path / "ckpt" / "model.ckpt", {"w": np.zeros(3, np.float32)})
+    photo = setup["photos"][0]
+    png = next(p for p in setup["photos"] if p.suffix == ".png")
+    cases = [(prefix, ("TensorFlow checkpoint prefix", f"convert-effnet --checkpoint {prefix}")),
+             (prefix.parent, ("TensorFlow checkpoint folder", f"convert-effnet --checkpoint {prefix.parent}")),
+             (photo, ("is an image (JPEG)", "IMAGE", "--weights")),
+             (png, ("is an image (PNG)", "IMAGE"))]
+    for weights, needles in cases:
+        for cmd in (["predict", photo], ["evaluate", tmp_path]):
+            rc, _, err = run_cli(capsys, *cmd, "--weights", weights)
+            assert_one_line_error(rc, err, str(weights), "not converted weights", *needles)
+
+
+def test_max_image_pixels_flag(setup, capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("EFFNET_MAX_IMAGE_PIXELS", raising=False)
+    photo = next(p for p in setup["photos"] if p.suffix == ".png")
+    rc, out, err = run_cli(capsys, "predict", photo, "--weights", setup["weights"], "--max-image-pixels", 1000)
+    assert rc == 2 and "not predicted" in out
+    assert "over convert-effnet's limit of 0.001 megapixels" in err and "--max-image-pixels" in err
+    rc, out, err = run_cli(capsys, "predict", photo, "--weights", setup["weights"], "--max-image-pixels", 0, "--json")
+    assert rc == 0, err
+    want = top_k(setup["probs"], 5)[setup["photos"].index(photo)]
+    assert [t["index"] for t in json.loads(out)[0]["top"]] == want.tolist()
+    rc, _, err = run_cli(capsys, "predict", photo, "--weights", setup["weights"], "--max-image-pixels", -1)
+    assert_one_line_error(rc, err, "--max-image-pixels")
+    val = tmp_path / "val"
+    _synset_tree(val, [photo], [3])
+    for workers in (0, 2):
+        rc, out, err = run_cli(capsys, "evaluate", val, "--weights", setup["weights"], "--workers", workers,
+                               "--max-image-pixels", 1000)
+        assert_one_line_error(rc, err, str(val), "0.001 megapixels")
 
 
 def test_evaluate_1001_classes_scores_label_plus_one(setup, capsys, tmp_path):

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from converter import sources, zoo
+from converter import registry, sources
 from converter.errors import ConversionError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,81 +229,91 @@ def test_resolve_oddly_named_nested_folder(tmp_path):
 
 
 @pytest.mark.parametrize("suffix,mode", [(".tar.gz", "w:gz"), (".tgz", "w:gz"), (".tar", "w")])
-def test_resolve_tarball(tmp_path, suffix, mode):
+def test_extract_tarball(tmp_path, suffix, mode):
     prefix = make_ckpt(tmp_path / "src" / "noisy_student_efficientnet-b0")
     tarball = make_tarball(tmp_path / f"noisy_student_efficientnet-b0{suffix}", prefix.parent,
                            "noisy_student_efficientnet-b0", mode)
     root = tmp_path / "extract"
-    got = Path(sources.resolve_checkpoint(tarball, extract_root=root))
+    ex = sources.Extraction(tarball, root)
+    got = Path(ex.prefix)
     assert got.name == "model.ckpt"
     assert root in got.parents
     for ext in (".index", ".data-00000-of-00001"):
         assert Path(str(got) + ext).read_bytes() == Path(str(prefix) + ext).read_bytes()
-    # one final folder, keyed by the tarball's sha256; no temp folder left
-    digest = sources.sha256_file(tarball)
-    assert dirs_in(root) == [f"noisy_student_efficientnet-b0-{digest[:16]}"]
+    assert len(dirs_in(root)) == 1  # one private folder, no temp folder beside it
+    ex.remove()
+    assert not root.exists()  # the folder, and the emptied root with it
+    ex.remove()  # idempotent
+    with pytest.raises(ValueError, match="tarball"):  # no prefix on disk: a caller's mistake
+        sources.resolve_checkpoint(tarball)
 
 
-def test_resolve_tarball_default_goes_to_cache(tmp_path):
+def test_cache_keeps_the_tarball_not_an_extracted_copy(tmp_path):
+    """Issue 25.9: TensorFlow's files exist for the block (or until the Source is closed or dropped)."""
+    import gc
+
     prefix = make_ckpt(tmp_path / "src" / "efficientnet-b0")
     tarball = make_tarball(tmp_path / "efficientnet-b0.tar.gz", prefix.parent, "efficientnet-b0")
-    got = Path(sources.resolve_checkpoint(tarball))
-    assert (tmp_path / "cache" / "extracted") in got.parents
+    extracted = tmp_path / "cache" / "extracted"
+    with sources.checkpoint_files(tarball) as got:
+        assert extracted in Path(got).parents
+        assert Path(got + ".index").read_bytes() == Path(str(prefix) + ".index").read_bytes()
+    assert not extracted.exists() and tarball.is_file()
+    with sources.checkpoint_files(prefix) as got:  # anything else: in place
+        assert got == os.path.abspath(prefix)
+    ex = sources.Extraction(tarball)  # dropped without remove(): removed when collected
+    folder = ex.folder
+    assert folder.is_dir()
+    del ex
+    gc.collect()
+    assert not folder.exists() and not extracted.exists()
 
 
-def test_resolve_tarball_reuses_complete_extraction(tmp_path, monkeypatch):
+def test_stale_extractions_are_removed_live_ones_kept(tmp_path):
+    """Folders of killed processes (and the copies and .lock files earlier versions kept) go; a folder
+    a live process holds locked, or one just created, stays."""
     prefix = make_ckpt(tmp_path / "src" / "efficientnet-b0")
     tarball = make_tarball(tmp_path / "efficientnet-b0.tar.gz", prefix.parent, "efficientnet-b0")
-    first = sources.resolve_checkpoint(tarball, extract_root=tmp_path / "x")
+    root = tmp_path / "cache" / "extracted"
+    live = sources.Extraction(tarball)
+    old = time.time() - 2 * sources.EXTRACT_MIN_AGE
+    dead = root / "efficientnet-b0-dead"  # a killed process's: nobody holds it
+    legacy = root / "efficientnet-b0-0123456789abcdef"  # an earlier version's copy and its lock file
+    young = root / "efficientnet-b0-young"
+    for d in (dead, legacy, young):
+        (d / "efficientnet-b0").mkdir(parents=True)
+        (d / "efficientnet-b0" / "model.ckpt.index").write_bytes(b"x")
+    (root / (legacy.name + ".lock")).write_bytes(b"")
+    for p in (dead, legacy, root / (legacy.name + ".lock"), live.folder):
+        os.utime(p, (old, old))
+    second = sources.Extraction(tarball)
+    assert sorted(dirs_in(root)) == sorted([live.folder.name, second.folder.name, young.name])
+    assert not (root / (legacy.name + ".lock")).exists()
+    assert Path(live.prefix + ".index").is_file()
+    live.remove()
+    second.remove()
 
-    def boom(*a, **k):
-        raise AssertionError("extracted again")
-    monkeypatch.setattr(sources, "_extract_into", boom)
-    assert sources.resolve_checkpoint(tarball, extract_root=tmp_path / "x") == first
 
-
-def test_same_tarball_name_different_content_do_not_collide(tmp_path):
-    root = tmp_path / "x"
-    got = []
-    for seed, flavor in enumerate(("ckpts", "ckptsaug")):
-        prefix = make_ckpt(tmp_path / flavor / "src" / "efficientnet-b0", seed=seed)
-        tarball = make_tarball(tmp_path / flavor / "efficientnet-b0.tar.gz", prefix.parent, "efficientnet-b0")
-        got.append(Path(sources.resolve_checkpoint(tarball, extract_root=root)))
-    assert got[0] != got[1]
-    assert Path(str(got[0]) + ".index").read_bytes() != Path(str(got[1]) + ".index").read_bytes()
-
-
-def test_failed_extraction_leaves_nothing_taken_as_complete(tmp_path, monkeypatch):
+def test_failed_extraction_leaves_nothing(tmp_path, monkeypatch):
     prefix = make_ckpt(tmp_path / "src" / "efficientnet-b0")
     tarball = make_tarball(tmp_path / "efficientnet-b0.tar.gz", prefix.parent, "efficientnet-b0")
     root = tmp_path / "x"
     real = sources._extract_into
 
-    def half_then_fail(tb, dest):
+    def half_then_fail(tb, dest, on_corrupt=None):
         (dest / "efficientnet-b0").mkdir()
         (dest / "efficientnet-b0" / "model.ckpt.index").write_bytes(b"partial")
         raise ConversionError("simulated failure")
     monkeypatch.setattr(sources, "_extract_into", half_then_fail)
     with pytest.raises(ConversionError, match="simulated"):
-        sources.resolve_checkpoint(tarball, extract_root=root)
+        sources.Extraction(tarball, root)
     assert dirs_in(root) == []
 
     monkeypatch.setattr(sources, "_extract_into", real)
-    got = sources.resolve_checkpoint(tarball, extract_root=root)
-    assert Path(got + ".index").read_bytes() == Path(str(prefix) + ".index").read_bytes()
-    assert Path(got + ".data-00000-of-00001").is_file()
-
-
-def test_leftover_target_without_marker_is_redone(tmp_path):
-    prefix = make_ckpt(tmp_path / "src" / "efficientnet-b0")
-    tarball = make_tarball(tmp_path / "efficientnet-b0.tar.gz", prefix.parent, "efficientnet-b0")
-    root = tmp_path / "x"
-    target = root / f"efficientnet-b0-{sources.sha256_file(tarball)[:16]}"
-    (target / "efficientnet-b0").mkdir(parents=True)
-    (target / "efficientnet-b0" / "model.ckpt.index").write_bytes(b"stale")
-    (target / "efficientnet-b0" / "model.ckpt.data-00000-of-00001").write_bytes(b"stale")
-    got = sources.resolve_checkpoint(tarball, extract_root=root)
-    assert Path(got + ".index").read_bytes() == Path(str(prefix) + ".index").read_bytes()
+    ex = sources.Extraction(tarball, root)
+    assert Path(ex.prefix + ".index").read_bytes() == Path(str(prefix) + ".index").read_bytes()
+    assert Path(ex.prefix + ".data-00000-of-00001").is_file()
+    ex.remove()
 
 
 def _evil_tar(path: Path, tmp_path: Path, bad: List[tarfile.TarInfo], payload: bytes = b"pwned") -> Path:
@@ -358,7 +368,7 @@ def test_malicious_tarball_rejected(tmp_path, case):
     passwd_before = Path("/etc/passwd").read_bytes() if Path("/etc/passwd").exists() else None
 
     with pytest.raises(ConversionError) as ei:
-        sources.resolve_checkpoint(tarball, extract_root=root)
+        sources.Extraction(tarball, root)
     msg = str(ei.value)
     assert "unsafe" in msg and "\n" not in msg
 
@@ -379,7 +389,7 @@ def test_corrupt_tarball_clear_error_and_nothing_left(tmp_path, kind):
     tarball.write_bytes(good[: len(good) * 6 // 10] if kind == "truncated" else b"this is not a tarball" * 50)
     root = tmp_path / "x"
     with pytest.raises(ConversionError) as ei:
-        sources.resolve_checkpoint(tarball, extract_root=root)
+        sources.Extraction(tarball, root)
     msg = str(ei.value)
     assert "corrupt" in msg and str(tarball) in msg and "\n" not in msg
     assert dirs_in(root) == []
@@ -390,7 +400,7 @@ def test_tarball_without_checkpoint_is_rejected_and_not_cached(tmp_path):
     (tmp_path / "src" / "stuff" / "README").write_text("hello")
     tarball = make_tarball(tmp_path / "stuff.tar.gz", tmp_path / "src" / "stuff", "stuff")
     with pytest.raises(ConversionError, match="no usable checkpoint"):
-        sources.resolve_checkpoint(tarball, extract_root=tmp_path / "x")
+        sources.Extraction(tarball, tmp_path / "x")
     assert dirs_in(tmp_path / "x") == []
 
 
@@ -568,27 +578,26 @@ def test_download_rejects_bad_expected_sha(tmp_path):
 
 @pytest.fixture
 def b0():
-    return zoo.find_checkpoint("b0", "standard")
+    return registry.find_checkpoint("b0", "standard")
 
 
 def _serve_zoo(server, monkeypatch, ckpt, data, **kw) -> Entry:
     monkeypatch.setenv("EFFNET_BASE_URL", server.base)  # no trailing slash on purpose
-    return server.add(ckpt.relative_path, data, **kw)
+    return server.add(ckpt.bucket_path, data, **kw)
 
 
 def test_fetch_downloads_once_then_reuses(server, monkeypatch, tmp_path, b0):
     data = tarball_bytes(tmp_path)
     entry = _serve_zoo(server, monkeypatch, b0, data)
     first = sources.fetch_checkpoint(b0, progress=False)
-    assert first == tmp_path / "cache" / "ckpts" / "efficientnet-b0.tar.gz"
+    assert first == tmp_path / "cache" / "efficientnet" / "ckpts" / "efficientnet-b0.tar.gz"
     assert first.read_bytes() == data
     assert Path(str(first) + ".sha256").read_text().split()[0] == hashlib.sha256(data).hexdigest()
     assert sources.fetch_checkpoint(b0, progress=False) == first
     assert entry.hits == 1
-    # and the cached tarball resolves to a checkpoint under the cache
-    prefix = Path(sources.resolve_checkpoint(first))
-    assert (tmp_path / "cache" / "extracted") in prefix.parents
-    assert Path(str(prefix) + ".data-00000-of-00001").is_file()
+    # the cache holds the tarball and its sidecar: no lock file, no extracted copy
+    assert sorted(os.listdir(first.parent)) == [first.name, first.name + ".sha256"]
+    assert sorted(os.listdir(tmp_path / "cache")) == ["efficientnet"]
 
 
 def test_fetch_redownloads_tampered_or_unrecorded_file(server, monkeypatch, tmp_path, b0):
@@ -609,7 +618,7 @@ def test_fetch_with_sha256(server, monkeypatch, tmp_path, b0):
     good = hashlib.sha256(data).hexdigest()
     with pytest.raises(ConversionError, match="does not match the pinned sha256"):
         sources.fetch_checkpoint(b0, sha256="f" * 64, progress=False)
-    assert not (tmp_path / "cache" / "ckpts" / "efficientnet-b0.tar.gz").exists()
+    assert not (tmp_path / "cache" / "efficientnet" / "ckpts" / "efficientnet-b0.tar.gz").exists()
     assert sources.fetch_checkpoint(b0, sha256=good, progress=False).read_bytes() == data
     assert sources.fetch_checkpoint(b0, sha256=good, progress=False).read_bytes() == data
     assert entry.hits == 2
@@ -626,9 +635,9 @@ def test_fetch_flavors_with_same_file_name_do_not_collide(server, monkeypatch, t
     monkeypatch.setenv("EFFNET_BASE_URL", server.base + "/")
     got = {}
     for seed, flavor in enumerate(("standard", "aa", "advprop")):
-        ck = zoo.find_checkpoint("b0", flavor)
+        ck = registry.find_checkpoint("b0", flavor)
         data = tarball_bytes(tmp_path, seed=seed)
-        server.add(ck.relative_path, data)
+        server.add(ck.bucket_path, data)
         got[flavor] = (sources.fetch_checkpoint(ck, progress=False), data)
     assert len({p for p, _ in got.values()}) == 3
     assert {p.name for p, _ in got.values()} == {"efficientnet-b0.tar.gz"}
@@ -636,27 +645,160 @@ def test_fetch_flavors_with_same_file_name_do_not_collide(server, monkeypatch, t
         assert path.read_bytes() == data
 
 
+@pytest.mark.parametrize("base", ["", "/", "/efficientnet", "/efficientnet/"])
+def test_one_mirror_root_serves_every_family(server, monkeypatch, tmp_path, base):
+    """Issue 25.4: $EFFNET_BASE_URL mirrors the bucket root (cloud-tpu-checkpoints/); V1, V2, MnasNet
+    and MixNet are fetched below it at their official paths. The earlier form, a base ending in
+    efficientnet/, still works: its parent is the root (MnasNet/MixNet beside it, as in the bucket)."""
+    monkeypatch.setenv("EFFNET_BASE_URL", server.base + base)
+    picks = [registry.find_checkpoint("b0", "aa"), registry.find_checkpoint("lite0"), registry.find_checkpoint("v2-b0", "21k"),
+             registry.find_checkpoint("mnasnet-a1"), registry.find_checkpoint("mixnet-s")]
+    paths = ["efficientnet/ckptsaug/efficientnet-b0.tar.gz", "efficientnet/lite/efficientnet-lite0.tar.gz",
+             "efficientnet/v2/efficientnetv2-b0-21k.tgz", "mnasnet/mnasnet-a1.tgz", "mixnet/mixnet-s.tar.gz"]
+    for i, (ck, rel) in enumerate(zip(picks, paths)):
+        assert ck.bucket_path == rel
+        assert ck.url == "https://storage.googleapis.com/cloud-tpu-checkpoints/" + rel  # the official URL
+        assert ck.download_url() == server.base + "/" + rel
+        data = tarball_bytes(tmp_path, seed=i)
+        entry = server.add(rel, data)
+        got = sources.fetch_checkpoint(ck, progress=False)
+        assert got == tmp_path / "cache" / rel and got.read_bytes() == data and entry.hits == 1
+    monkeypatch.delenv("EFFNET_BASE_URL")
+    assert picks[3].download_url() == picks[3].url and picks[0].download_url() == picks[0].url
+
+
+def test_tarball_cached_by_an_earlier_version_is_adopted(server, monkeypatch, tmp_path, b0):
+    """Earlier versions cached V1 below the family folder (CACHE/ckpts/...): moved, not downloaded again."""
+    data = tarball_bytes(tmp_path)
+    entry = _serve_zoo(server, monkeypatch, b0, data)
+    legacy = tmp_path / "cache" / b0.relative_path
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(data)
+    sources._write_sidecar(legacy, hashlib.sha256(data).hexdigest())
+    got = sources.fetch_checkpoint(b0, progress=False)
+    assert got == tmp_path / "cache" / b0.bucket_path and got.read_bytes() == data and entry.hits == 0
+    assert not legacy.exists() and not Path(str(legacy) + ".sha256").exists()
+
+
 def test_fetch_404_names_url(server, monkeypatch, b0):
     monkeypatch.setenv("EFFNET_BASE_URL", server.base)
     with pytest.raises(ConversionError) as ei:
         sources.fetch_checkpoint(b0, progress=False)
-    assert "404" in str(ei.value) and b0.relative_path in str(ei.value)
+    assert "404" in str(ei.value) and b0.bucket_path in str(ei.value)
 
 
-def test_fetch_corrupt_tarball_then_resolve_fails_cleanly(server, monkeypatch, tmp_path, b0):
+def test_fetch_refuses_a_damaged_download_and_sets_it_aside(server, monkeypatch, tmp_path, b0):
+    """A download that is not a whole archive is not kept as the cached tarball (the next run fetches
+    it again instead of finding it "corrupt" every time); the bad bytes stay beside it."""
     good = tarball_bytes(tmp_path)
     bad = good[: len(good) // 2]  # served with a matching Content-Length: looks complete
-    _serve_zoo(server, monkeypatch, b0, bad)
-    path = sources.fetch_checkpoint(b0, progress=False)
-    assert path.read_bytes() == bad
-    with pytest.raises(ConversionError, match="corrupt or truncated tarball"):
-        sources.resolve_checkpoint(path)
-    assert dirs_in(tmp_path / "cache" / "extracted") == []
+    entry = _serve_zoo(server, monkeypatch, b0, bad)
+    dest = tmp_path / "cache" / b0.bucket_path
+    with pytest.raises(ConversionError) as ei:
+        sources.fetch_checkpoint(b0, progress=False)
+    msg = str(ei.value)
+    assert "not a readable tarball" in msg and b0.bucket_path in msg and "\n" not in msg
+    assert sorted(os.listdir(dest.parent)) == [dest.name + ".corrupt"]
+    assert (dest.parent / (dest.name + ".corrupt")).read_bytes() == bad
+    entry.data = good  # the server is fixed: the next fetch downloads it
+    assert sources.fetch_checkpoint(b0, progress=False).read_bytes() == good
+    assert entry.hits == 2
+
+
+@pytest.mark.parametrize("kind", ["truncated", "hole", "not-a-tar", "tar-truncated"])
+def test_archive_problem(tmp_path, kind):
+    good = tarball_bytes(tmp_path)
+    assert sources.archive_problem(_write(tmp_path / "good.tar.gz", good)) is None
+    plain = make_tarball(tmp_path / "plain.tar", make_ckpt(tmp_path / "p" / "x").parent, "x", "w")
+    assert sources.archive_problem(plain) is None
+    if kind == "truncated":
+        bad = good[:-9]  # only the gzip trailer's last bytes missing
+    elif kind == "hole":
+        raw = bytearray(good)
+        raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(64)
+        bad = bytes(raw)
+    elif kind == "not-a-tar":
+        bad = b"<html>not found</html>" * 40
+    else:
+        with tarfile.open(plain) as tf:
+            data = max(tf.getmembers(), key=lambda m: m.size)
+        bad = plain.read_bytes()[: data.offset_data + data.size // 2]  # cut inside a member's data
+    problem = sources.archive_problem(_write(tmp_path / "bad", bad))
+    assert problem and "\n" not in problem
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_damaged_cached_download_is_set_aside_and_fetched_again(server, monkeypatch, tmp_path, b0):
+    """Issue 25.7: a cached tarball that matches its sidecar but is damaged (an earlier version kept
+    a bad download) is moved to NAME.corrupt when read, and the run downloads it again (one line)."""
+    good = tarball_bytes(tmp_path)
+    entry = _serve_zoo(server, monkeypatch, b0, good)
+    dest = tmp_path / "cache" / b0.bucket_path
+    dest.parent.mkdir(parents=True)
+    bad = good[: len(good) * 6 // 10]
+    dest.write_bytes(bad)
+    sources._write_sidecar(dest, hashlib.sha256(bad).hexdigest())
+    calls = []
+
+    def run(tag):
+        calls.append(tag)
+        path = sources.fetch_checkpoint(b0, progress=False)
+        # what Source.open does for a download TensorFlow reads (the extraction reads it all)
+        ex = sources.Extraction(path, on_corrupt=sources._corrupt_download_hook(path))
+        try:
+            return Path(ex.prefix + ".index").read_bytes()
+        finally:
+            ex.remove()
+
+    with pytest.raises(sources.CorruptDownload) as ei:
+        run("once")
+    assert ei.value.aside == dest.with_name(dest.name + ".corrupt") and ei.value.aside.read_bytes() == bad
+    assert not dest.exists() and not Path(str(dest) + ".sha256").exists() and entry.hits == 0
+    msg = str(ei.value)
+    assert "damaged" in msg and "run again" in msg and "\n" not in msg
+    # rerun_if_corrupt_download (the CLI's): says so once, then runs again, which downloads it
+    dest.write_bytes(bad)
+    sources._write_sidecar(dest, hashlib.sha256(bad).hexdigest())
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    sources.log.addHandler(handler)
+    try:
+        index = sources.rerun_if_corrupt_download(run, "x")
+    finally:
+        sources.log.removeHandler(handler)
+    assert calls == ["once", "x", "x"] and entry.hits == 1
+    assert dest.read_bytes() == good and index.startswith(b"fake-index")
+    lines = [r.getMessage() for r in records]
+    assert len(lines) == 1 and "moved it to efficientnet-b0.tar.gz.corrupt and downloading it again" in lines[0]
+
+
+def test_local_tarball_pin(tmp_path):
+    """Issue 25.6: --sha256 with a local tarball is checked (and refused on a folder or prefix)."""
+    prefix = make_ckpt(tmp_path / "src" / "efficientnet-b0")
+    tarball = make_tarball(tmp_path / "efficientnet-b0.tar.gz", prefix.parent, "efficientnet-b0")
+    good = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    sources.check_pin(tarball, good.upper())
+    with pytest.raises(ConversionError) as ei:
+        sources.Source.open(tarball, sha256="0" * 64)
+    msg = str(ei.value)
+    assert "does not match the pinned sha256" in msg and good in msg and "0" * 64 in msg and "\n" not in msg
+    for other in (prefix, prefix.parent):
+        with pytest.raises(ConversionError, match="--sha256 pins one file"):
+            sources.Source.open(other, sha256=good)
+    with pytest.raises(ConversionError, match="64 hexadecimal"):
+        sources.check_pin(tarball, "abc")
 
 
 def test_fetch_concurrent_threads_download_once(server, monkeypatch, tmp_path, b0):
-    data = _payload(80_000)
-    entry = _serve_zoo(server, monkeypatch, b0, data, chunk_delay=0.02)  # ~0.4 s per download
+    data = tarball_bytes(tmp_path)
+    entry = _serve_zoo(server, monkeypatch, b0, data, chunk_delay=0.08)  # ~0.4 s per download
     results, errors = [], []
 
     def worker():
@@ -678,17 +820,17 @@ def test_fetch_concurrent_threads_download_once(server, monkeypatch, tmp_path, b
 
 
 def test_fetch_concurrent_processes_download_once(server, monkeypatch, tmp_path, b0):
-    data = _payload(80_000, seed=3)
-    entry = _serve_zoo(server, monkeypatch, b0, data, chunk_delay=0.02)
-    code = ("from converter import sources, zoo; "
-            "p = sources.fetch_checkpoint(zoo.find_checkpoint('b0', 'standard'), progress=False); "
+    data = tarball_bytes(tmp_path, seed=3)
+    entry = _serve_zoo(server, monkeypatch, b0, data, chunk_delay=0.08)
+    code = ("from converter import registry, sources; "
+            "p = sources.fetch_checkpoint(registry.find_checkpoint('b0', 'standard'), progress=False); "
             "print(p)")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=30) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    want = tmp_path / "cache" / "ckpts" / "efficientnet-b0.tar.gz"
+    want = tmp_path / "cache" / "efficientnet" / "ckpts" / "efficientnet-b0.tar.gz"
     assert [o.strip() for o, _ in outs] == [str(want)] * 2
     assert want.read_bytes() == data
     assert entry.hits == 1
@@ -713,3 +855,46 @@ def test_sha256_file_remembers_until_the_file_changes(tmp_path, monkeypatch):
     st = f.stat()
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     assert sources.sha256_file(f) == hashlib.sha256(b"b" * 1000).hexdigest()
+
+
+# --------------------------------------------------------------------------- the cache lock
+
+
+def test_lock_file_is_removed_and_a_waiter_on_a_removed_file_starts_over(tmp_path, caplog):
+    """Issue 25.9: lock files do not stay, without breaking mutual exclusion: a process that waited
+    on a lock file its holder removed must not enter while another holds the current lock file."""
+    import fcntl
+    import logging
+
+    caplog.set_level(logging.INFO, logger=sources.log.name)
+    path = tmp_path / "t.tar.gz.lock"
+    with sources._file_lock(path, quiet=True):
+        assert path.exists()
+    assert not path.exists()
+
+    waiting, inside = threading.Event(), threading.Event()
+    handler = logging.Handler()
+    handler.emit = lambda r: waiting.set() if "waiting for another process" in r.getMessage() else None
+    sources.log.addHandler(handler)
+    fd_a = os.open(path, os.O_RDWR | os.O_CREAT)  # "A" holds the lock
+    fcntl.flock(fd_a, fcntl.LOCK_EX)
+
+    def b():
+        with sources._file_lock(path):
+            inside.set()
+    t = threading.Thread(target=b)
+    try:
+        t.start()
+        assert waiting.wait(30)  # B has A's file open and waits on it
+        os.unlink(path)  # A leaves as the protocol says: removes the file while holding it...
+        fd_c = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)  # ...and "C" takes the new one
+        fcntl.flock(fd_c, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd_a)  # A releases: B gets the removed file's lock, which guards nothing now
+        assert not inside.wait(0.5)  # C holds the lock: B must not be inside
+        os.unlink(path)
+        os.close(fd_c)  # C leaves
+        assert inside.wait(30)
+    finally:
+        sources.log.removeHandler(handler)
+        t.join(30)
+    assert not path.exists()

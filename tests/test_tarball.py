@@ -92,12 +92,26 @@ def test_reader_reads_in_archive_order_and_out_of_order(ck, tmp_path):
     assert r.shape(order[0]) == files.shape(order[0])
 
 
-def test_verify_and_tf_reader_still_extract(ck, tmp_path, cache):
-    """TensorFlow reads files, so --reader tf extracts the tarball into the cache as before."""
-    pytest.importorskip("tensorflow")
+def test_tf_reader_extracts_for_the_run_only(ck, tmp_path, cache, monkeypatch):
+    """TensorFlow reads files, so --reader tf extracts the tarball into the cache; the cache keeps one
+    form, the tarball: the extracted copy is gone when the run ends (issue 25.9)."""
+    from converter import sources
+
+    seen = []
+    real = sources.Extraction.__init__
+
+    def spy(self, *a, **k):
+        real(self, *a, **k)
+        seen.append((self.folder, Path(self.prefix + ".index").is_file()))
+    monkeypatch.setattr(sources.Extraction, "__init__", spy)
     tarball = _tar(ck, tmp_path / "efficientnet-b0.tar.gz")
     assert _convert(tarball, tmp_path / "o", "--reader", "tf") == 0
-    assert any((cache / "extracted").iterdir())
+    assert _convert(ck, tmp_path / "direct") == 0
+    a, _ = _tensors(tmp_path / "o" / OUT_NAME)
+    b, _ = _tensors(tmp_path / "direct" / OUT_NAME)
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert len(seen) == 1 and seen[0][1] and cache / "extracted" in seen[0][0].parents
+    assert not (cache / "extracted").exists() and tarball.is_file()
 
 
 def _truncated(src: Path, dest: Path, keep: float) -> Path:
@@ -184,3 +198,124 @@ def test_source_resolved_once_by_kind(ck, tmp_path, cache):
     finally:
         for s in (streamed, extracted, plain):
             s.close()
+    assert not Path(extracted.prefix + ".index").exists()  # closed: the extracted copy is gone
+
+
+# --------------------------------------------------------------------------- downloads, pins, the cache
+
+
+@pytest.fixture(scope="module")
+def ck_tar(ck, tmp_path_factory):
+    return _tar(ck, tmp_path_factory.mktemp("tar") / "efficientnet-b0.tar.gz")
+
+
+@pytest.fixture
+def mirror(ck_tar, tmp_path, monkeypatch):
+    """A real HTTP server on 127.0.0.1 serving the b0 tarball at its bucket path below one root."""
+    import shutil
+
+    from helpers import BucketServer
+
+    from converter.registry import find_checkpoint
+
+    ckpt = find_checkpoint(VARIANT, "aa")
+    bucket = tmp_path / "bucket"
+    (bucket / ckpt.bucket_path).parent.mkdir(parents=True)
+    served = Path(shutil.copy(ck_tar, bucket / ckpt.bucket_path))
+    with BucketServer(bucket) as server:
+        monkeypatch.setenv("EFFNET_BASE_URL", server.url)
+        yield ckpt, served, server
+
+
+def _download(out: Path, *extra) -> int:
+    return main(["--variant", VARIANT, "--flavor", "aa", "--output-dir", str(out), *extra])
+
+
+def _err_lines(capsys):
+    return [l for l in capsys.readouterr().err.strip().splitlines() if l.strip()]
+
+
+def test_wrong_pin_on_a_local_tarball_is_refused(ck, ck_tar, tmp_path, cache, capsys):
+    """Issue 25.6: --sha256 pins a --checkpoint tarball as it pins a download."""
+    tarball = ck_tar
+    good = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    capsys.readouterr()
+    assert _convert(tarball, tmp_path / "bad", "--sha256", "0" * 64) == 2
+    err = _err_lines(capsys)
+    assert len(err) == 1 and "does not match the pinned sha256" in err[0] and good in err[0], err
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+    assert _convert(tarball, tmp_path / "good", "--sha256", good) == 0
+    assert (tmp_path / "good" / OUT_NAME).is_file()
+    assert _convert(ck, tmp_path / "prefix", "--sha256", good) == 2  # a prefix has no one file to pin
+    err = _err_lines(capsys)
+    assert len(err) == 1 and "--sha256 pins one file" in err[0], err
+
+
+def test_damaged_cached_download_is_fetched_again(ck, mirror, tmp_path, cache, capsys):
+    """Issue 25.7: a damaged tarball in the cache (matching its sidecar, as an earlier version kept a bad
+    download) is set aside as NAME.corrupt and downloaded again in the same run, said in one line."""
+    from converter import sources
+
+    ckpt, served, server = mirror
+    cached = cache / ckpt.bucket_path
+    cached.parent.mkdir(parents=True)
+    bad = served.read_bytes()[: served.stat().st_size * 6 // 10]
+    cached.write_bytes(bad)
+    sources._write_sidecar(cached, hashlib.sha256(bad).hexdigest())
+    capsys.readouterr()
+    assert _download(tmp_path / "out", "--quiet") == 0
+    err = _err_lines(capsys)
+    assert len(err) == 1 and "downloading it again" in err[0] and cached.name + ".corrupt" in err[0], err
+    assert server.hits == ["/" + ckpt.bucket_path]
+    assert cached.read_bytes() == served.read_bytes()
+    assert cached.with_name(cached.name + ".corrupt").read_bytes() == bad
+    assert _convert(ck, tmp_path / "direct") == 0
+    a, meta = _tensors(tmp_path / "out" / OUT_NAME)
+    b, _ = _tensors(tmp_path / "direct" / OUT_NAME)
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert meta["source_sha256"] == hashlib.sha256(served.read_bytes()).hexdigest()
+
+
+def test_waiting_for_the_cache_lock_is_silent_with_quiet(ck, mirror, tmp_path, cache, capsys, monkeypatch):
+    """Issue 29.8: --quiet keeps the "waiting for another process" line off stderr; without --quiet it
+    shows. Another holder of the cache lock is played here; the conversion really waits for it."""
+    import fcntl
+    import threading
+
+    from converter import sources
+
+    ckpt, _, _ = mirror
+    lock = Path(str(cache / ckpt.bucket_path) + ".lock")
+    lock.parent.mkdir(parents=True)
+
+    class Flock:  # fcntl as sources sees it: says when a blocking flock starts
+        LOCK_EX, LOCK_NB = fcntl.LOCK_EX, fcntl.LOCK_NB
+
+        def __init__(self):
+            self.blocking = threading.Event()
+
+        def flock(self, fd, op):
+            if not op & fcntl.LOCK_NB:
+                self.blocking.set()
+            return fcntl.flock(fd, op)
+
+    for quiet in (True, False):
+        shim = Flock()
+        monkeypatch.setattr(sources, "fcntl", shim)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the other process
+
+        def release():
+            shim.blocking.wait(120)
+            os.close(fd)
+        t = threading.Thread(target=release)
+        t.start()
+        capsys.readouterr()
+        out = tmp_path / f"out-{quiet}"
+        rc = _download(out, *(["--quiet"] if quiet else []))
+        t.join()
+        err = capsys.readouterr().err
+        assert rc == 0 and shim.blocking.is_set() and (out / OUT_NAME).is_file()
+        waited = [l for l in err.splitlines() if "waiting for another process" in l]
+        assert waited == ([] if quiet else [f"waiting for another process using {lock}"]), err
+        assert not lock.exists()  # the lock file goes when its last user is done (issue 25.9)

@@ -137,7 +137,8 @@ def test_verify_passes_then_names_the_outputs(prefix, tmp_path, capsys, monkeypa
     rc, stdout, err = _run(capsys, *_convert(prefix, out, quiet=False), *_verify_args(), "--format", "both")
     assert rc == 0, err
     stages = [l for l in err.splitlines() if l.startswith("verify: ")]  # progress: one line per stage
-    assert stages == ["verify: TensorFlow reference on 2 images at 64 px (cpu)", "verify: PyTorch on the same 2 images (cpu)"]
+    assert stages == ["verify: TensorFlow reference on 2 images at 64 px (cpu), float32 and float64",
+                      "verify: PyTorch on the same 2 images (cpu), float32 and float64"]
     assert not {f"{NAME}.safetensors", f"{NAME}.pth", f"{NAME}.verify.json"} & set(seen["during"]), seen
     assert len(seen["during"]) == 2 and all(n.startswith(".") and ".tmp-" in n for n in seen["during"])
     assert _listing(out) == [f"{NAME}.pth", f"{NAME}.safetensors", f"{NAME}.verify.json"]
@@ -150,11 +151,14 @@ def test_verify_passes_then_names_the_outputs(prefix, tmp_path, capsys, monkeypa
     assert max(r["rel_error"] for r in rows) >= report["rel_error"] * (1 - 1e-9) and all(r["rel_error"] < 1e-4 for r in rows)
     assert report["worst"][0] == max(rows, key=lambda r: r["rel_error"])["image"]
     assert "worst: " + report["worst"][0] in stdout
-    # a failing re-conversion (raw weights against the EMA reference): the final names keep what they held
+    # a failing re-conversion (raw weights against an EMA reference: the reference made to read the
+    # EMA twins whatever the file holds, issue 25's defect): the final names keep what they held
     good_sha, good_report = _sha(out / f"{NAME}.safetensors"), (out / f"{NAME}.verify.json").read_text()
+    monkeypatch.setattr(verify, "holds_ema", lambda cfg: True)
     rc, stdout, err = _run(capsys, *_convert(prefix, out), *_verify_args(), "--format", "both", "--force", "--no-ema")
+    monkeypatch.undo()
     assert rc == 3 and "FAIL" in stdout
-    assert "verification failed: relative error" in err and "worst synthetic-" in err
+    assert "verification failed: conversion error (float64 on both sides)" in err and "worst synthetic-" in err
     assert "verify: " not in err  # --quiet: no stage lines
     assert _listing(out) == sorted([f"{NAME}.pth", f"{NAME}.pth.failed", f"{NAME}.safetensors",
                                     f"{NAME}.safetensors.failed", f"{NAME}.verify.json", f"{NAME}.verify.json.failed"])
@@ -345,7 +349,7 @@ def test_wrong_sha256_pin_blames_the_pin(prefix, tmp_path, capsys, monkeypatch):
     from converter.tfref.generate import make_tarball
 
     bucket = tmp_path / "bucket"
-    tarball = bucket / "ckptsaug" / "efficientnet-b0.tar.gz"
+    tarball = bucket / "efficientnet" / "ckptsaug" / "efficientnet-b0.tar.gz"  # below the bucket root
     tarball.parent.mkdir(parents=True)
     make_tarball(str(prefix), str(tarball), "efficientnet-b0")
     good = _sha(tarball)

@@ -11,12 +11,14 @@ loads. Command line (run as a subprocess by the rest of the project)::
 
     python -m converter.tfref.reference --checkpoint PREFIX --variant b0 \\
         --images IN.npz --out OUT.npz [--no-ema] [--num-classes N] \\
-        [--device cpu|cuda|auto] [--batch-size N] [--dtype float32|float64] \\
+        [--device cpu|cuda|auto] [--batch-size N] [--dtype float32|float64] [--float64] \\
         [--fused-stride expand|project]
 
 IN.npz holds ``images`` (normalized NHWC float32); OUT.npz gets ``logits`` (float32, or float64
 with ``--dtype float64``: the same graph without float32 rounding, to measure the noise floor),
-``seconds`` (the forward passes only, weights already loaded) and ``device``.
+``seconds`` (the forward passes only, weights already loaded) and ``device``; with ``--float64``
+also ``logits64`` and ``seconds64``: the same images through the same graph in float64 (weights
+and images cast up exactly), what verification's verdict compares (converter/verify.py).
 Errors in the user's input print one line on stderr and exit with code 2.
 """
 from __future__ import annotations
@@ -278,8 +280,9 @@ def _check_images(images: np.ndarray) -> np.ndarray:
 
 
 def auto_batch_size(spec: ArchSpec, height: int, width: int,
-                    budget_bytes: int = DEFAULT_MEMORY_BUDGET) -> int:
-    """Images per batch so that the largest live activations of one block fit ``budget_bytes``."""
+                    budget_bytes: int = DEFAULT_MEMORY_BUDGET, itemsize: int = 4) -> int:
+    """Images per batch so that the largest live activations of one block fit ``budget_bytes``
+    (``itemsize``: bytes per value, 8 in float64)."""
     def down(n: int, s: int) -> int:
         return -(-n // s)
 
@@ -291,7 +294,7 @@ def auto_batch_size(spec: ArchSpec, height: int, width: int,
         peak = max(peak, live)
         h, w = ho, wo
     peak = max(peak, 3 * spec.head_channels * h * w)
-    return int(max(1, min(MAX_AUTO_BATCH, budget_bytes // (4 * peak))))
+    return int(max(1, min(MAX_AUTO_BATCH, budget_bytes // (int(itemsize) * peak))))
 
 
 def forward(spec: ArchSpec, get, images_nhwc: np.ndarray, batch_size: Optional[int] = None,
@@ -311,7 +314,7 @@ def forward(spec: ArchSpec, get, images_nhwc: np.ndarray, batch_size: Optional[i
     weights = get if isinstance(get, LoadedWeights) else load_weights(spec, get, device, dtype)
     images = images.astype(weights.dtype, copy=False)
     if batch_size is None:
-        batch_size = auto_batch_size(spec, images.shape[1], images.shape[2])
+        batch_size = auto_batch_size(spec, images.shape[1], images.shape[2], itemsize=weights.dtype.itemsize)
     if int(batch_size) != batch_size or batch_size < 1:
         raise ConversionError(f"batch size must be a positive integer, got {batch_size!r}")
     batch_size = int(batch_size)
@@ -387,6 +390,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="images per pass (default: auto)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="float32: the reference; float64: the same graph without float32 rounding")
+    p.add_argument("--float64", action="store_true",
+                   help="also the float64 logits of the same graph (logits64, seconds64), after the float32 ones")
     p.add_argument("--fused-stride", choices=FUSED_STRIDES, default=FUSED_STRIDE_DEFAULT,
                    help="EdgeTPU fused blocks: the stride on the kxk expand conv (default; tensorflow/tpu since "
                         "32572cb, 2020-12-27) or on the 1x1 project conv (the 2019 code, 631fb4c)")
@@ -431,15 +436,22 @@ def _run_cli(args: argparse.Namespace, after: Optional[Callable] = None) -> int:
     weights = load_weights(spec, get, device, dtype=np.dtype(args.dtype))
     if after is not None:  # converter/tfref/taps.py (verify --trace): the intermediate tensors too
         after(spec, get, weights, images, device)
-    del get
     t0 = time.perf_counter()
     logits = forward(spec, weights, images, batch_size=args.batch_size)
     seconds = time.perf_counter() - t0
+    extra = {}
+    if args.float64:  # the float32 weights go first: one copy of the model at a time
+        del weights
+        weights = load_weights(spec, get, device, dtype=np.float64)
+        t0 = time.perf_counter()
+        extra["logits64"] = forward(spec, weights, images, batch_size=args.batch_size)
+        extra["seconds64"] = np.float64(time.perf_counter() - t0)
+    del get, weights
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise ConversionError(f"output folder {out_dir!r} does not exist")
     with open(args.out, "wb") as f:  # exactly this path (np.savez would append .npz)
-        np.savez(f, logits=logits, seconds=np.float64(seconds), device=np.array(device))
+        np.savez(f, logits=logits, seconds=np.float64(seconds), device=np.array(device), **extra)
     return 0
 
 

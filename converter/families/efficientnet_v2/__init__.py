@@ -15,7 +15,7 @@ def _reference():
     return importlib.import_module(f"{__name__}.reference")
 
 
-_SIZES = "v2-b0..v2-b3, v2-s, v2-m, v2-l, v2-xl"
+_SIZES = "v2-b0..v2-b3, v2-s, v2-m, v2-l, v2-xl (EfficientNetV2)"
 
 FAMILY = Family(
     name="efficientnet_v2",

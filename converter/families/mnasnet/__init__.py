@@ -37,7 +37,8 @@ FAMILY = Family(
     archs=mnasnet.MNAS_ARCHS,
     lookup=mnasnet.MNAS_ARCHS.get,
     variant_names=lambda: list(mnasnet.MNAS_ARCHS),
-    variants_help="mnasnet-a1[_dD[_iR]], mnasnet-small, mixnet-s/m/l",
+    variants_help="mnasnet-a1, mnasnet-a1-d<width>[-i<size>] (e.g. mnasnet-a1-d0.5-i160), mnasnet-small (MnasNet), "
+                  "mixnet-s, mixnet-m, mixnet-l (MixNet)",
     checkpoints=lambda: zoo_mnasnet.CHECKPOINTS_MNAS,
     finder=zoo_mnasnet.find_mnas,
     reference=lambda: _reference().MODEL,
