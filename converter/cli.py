@@ -158,7 +158,7 @@ def _drop_report(outputs: Sequence[Path]) -> None:
         log.info("removed %s (it verified the file being replaced)", report)
 
 
-def _finish(result, ckpt, prefix: Optional[str], plan, args: argparse.Namespace,
+def _finish(result, label: str, prefix: Optional[str], plan, args: argparse.Namespace,
             finals: Optional[Sequence[Path]] = None) -> int:
     """Give the converted files their names; with ``plan`` (--verify) only after the check passed.
 
@@ -170,7 +170,7 @@ def _finish(result, ckpt, prefix: Optional[str], plan, args: argparse.Namespace,
     from .writer import publish
 
     pending = result.pending
-    what = (f"({ckpt.name}, {'EMA' if result.selection.ema else 'raw'} weights, "
+    what = (f"({label}, {'EMA' if result.selection.ema else 'raw'} weights, "
             f"{result.metadata['num_classes']} classes, {result.seconds:.1f} s)")
     try:
         if plan is None:
@@ -303,53 +303,33 @@ def infer_variant(reader) -> str:
     return matches[0]
 
 
-def run_convert_keras(args) -> int:
-    """``convert-effnet --checkpoint FILE.h5 [--variant bN]``: convert a Keras file; prints what it wrote."""
-    from . import sources
-    from .convert import convert, output_paths
-    from .keras import KerasH5Reader, output_stem
-    from .checkpoint import official_crop
-
+def _refuse_keras_options(args) -> None:
+    """Options that do not apply to a keras.applications .h5 (``--checkpoint FILE.h5``): one line each."""
     if args.verify:
         raise ConversionError("--verify compares against a TensorFlow checkpoint; a Keras .h5 has none "
                               "(convert without --verify; tests/test_keras.py checks the port against Keras's own logits)")
+    _refuse_verify_options(args)
     if args.flavor:
         raise ConversionError("--flavor does not apply to a Keras .h5: its preprocessing is read from the "
                               "file's Normalization layer; leave --flavor out")
     if getattr(args, "fused_stride", None):
         raise ConversionError("--fused-stride applies to EdgeTPU checkpoints; Keras EfficientNets have no fused blocks")
-    from .mapping import check_variant, output_stem as layout_stem
 
-    layout = getattr(args, "layout", None) or "native"
-    sources.check_pin(args.checkpoint, args.sha256, "keras")  # before anything is read
-    reader = KerasH5Reader(args.checkpoint, variant=args.variant)
-    try:
-        spec = reader.spec
-        check_variant(spec, layout)
-        fmt_paths = output_paths(Path(args.output_dir), layout_stem(output_stem(spec), layout), args.format)
-        _refuse_existing(fmt_paths, args.force)
-        classes, drop_background = _checkpoint_classes(reader, spec, args)
-        spec = spec.with_classes(classes)
-        cfg: Dict[str, object] = {
-            "variant": spec.name,
-            "flavor": "keras",
-            "input_size": [3, spec.resolution, spec.resolution],  # keras EfficientNetBn default_size
-            "crop_pct": official_crop(spec.resolution),  # the official eval crop
-            "interpolation": "bicubic",
-        }
-        cfg.update(reader.preprocessing())
-        cfg.update(source=str(reader.path.resolve()), source_sha256=sources.sha256_file(reader.path),
-                   keras_format=reader.format)
-        result = convert(reader, spec, cfg, fmt_paths, layout=layout, use_ema=False, force=args.force,
-                         allow_nonfinite=args.allow_nonfinite, progress=not args.quiet,
-                         drop_background=drop_background)
-    finally:
-        reader.close()
-    classes = result.metadata["num_classes"]
-    for p in result.outputs:
-        print(f"wrote {p} (Keras EfficientNet{spec.name.upper()}, {classes} classes, "
-              f"std {cfg['keras_normalization']}, {result.seconds:.1f} s)")
-    return 0
+
+def _keras_cfg(spec, reader) -> Dict[str, object]:
+    """The metadata of a Keras .h5's conversion: its preprocessing is the file's (Normalization layer)."""
+    from .checkpoint import official_crop
+
+    cfg: Dict[str, object] = {
+        "variant": spec.name,
+        "flavor": "keras",
+        "input_size": [3, spec.resolution, spec.resolution],  # keras EfficientNetBn default_size
+        "crop_pct": official_crop(spec.resolution),  # the official eval crop
+        "interpolation": "bicubic",
+    }
+    cfg.update(reader.preprocessing())
+    cfg.update(keras_format=reader.format)
+    return cfg
 
 
 def _checkpoint_classes(reader, spec, args, ckpt=None) -> Tuple[int, Optional[bool]]:
@@ -434,6 +414,12 @@ def run_convert(args: argparse.Namespace) -> int:
         return _run_convert(args, claims)
 
 
+def _opened(claims, source):
+    """``source``, closed when the run ends (its reader; an extracted tarball's folder is removed)."""
+    claims.callback(source.close)
+    return source
+
+
 def _run_convert(args: argparse.Namespace, claims) -> int:
     from . import sources
     from .registry import get_arch
@@ -443,27 +429,34 @@ def _run_convert(args: argparse.Namespace, claims) -> int:
     if not args.variant and not args.flavor and not args.checkpoint:
         raise ConversionError("--variant is required (e.g. convert-effnet --variant b4 --flavor advprop); see --list")
     kind = sources.classify(args.checkpoint) if args.checkpoint else "download"  # classified once
-    if kind == "keras":  # a keras.applications EfficientNet .h5 / .weights.h5
-        if not args.verify:
-            _refuse_verify_options(args)
-        return run_convert_keras(args)
-    if args.verify:  # before any download or conversion
-        from .verify import require_tensorflow
-
-        require_tensorflow()
-    _refuse_verify_options(args)
-    source = None
+    source = ckpt = None
     need_files = bool(args.verify)  # TensorFlow verifies from files: a tarball is extracted then
-    variant = args.variant
-    if args.checkpoint and not variant and not _flavor_names_checkpoint(args.flavor):
-        source = sources.Source.open(args.checkpoint, need_files, args.reader, kind, sha256=args.sha256)
-        variant = infer_variant(source.reader)
-        log.info("variant %s (from the checkpoint's scope)", variant)
-    if args.checkpoint and not args.flavor:
-        ckpt = find_checkpoint(variant, None)  # works only where a variant has one checkpoint
+    if kind == "keras":  # a keras.applications EfficientNet .h5 / .weights.h5: no release, its own metadata
+        _refuse_keras_options(args)
+        source = _opened(claims, sources.Source.open(args.checkpoint, kind=kind, sha256=args.sha256,
+                                                          variant=args.variant))
+        spec = source.reader.spec
+        from .keras import output_stem as keras_stem
+
+        name, label = keras_stem(spec), f"Keras EfficientNet{spec.name.upper()}"
     else:
-        ckpt = find_checkpoint(variant, args.flavor)
-    spec = get_arch(ckpt.variant)
+        if args.verify:  # before any download or conversion
+            from .verify import require_tensorflow
+
+            require_tensorflow()
+        _refuse_verify_options(args)
+        variant = args.variant
+        if args.checkpoint and not variant and not _flavor_names_checkpoint(args.flavor):
+            source = _opened(claims, sources.Source.open(args.checkpoint, need_files, args.reader, kind,
+                                                              sha256=args.sha256))
+            variant = infer_variant(source.reader)
+            log.info("variant %s (from the checkpoint's scope)", variant)
+        if args.checkpoint and not args.flavor:
+            ckpt = find_checkpoint(variant, None)  # works only where a variant has one checkpoint
+        else:
+            ckpt = find_checkpoint(variant, args.flavor)
+        spec = get_arch(ckpt.variant)
+        name = label = ckpt.name
     if args.fused_stride is not None:  # EdgeTPU's fused blocks (arch.FUSED_STRIDES)
         if not spec.has_strided_fused:
             raise ConversionError(f"--fused-stride applies to models with strided fused blocks (edgetpu-s/m/l); "
@@ -478,7 +471,7 @@ def _run_convert(args: argparse.Namespace, claims) -> int:
         write, paths = layout.folder_writer().folder_converter(convert, args.resolution)
     else:
         write, paths = convert, output_paths
-    fmt_paths = paths(Path(args.output_dir), output_stem(ckpt.name, args.layout), args.format)
+    fmt_paths = paths(Path(args.output_dir), output_stem(name, args.layout), args.format)
     from .writer import check_writable_folder, claimed
 
     _refuse_existing(fmt_paths, args.force)  # say so before downloading gigabytes
@@ -493,15 +486,17 @@ def _run_convert(args: argparse.Namespace, claims) -> int:
         plan = plan_verification(ckpt.pretrained_cfg(), progress=not args.quiet, **_verify_kwargs(args))
 
     if source is None and args.checkpoint:
-        source = sources.Source.open(args.checkpoint, need_files, args.reader, kind, sha256=args.sha256)
+        source = _opened(claims, sources.Source.open(args.checkpoint, need_files, args.reader, kind,
+                                                          sha256=args.sha256))
     elif source is None:
         tarball = sources.fetch_checkpoint(ckpt, sha256=args.sha256, progress=not args.quiet)
-        source = sources.Source.open(tarball, need_files, args.reader, "download", origin=ckpt.download_url())
+        source = _opened(claims, sources.Source.open(tarball, need_files, args.reader, "download",
+                                                          origin=ckpt.download_url()))
     reader, prefix = source.reader, source.prefix
 
     classes, drop_background = _checkpoint_classes(reader, spec, args, ckpt)
     spec = spec.with_classes(classes)
-    cfg = ckpt.pretrained_cfg()
+    cfg = ckpt.pretrained_cfg() if ckpt is not None else _keras_cfg(spec, reader)
     cfg.update(source=source.origin, source_sha256=source.sha256)
     # files stay under their temp names until _finish names them (after the check, with --verify);
     # a folder output (--layout transformers) is committed by its own writer: with --verify, under a
@@ -512,10 +507,11 @@ def _run_convert(args: argparse.Namespace, claims) -> int:
         import secrets
 
         targets = [p.with_name(f".{p.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}") for p in fmt_paths]
-    result = write(reader, spec, cfg, targets, layout=args.layout, use_ema=not args.no_ema, force=args.force,
-                     allow_nonfinite=args.allow_nonfinite, progress=not args.quiet,
-                     drop_background=drop_background, **staged)
-    return _finish(result, ckpt, prefix, plan, args, finals=fmt_paths)
+    result = write(reader, spec, cfg, targets, layout=args.layout,
+                   use_ema=not args.no_ema and ckpt is not None,  # a Keras file has no EMA twins
+                   force=args.force, allow_nonfinite=args.allow_nonfinite, progress=not args.quiet,
+                   drop_background=drop_background, **staged)
+    return _finish(result, label, prefix, plan, args, finals=fmt_paths)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -34,10 +34,8 @@ from typing import Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .checkpoint import CROP_PADDING  # tensorflow/tpu efficientnet preprocessing.py (pre-Nov 2021)
 from .errors import ConversionError, first_line
-
-# tensorflow/tpu efficientnet preprocessing.py (pre-Nov 2021): CROP_PADDING = 32
-CROP_PADDING = 32
 # tensorflow/tpu efficientnet preprocessing.py (Nov 2021 on): CROP_FRACTION = 0.875
 CROP_FRACTION = 0.875
 # tensorflow/core/kernels/image/resize_bicubic_op.cc: kTableSize = (1 << 10), and the legacy

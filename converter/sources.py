@@ -170,13 +170,12 @@ def resolve_checkpoint(path: PathLike) -> str:
 
     if p.is_dir():
         return _resolve_folder(p)
-    from .keras import is_keras_file
-
-    if is_keras_file(p):
+    kind = classify(p)
+    if kind == "keras":
         raise ConversionError(
             f"{p} is a Keras HDF5 file, not a TensorFlow checkpoint: convert it with "
             f"convert-effnet --checkpoint {p} (verification runs on TensorFlow checkpoints only)")
-    if is_tarball(p):  # a caller's mistake, not the user's
+    if kind == "tarball":  # a caller's mistake, not the user's
         raise ValueError(f"{p} is a tarball: open it with Source.open or checkpoint_files")
     if p.is_file() and name == "checkpoint":
         return _resolve_folder(p.parent)
@@ -920,24 +919,28 @@ class Source:
 
     @classmethod
     def open(cls, path: PathLike, need_files: bool = False, reader: Optional[str] = None,
-             kind: Optional[str] = None, origin: Optional[str] = None, sha256: Optional[str] = None) -> "Source":
+             kind: Optional[str] = None, origin: Optional[str] = None, sha256: Optional[str] = None,
+             variant: Optional[str] = None) -> "Source":
         """Open --checkpoint ``path`` (a download: ``kind="download"`` and its URL as ``origin``).
 
         A tarball is read as a stream, nothing extracted, unless files are needed (``need_files``:
         TensorFlow verifies, or ``reader`` is ``tf``); then it is extracted (:class:`Extraction`)
         until :meth:`close`. ``sha256`` (--sha256) pins a local tarball: checked here, before
-        anything is read; a download's pin is checked by :func:`fetch_checkpoint`.
+        anything is read; a download's pin is checked by :func:`fetch_checkpoint`. A Keras .h5
+        (``keras``) is read by converter.keras (``variant``: checked against the file, or inferred).
         """
         from .pipeline import Deferred, sha256_files
         from .readers import READER_ENV, open_reader
 
         p = Path(os.fspath(path)).expanduser()
         kind = kind or classify(p)
-        if kind == "keras":
-            raise ConversionError(f"{p} is a Keras HDF5 file: convert it with convert-effnet --checkpoint {p}")
         if sha256 is not None and kind != "download":
             check_pin(p, sha256, kind)
         origin = origin or (str(p.resolve()) if p.exists() else os.fspath(path))
+        if kind == "keras":
+            from .keras import KerasH5Reader
+
+            return cls(kind, p, origin, KerasH5Reader(p, variant=variant), None, Deferred.run(sha256_file, p))
         reader_kind = (reader or os.environ.get(READER_ENV) or "bundle").lower()
         if kind in ("tarball", "download"):
             sha = Deferred.run(sha256_file, p)  # memoized: free when the pin or the cache hashed it

@@ -18,9 +18,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..checkpoint import CROP_PADDING  # tensorflow/tpu efficientnet preprocessing.py
 from ..errors import first_line
-
-CROP_PADDING = 32  # tensorflow/tpu efficientnet preprocessing.py: CROP_PADDING = 32
 
 
 def _tf():
