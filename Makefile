@@ -23,7 +23,7 @@ VARIANT ?= b0
 FLAVOR ?=
 PYTEST_ARGS ?=
 
-.PHONY: install install-test test convert parity notf-env libs-env
+.PHONY: install install-test test test-fast convert parity notf-env libs-env
 
 install:            ## convert-effnet ready (runtime dependencies + the package, editable)
 	@$(if $(filter $(origin PYTHON),command line),true,$(BASE_PYTHON) scripts/pick_python.py $(VENV) --create $(PICK_ARGS) >/dev/null)
@@ -57,8 +57,15 @@ $(LIBS_VENV)/.built: requirements-libs.txt requirements-libs-nodeps.txt
 	$(LIBS_VENV)/bin/python -c "import timm, mmpretrain, mmengine.runner, transformers"
 	touch $@
 
+# pytest-xdist workers (one checkpoint store shared by all: tests/conftest.py); 0 runs in one process
+TEST_WORKERS ?= 2
+TEST_ENV = EFFNET_NOTF_PYTHON=$(abspath $(NOTF_VENV))/bin/python EFFNET_LIBS_PYTHON=$(abspath $(LIBS_VENV))/bin/python
+
 test: install-test notf-env libs-env  ## the test suite CI runs (no network, no GPU needed)
-	EFFNET_NOTF_PYTHON=$(abspath $(NOTF_VENV))/bin/python EFFNET_LIBS_PYTHON=$(abspath $(LIBS_VENV))/bin/python $(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) $(PYTHON) -m pytest -q -m "not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+test-fast: install-test notf-env  ## unit tests and small conversions (tests/conftest.py HEAVY_*: left out), a few minutes
+	$(TEST_ENV) $(PYTHON) -m pytest -q -m "not slow and not heavy" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 convert:            ## make convert VARIANT=b4 FLAVOR=advprop [OUT=converted]
 	$(CONVERT) --variant $(VARIANT) $(if $(FLAVOR),--flavor $(FLAVOR)) --output-dir $(OUT)

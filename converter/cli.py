@@ -107,6 +107,9 @@ def _verify_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where both frameworks run (auto: the GPU when there is one)")
     g.add_argument("--dump-logits", metavar="FILE.npz", help="save both logit arrays (keys tf, torch)")
+    g.add_argument("--dtype", default="float32", choices=("float32", "bf16", "fp16"),
+                   help="also run the converted model in bf16/fp16 (autocast) and report its deviation from the "
+                        "official float32 logits and its top-1 agreement (the verdict stays float32's)")
     g.add_argument("--max-rel-error", type=float, default=None, help=argparse.SUPPRESS)
     g.add_argument("--trace", action="store_true",
                    help="also compare every stage (stem, blocks, convs, batch norms, head) on the first 2 images "
@@ -145,7 +148,7 @@ def _verify_kwargs(args: argparse.Namespace) -> dict:
     return dict(resolution=args.resolution, n_images=args.num_images, image_files=list(args.images),
                 device=args.device, dump_logits=Path(args.dump_logits) if args.dump_logits else None,
                 max_rel_error=MAX_REL_ERROR if args.max_rel_error is None else args.max_rel_error,
-                trace=bool(getattr(args, "trace", False)))
+                trace=bool(getattr(args, "trace", False)), dtype=getattr(args, "dtype", "float32"))
 
 
 def _drop_report(outputs: Sequence[Path]) -> None:

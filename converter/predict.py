@@ -297,6 +297,8 @@ def _evaluate_parser() -> argparse.ArgumentParser:
                    help="labels of the images directly in DIR: lines 'filename index' or 'filename synset', "
                         "or one index (0-999, standard order) or synset per line in sorted file-name order")
     p.add_argument("--limit", type=int, help="only the first N images (sorted by path)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bf16", "fp16"),
+                   help="run the model in this precision (autocast where the device has it; default float32)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2; 0: none)")
     p.add_argument("--json", metavar="OUT.json", help="also write the results to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -546,16 +548,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
                     labels, len(absent), root, listing(absent), len(items))
     if args.limit is not None:
         items = items[:args.limit]
-    r = evaluate_shared(session, items, lambda part: evaluate_items(
-        model, part, space, batch_size=args.batch_size, workers=args.workers, device=device, mode=args.preprocess,
-        progress=not args.quiet and sys.stderr.isatty() and session.is_main, max_pixels=args.max_image_pixels))
+    from .fast import in_precision
+
+    with in_precision(model, args.dtype, device):  # --dtype (issue 27)
+        r = evaluate_shared(session, items, lambda part: evaluate_items(
+            model, part, space, batch_size=args.batch_size, workers=args.workers, device=device, mode=args.preprocess,
+            progress=not args.quiet and sys.stderr.isatty() and session.is_main, max_pixels=args.max_image_pixels))
     if not session.is_main:  # rank 0 prints and writes the gathered results
         return 0
     cfg = model.pretrained_cfg
     print(f"top-1: {r.top1:.2f}% ({r.top1_correct}/{r.images})")
     print(f"top-5: {r.top5:.2f}% ({r.top5_correct}/{r.images})")
     print(f"images: {r.images} in {r.seconds:.1f} s, {r.images_per_s:.1f} images/s "
-          f"({cfg['variant']}_{cfg['flavor']}, {args.preprocess} preprocessing, {device}, {args.workers} workers"
+          f"({cfg['variant']}_{cfg['flavor']}, {args.preprocess} preprocessing, {device}, {args.dtype}, {args.workers} workers"
           + (f", {session.world} processes" if session.world > 1 else "") + ")")
     if absent:
         print(f"missing: {len(absent)} images named in {labels} are not in {root} (not counted above)")
@@ -564,7 +569,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                "images": r.images, "images_per_s": r.images_per_s, "seconds": r.seconds,
                "weights": str(Path(args.weights).resolve()), "preprocess": args.preprocess,
                "variant": cfg["variant"], "flavor": cfg["flavor"], "num_classes": int(cfg["num_classes"]),
-               "dir": str(Path(args.dir).resolve()), "device": device, "batch_size": args.batch_size,
+               "dir": str(Path(args.dir).resolve()), "device": device, "dtype": args.dtype, "batch_size": args.batch_size,
                "workers": args.workers, "processes": session.world, "images_per_process": session.shares,
                "labelled_missing": len(absent), "labelled_missing_names": absent}
         _write_json(out, doc)

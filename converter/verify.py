@@ -106,6 +106,9 @@ class ParityReport:
     tolerance: Optional[float] = None
     tolerance_f64: Optional[float] = None
     float64_seconds: Optional[float] = None  # both float64 passes (TensorFlow + PyTorch), forward only
+    # --dtype bf16/fp16 (issue 27): the model in that precision vs the official float32 logits
+    # (low_precision_figures); reported, not part of the verdict
+    low_precision: Optional[Dict[str, object]] = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -114,8 +117,16 @@ class ParityReport:
         if self.trace is not None:  # --trace: the tap table, then the summary line
             from .trace import format_table
 
-            return format_table(self.trace) + "\n" + self._summary_line()
-        return self._summary_line()
+            return format_table(self.trace) + "\n" + self._summary_line() + self._low_precision_line()
+        return self._summary_line() + self._low_precision_line()
+
+    def _low_precision_line(self) -> str:
+        lp = self.low_precision
+        if not lp:
+            return ""
+        return (f"\n{lp['dtype']} ({lp['how']}) vs the official float32 logits: rel error {lp['rel_error']:.3g}, "
+                f"max |diff| {lp['max_abs_diff']:.3g}, top-1 agreement {lp['top1_agreement']:.0%}, "
+                f"top-5 agreement {lp['top5_agreement']:.0%}, PyTorch {lp['images_per_s']:.1f} img/s")
 
     def _top1_agree(self) -> int:
         """How many images have the same top-1 on both sides."""
@@ -303,6 +314,7 @@ class VerifyPlan:
     dump_logits: Optional[Path]
     max_rel_error: float
     trace: bool = False  # --trace: also compare every stage (converter/trace.py)
+    dtype: str = "float32"  # --dtype bf16/fp16: also run the model in that precision (not in the verdict)
 
 
 def check_image_file(path: str) -> None:
@@ -377,12 +389,17 @@ def check_options(resolution: Optional[int] = None, n_images: Optional[int] = No
 
 def plan_verification(cfg: Dict[str, object], resolution: Optional[int] = None, n_images: Optional[int] = None,
                       image_files: Sequence[str] = (), device: str = "auto", dump_logits: Optional[Path] = None,
-                      max_rel_error: float = MAX_REL_ERROR, progress: bool = False, trace: bool = False) -> VerifyPlan:
+                      max_rel_error: float = MAX_REL_ERROR, progress: bool = False, trace: bool = False,
+                      dtype: str = "float32") -> VerifyPlan:
     """Check every verification option and compute the images (``cfg``: the metadata the weights
     have or will have). Runs before a conversion with ``--verify``, so that a bad option stops it
     before anything is written."""
     native = int(cfg["input_size"][-1])
     dev = check_options(resolution, n_images, image_files, device, dump_logits, max_rel_error, native)
+    from .fast import PRECISIONS
+
+    if dtype not in PRECISIONS:
+        raise ConversionError(f"--dtype {dtype!r}: use one of {', '.join(PRECISIONS)}")
     n_images = num_images(n_images, image_files)
     res = int(resolution or native)
     dump = Path(dump_logits) if dump_logits is not None else None
@@ -393,7 +410,7 @@ def plan_verification(cfg: Dict[str, object], resolution: Optional[int] = None, 
     images = verification_images(res, cfg["mean"], cfg["std"], n_images, image_files, cfg.get("crop_pct"),
                                  preprocessing_of(cfg))
     return VerifyPlan(images=images, names=image_names(res, n_images, image_files), resolution=res, device=dev,
-                      dump_logits=dump, max_rel_error=float(max_rel_error), trace=bool(trace))
+                      dump_logits=dump, max_rel_error=float(max_rel_error), trace=bool(trace), dtype=dtype)
 
 
 def _tf_env(device: str) -> Dict[str, str]:
@@ -604,7 +621,7 @@ def verify_model(model, prefix: str, cfg: Dict[str, object], resolution: Optiona
                  n_images: Optional[int] = None, image_files: Sequence[str] = (), device: str = "auto",
                  dump_logits: Optional[Path] = None, max_rel_error: float = MAX_REL_ERROR,
                  use_ema_reference: Optional[bool] = None, plan: Optional[VerifyPlan] = None,
-                 progress: bool = False, trace: bool = False) -> ParityReport:
+                 progress: bool = False, trace: bool = False, dtype: str = "float32") -> ParityReport:
     """Run TensorFlow on ``prefix`` and ``model`` on the same images, in float32 and float64; return
     the parity report (verdict: :func:`judge`).
 
@@ -615,7 +632,7 @@ def verify_model(model, prefix: str, cfg: Dict[str, object], resolution: Optiona
     """
     if plan is None:
         plan = plan_verification(cfg, resolution, n_images, image_files, device, dump_logits, max_rel_error,
-                                 progress, trace)
+                                 progress, trace, dtype)
     dev, res, images = plan.device, plan.resolution, plan.images
     num_classes = int(cfg.get("num_classes", 1000))
     dropped = str(cfg.get("background_dropped", "")).lower() == "true"
@@ -637,6 +654,11 @@ def verify_model(model, prefix: str, cfg: Dict[str, object], resolution: Optiona
         log.info("verify: PyTorch on the same %d images (%s), float32 and float64", len(images), dev)
     pt_out, pt_s = torch_logits(model, images, dev)
     pt64, pt64_s = torch_logits(model, images, dev, float64=True)
+    low = None
+    if plan.dtype != "float32":
+        if progress:
+            log.info("verify: PyTorch in %s on the same %d images", plan.dtype, len(images))
+        low = low_precision_figures(model, images, dev, plan.dtype, tf_out)
     if plan.dump_logits is not None:
         write_dump(plan.dump_logits, tf_out, pt_out, tf64, pt64)
     m = compare(tf_out, pt_out, tf64, pt64)
@@ -656,7 +678,21 @@ def verify_model(model, prefix: str, cfg: Dict[str, object], resolution: Optiona
         device_torch=dev, device_tf=tf_dev, tf_images_per_s=n / max(tf_s, 1e-9),
         torch_images_per_s=n / max(pt_s, 1e-9), passed=not failures, failures=failures,
         checkpoint=str(prefix), per_image=rows, worst=worst_images(rows), reference_weights="EMA" if ema else "raw",
-        max_rel_error=plan.max_rel_error, tolerance=tol32, tolerance_f64=tol64, float64_seconds=tf64_s + pt64_s, **m)
+        max_rel_error=plan.max_rel_error, tolerance=tol32, tolerance_f64=tol64, float64_seconds=tf64_s + pt64_s,
+        low_precision=low, **m)
+
+
+def low_precision_figures(model, images: np.ndarray, device: str, dtype: str, official: np.ndarray) -> Dict[str, object]:
+    """--dtype: ``model`` run in ``dtype`` (converter.fast.in_precision: autocast where the device has
+    it) against the official float32 logits of the same images (:func:`compare`), and its speed."""
+    from .fast import in_precision
+
+    with in_precision(model, dtype, device) as how:
+        out, seconds = torch_logits(model, images, device)
+    m = compare(official, out)
+    return dict(dtype=dtype, how=how, rel_error=m["rel_error"], max_abs_diff=m["max_abs_diff"],
+                top1_agreement=m["top1_agreement"], top5_agreement=m["top5_agreement"],
+                images_per_s=len(images) / max(seconds, 1e-9))
 
 
 def write_dump(path: Path, tf_out: np.ndarray, pt_out: np.ndarray, tf64: Optional[np.ndarray] = None,

@@ -6,7 +6,54 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
+_STORE_MADE = []
 REFERENCE = REPO.parent / "shared" / "reference"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist the controller names one checkpoint store that every worker inherits."""
+    from helpers import STORE_ENV
+
+    if not hasattr(config, "workerinput") and not os.environ.get(STORE_ENV):
+        import tempfile
+
+        _STORE_MADE.append(tempfile.mkdtemp(prefix="effnet-checkpoint-store-"))
+        os.environ[STORE_ENV] = _STORE_MADE[0]
+
+
+# The fast tier (`make test-fast`: unit tests and small conversions, a few minutes on 2 cores) leaves out
+# these files: TensorFlow reference runs at many sizes, every family end to end, the libraries' own
+# environments and subprocess CLIs. `make test` (CI) runs everything not marked slow.
+HEAVY_FILES = frozenset({
+    "test_parity.py", "test_v2.py", "test_fast.py", "test_without_tensorflow.py", "test_tfref.py",
+    "test_keras.py", "test_trust.py", "test_predict.py", "test_mnasnet.py", "test_tarball.py",
+    "test_trace.py", "test_list.py", "test_layouts.py", "test_transformers.py", "test_batch.py",
+    "test_tfimport.py", "test_cli_defects.py", "test_export.py", "test_verify_verdict.py",
+    "test_distributed.py",
+})
+# ... and these tests of the other files (the libraries' environment, TensorFlow verification CLIs,
+# the largest variants)
+HEAVY_TESTS = frozenset({
+    "test_family_libraries_load_strictly_same_logits", "test_family_tables_equal_library_state_dicts",
+    "test_cli_edgetpu_drop_background_and_verify", "test_cli_timm_edgetpu_caveat_and_verify",
+    "test_library_layouts_background_class", "test_reference_cli_and_verify_follow_the_metadata",
+    "test_convert_every_variant[b5]", "test_convert_every_variant[b6]", "test_convert_every_variant[b7]",
+    "test_convert_every_variant[b8]", "test_convert_every_variant[l2]",
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests of HEAVY_FILES and HEAVY_TESTS ``heavy`` (deselected by ``-m "not heavy"``)."""
+    for item in items:
+        if item.path.name in HEAVY_FILES or item.name in HEAVY_TESTS or item.originalname in HEAVY_TESTS:
+            item.add_marker(pytest.mark.heavy)
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    for folder in _STORE_MADE:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Test helpers: generated official-layout checkpoints, cached per session."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Dict, Tuple
@@ -93,10 +94,8 @@ def make_checkpoint(root: Path, variant: str, mode: str = "full", calibration_re
                     slots: bool = True, num_classes: int = 1000, seed: int = 0,
                     calibration_images: int = 8, flavor: str = "aa") -> Path:
     """Write (once per session) an official-layout checkpoint; returns its prefix."""
-    from converter.tfref.generate import generate_checkpoint
-
-    from converter.zoo import ADVPROP_MEAN, ADVPROP_STD
     from converter.checkpoint import IMAGENET_MEAN, IMAGENET_STD
+    from converter.zoo import ADVPROP_MEAN, ADVPROP_STD
 
     # calibrate the BN statistics on inputs normalized as the flavor's metadata will say
     mean, std = (ADVPROP_MEAN, ADVPROP_STD) if flavor == "advprop" else (IMAGENET_MEAN, IMAGENET_STD)
@@ -112,17 +111,39 @@ def make_checkpoint(root: Path, variant: str, mode: str = "full", calibration_re
             _CACHE[key] = prefix
             return prefix
         folder.mkdir(parents=True, exist_ok=True)
-        kw = dict(mode=mode, seed=seed, calibration_resolution=calibration_resolution, num_classes=num_classes,
-                  slots=slots, calibration_images=calibration_images, mean=list(mean), std=list(std))
-        if has_tensorflow():
-            generate_checkpoint(variant, str(prefix), **kw)
-        else:
-            import json
-
-            _in_tf_python(_GENERATE, str(prefix), json.dumps(dict(kw, variant=variant)))
-        (folder / ".complete").touch()
+        # pytest-xdist workers share the store: one writes a checkpoint, the others wait for it
+        with _store_lock(folder):
+            if not (folder / ".complete").is_file():
+                _generate(variant, prefix, mode, seed, calibration_resolution, num_classes, slots,
+                          calibration_images, mean, std)
+                (folder / ".complete").touch()
         _CACHE[key] = prefix
     return _CACHE[key]
+
+
+@contextlib.contextmanager
+def _store_lock(folder: Path):
+    """An exclusive flock on ``folder/.lock`` for the with-block."""
+    import fcntl
+
+    with open(folder / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _generate(variant, prefix, mode, seed, calibration_resolution, num_classes, slots, calibration_images,
+              mean, std) -> None:
+    """Write one checkpoint with TensorFlow (here, or in $EFFNET_TF_PYTHON without it)."""
+    kw = dict(mode=mode, seed=seed, calibration_resolution=calibration_resolution, num_classes=num_classes,
+              slots=slots, calibration_images=calibration_images, mean=list(mean), std=list(std))
+    if has_tensorflow():
+        from converter.tfref.generate import generate_checkpoint
+
+        generate_checkpoint(variant, str(prefix), **kw)
+    else:
+        import json
+
+        _in_tf_python(_GENERATE, str(prefix), json.dumps(dict(kw, variant=variant)))
 
 
 def torch_layout(name: str, value: np.ndarray) -> np.ndarray:

@@ -347,3 +347,44 @@ def test_in_precision_cast_where_no_autocast(b0, monkeypatch):
     assert how == "cast" and seen == [torch.float32, torch.bfloat16] and low.dtype == torch.float32
     assert 1e-5 < rel(low, ref) < 0.1
     assert model.classifier.weight.dtype == torch.float32
+
+
+def test_verify_dtype_reports_bf16_against_official_float32(tmp_path, capsys):
+    """verify --dtype bf16: the float32 verdict as before, plus the bf16 model's deviation from the
+    official (TensorFlow float32) logits, in the summary and the JSON report; checked against the
+    dumped TensorFlow logits and the model run under autocast here."""
+    import json
+
+    from helpers import make_checkpoint
+
+    from converter import load_model
+    from converter.cli import main
+    from converter.verify import report_path_for, verification_images
+    from converter.preprocess import cfg_resize
+
+    prefix = make_checkpoint(tmp_path, "b0", calibration_resolution=224)
+    assert main(["--variant", "b0", "--flavor", "aa", "--checkpoint", str(prefix), "--output-dir", str(tmp_path),
+                 "--quiet"]) == 0
+    weights = tmp_path / "efficientnet-b0_aa.safetensors"
+    dump = tmp_path / "logits.npz"
+    capsys.readouterr()
+    rc = main(["verify", "--weights", str(weights), "--checkpoint", str(prefix), "--device", "cpu",
+               "--num-images", "3", "--dtype", "bf16", "--dump-logits", str(dump), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "bf16 (autocast) vs the official float32 logits: rel error" in out
+    report = json.loads(report_path_for(weights).read_text())
+    low = report["low_precision"]
+    assert low["dtype"] == "bf16" and low["how"] == "autocast" and report["passed"]
+    # independent: the same images through the model under torch.autocast, against TF's dumped logits
+    model = load_model(weights)
+    cfg = model.pretrained_cfg
+    images = verification_images(224, cfg["mean"], cfg["std"], 3, [], cfg.get("crop_pct"), cfg_resize(cfg),
+                                 cfg.get("preprocessing"))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mine = model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).float().numpy()
+    tf32 = np.load(dump)["tf"]
+    expected = float(np.linalg.norm(mine - tf32) / np.linalg.norm(tf32))
+    assert low["rel_error"] == pytest.approx(expected, rel=1e-3)
+    assert low["rel_error"] > 100 * report["rel_error"]  # bf16's 8 bits, far above float32's error
+    assert low["top1_agreement"] == pytest.approx(float(np.mean(mine.argmax(1) == tf32.argmax(1))))

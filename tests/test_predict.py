@@ -526,3 +526,34 @@ def test_predict_cuda_matches_float32(setup, capsys):
         exp = top_k(pr[None], 5)[0]
         assert [t["index"] for t in d["top"]] == exp.tolist()
         np.testing.assert_allclose([t["prob"] for t in d["top"]], pr[exp], rtol=1e-4, atol=2e-5)
+
+
+def test_evaluate_dtype_runs_under_autocast(setup, capsys, tmp_path, monkeypatch):
+    """evaluate --dtype bf16 (issue 27): the evaluation's forward passes run under bf16 autocast
+    (the model's convolutions give bf16), the figures and the JSON say so; float32 by default."""
+    from converter import predict
+
+    photos, logits = setup["photos"], setup["logits"]
+    labels = _mixed_labels(logits)
+    _synset_tree(tmp_path / "val", photos, labels)
+    seen = []
+    original = predict.evaluate_items
+
+    def spy(model, *a, **kw):
+        hook = model.stem.conv.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+        try:
+            return original(model, *a, **kw)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(predict, "evaluate_items", spy)
+    for dtype, conv_dtype in (("bf16", torch.bfloat16), (None, torch.float32)):
+        seen.clear()
+        report = tmp_path / f"eval-{dtype}.json"
+        extra = ["--dtype", dtype] if dtype else []
+        rc, out, err = run_cli(capsys, "evaluate", tmp_path / "val", "--weights", setup["weights"],
+                               "--workers", 0, "--batch-size", 4, "--json", report, *extra)
+        assert rc == 0, err
+        assert seen and set(seen) == {conv_dtype}
+        assert json.loads(report.read_text())["dtype"] == (dtype or "float32")
+        assert f", {dtype or 'float32'}, 0 workers" in out

@@ -140,7 +140,11 @@ def test_verify_passes_then_names_the_outputs(prefix, tmp_path, capsys, monkeypa
     assert stages == ["verify: TensorFlow reference on 2 images at 64 px (cpu), float32 and float64",
                       "verify: PyTorch on the same 2 images (cpu), float32 and float64"]
     assert not {f"{NAME}.safetensors", f"{NAME}.pth", f"{NAME}.verify.json"} & set(seen["during"]), seen
-    assert len(seen["during"]) == 2 and all(n.startswith(".") and ".tmp-" in n for n in seen["during"])
+    # beside the two temp files, the run's claims on the final names (converter/writer.py claimed)
+    claims = sorted(n for n in seen["during"] if n.endswith(".claim"))
+    temps = [n for n in seen["during"] if not n.endswith(".claim")]
+    assert claims == sorted(f".{n}.claim" for n in (f"{NAME}.safetensors", f"{NAME}.pth")), seen
+    assert len(temps) == 2 and all(n.startswith(".") and ".tmp-" in n for n in temps), seen
     assert _listing(out) == [f"{NAME}.pth", f"{NAME}.safetensors", f"{NAME}.verify.json"]
     report = json.loads((out / f"{NAME}.verify.json").read_text())
     assert report["passed"] is True and report["weights"] == str(out / f"{NAME}.safetensors")
