@@ -90,7 +90,7 @@ $(OUT)/efficientnet-%.safetensors:
 
 # EfficientNetV2 (23: B0-B3, S, M, L 1k; B0-B3, S, M, L, XL 21k and 21k-ft1k), named as the official
 # tarballs; each converted from its .tgz and verified against the TensorFlow reference
-V2 := $(shell $(PYTHON) -c 'from converter.zoo_v2 import CHECKPOINTS_V2; print(" ".join(c.name for c in CHECKPOINTS_V2))' 2>/dev/null)
+V2 := $(shell $(PYTHON) -c 'from converter.families.efficientnet_v2.checkpoints import CHECKPOINTS_V2; print(" ".join(c.name for c in CHECKPOINTS_V2))' 2>/dev/null)
 V2_OUTPUTS := $(patsubst %,$(OUT)/%.safetensors,$(V2))
 
 .PHONY: v2
@@ -101,7 +101,7 @@ $(OUT)/efficientnetv2-%.safetensors:
 
 # MnasNet (26: A1 at depth multipliers 1.4/1.0/0.75/0.5/0.35 at 224 px and 192/160/128/96 px, small)
 # and MixNet S/M/L, named as the official files; each converted and verified against the TF reference
-MNAS := $(shell $(PYTHON) -c 'from converter.zoo_mnasnet import CHECKPOINTS_MNAS; print(" ".join(c.name for c in CHECKPOINTS_MNAS))' 2>/dev/null)
+MNAS := $(shell $(PYTHON) -c 'from converter.families.mnasnet.checkpoints import CHECKPOINTS_MNAS; print(" ".join(c.name for c in CHECKPOINTS_MNAS))' 2>/dev/null)
 MNAS_OUTPUTS := $(patsubst %,$(OUT)/%.safetensors,$(MNAS))
 
 .PHONY: mnas

@@ -55,6 +55,9 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 KERAS_SUFFIXES = (".h5", ".hdf5")
 # keras.applications has EfficientNetB0..B7 (keras/src/applications/efficientnet.py)
 KERAS_VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7")
+# keras/src/applications/efficientnet_v2.py, S/M/L: Rescaling(scale=1/128, offset=-1), i.e. (x - 128) / 128
+KERAS_V2_MEAN = (128.0 / 255.0,) * 3
+KERAS_V2_STD = (128.0 / 255.0,) * 3
 # and EfficientNetV2B0-B3/S/M/L (keras/src/applications/efficientnet_v2.py); no XL
 KERAS_V2_VARIANTS = ("v2-b0", "v2-b1", "v2-b2", "v2-b3", "v2-s", "v2-m", "v2-l")
 NORMALIZATION_IMAGENET = "imagenet: variance holds the std (keras.applications weights='imagenet')"
@@ -469,14 +472,12 @@ def keras_v2_preprocessing(spec: ArchSpec) -> Dict[str, object]:
     B0-B3: Rescaling(1/255) -> Normalization(ImageNet mean, variance = std ** 2), the official
     B-series 1k eval (``v1``: crop res / (res + 32), bicubic); S/M/L: Rescaling(1/128, offset=-1),
     ``(x - 128) / 128``, the official S/M/L 1k eval (``v2``: bilinear, no crop at 384/480).
-    keras/src/applications/efficientnet_v2.py; converter/zoo_v2.py.
+    keras/src/applications/efficientnet_v2.py (the same values as the official checkpoints').
     """
-    from .zoo_v2 import V2_MEAN, V2_STD
-
     note = {"keras_normalization": "constant (keras.applications EfficientNetV2 preprocessing layers)"}
     if spec.name.startswith("v2-b"):
         return {"mean": list(IMAGENET_MEAN_RGB), "std": list(IMAGENET_STDDEV_RGB), "preprocessing": "v1", **note}
-    return {"mean": list(V2_MEAN), "std": list(V2_STD), "preprocessing": "v2", "crop_pct": 1.0,
+    return {"mean": list(KERAS_V2_MEAN), "std": list(KERAS_V2_STD), "preprocessing": "v2", "crop_pct": 1.0,
             "interpolation": "bilinear", **note}
 
 

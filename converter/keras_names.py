@@ -6,7 +6,7 @@ today's tf_keras, some names gain a model element). CondConv kernels (tensorflow
 every MnasNet/MixNet conv (tensorflow/tpu mnasnet) are named so. Within one place (a block, a
 layer type, a variable) the order of the counters is the creation order, which is fixed: names
 are paired by that order. Pure Python; used by converter.mapping (conversion) and
-converter.tfref (the reference), and by converter.mnasnet.
+converter.tfref (the reference), and by the MnasNet family (converter/families/mnasnet/).
 """
 from __future__ import annotations
 

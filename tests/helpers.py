@@ -95,7 +95,7 @@ def make_checkpoint(root: Path, variant: str, mode: str = "full", calibration_re
                     calibration_images: int = 8, flavor: str = "aa") -> Path:
     """Write (once per session) an official-layout checkpoint; returns its prefix."""
     from converter.checkpoint import IMAGENET_MEAN, IMAGENET_STD
-    from converter.zoo import ADVPROP_MEAN, ADVPROP_STD
+    from converter.families.efficientnet.checkpoints import ADVPROP_MEAN, ADVPROP_STD
 
     # calibrate the BN statistics on inputs normalized as the flavor's metadata will say
     mean, std = (ADVPROP_MEAN, ADVPROP_STD) if flavor == "advprop" else (IMAGENET_MEAN, IMAGENET_STD)

@@ -5,10 +5,11 @@ import re
 
 import pytest
 
-from converter.arch import ARCHS, BASE_BLOCKS, BlockArgs, same_padding
+from converter.families.efficientnet.arch import ARCHS
+from converter.arch import BASE_BLOCKS, BlockArgs, same_padding
 from converter.registry import count_macs, count_params, get_arch
 from converter.errors import ConversionError
-from converter.zoo import CHECKPOINTS, normalize_flavor
+from converter.families.efficientnet.checkpoints import CHECKPOINTS, normalize_flavor
 from converter.registry import find_checkpoint
 
 EXTRA_CODES = [

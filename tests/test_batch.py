@@ -28,7 +28,7 @@ from converter import batch
 from converter.cli import _convert_parser, main
 from converter.errors import ConversionError
 from converter.writer import remove_stale_temps
-from converter.zoo import CHECKPOINTS
+from converter.families.efficientnet.checkpoints import CHECKPOINTS
 from converter.registry import find_checkpoint
 from helpers import make_checkpoint
 

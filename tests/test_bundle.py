@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from converter import bundle
-from converter.arch import ARCHS
+from converter.families.efficientnet.arch import ARCHS
 from converter.registry import get_arch
 from converter.errors import ConversionError
 from converter.tfref.generate import plan, write_checkpoint

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 from converter import load_model
-from converter.arch import ARCHS
+from converter.families.efficientnet.arch import ARCHS
 from converter.cli import main
 from converter.mapping import expand
 from helpers import BucketServer, load_checkpoint, make_checkpoint, torch_layout, write_checkpoint

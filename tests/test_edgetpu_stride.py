@@ -16,12 +16,14 @@ import pytest
 import torch
 
 from converter import load_model
-from converter.arch import FUSED_STRIDE_DEFAULT, FUSED_STRIDES, ArchSpec, EDGETPU_BLOCKS
+from converter.arch import FUSED_STRIDE_DEFAULT, FUSED_STRIDES, ArchSpec
+from converter.families.efficientnet.arch import EDGETPU_BLOCKS
 from converter.registry import count_params, get_arch
 from converter.cli import main
 from converter.errors import ConversionError
-from converter.model import FusedMBConv, build_model
-from converter.zoo import FAMILY_MEAN, FAMILY_STD
+from converter.families.efficientnet.modules import FusedMBConv
+from converter.model import build_model
+from converter.families.efficientnet.checkpoints import FAMILY_MEAN, FAMILY_STD
 
 EDGETPU = ("edgetpu-s", "edgetpu-m", "edgetpu-l")
 EVEN, ODD = 96, 97  # 96: strided fused blocks see even inputs (48, 24); 97 = 8k+1: odd ones (49, 25)

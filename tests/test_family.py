@@ -16,13 +16,15 @@ import pytest
 import torch
 
 from converter import load_model
-from converter.arch import ARCHS, CONDCONV_BLOCKS, ArchSpec, EDGETPU_BLOCKS, BlockArgs
+from converter.families.efficientnet.arch import ARCHS, CONDCONV_BLOCKS, EDGETPU_BLOCKS
+from converter.arch import ArchSpec, BlockArgs
 from converter.registry import count_params, get_arch
 from converter.cli import main
 from converter.errors import ConversionError
 from converter.mapping import expand, resolve_condconv_names
-from converter.model import CondConvMBConv, FusedMBConv, build_model
-from converter.zoo import FAMILY_MEAN, FAMILY_STD
+from converter.families.efficientnet.modules import CondConvMBConv, FusedMBConv
+from converter.model import build_model
+from converter.families.efficientnet.checkpoints import FAMILY_MEAN, FAMILY_STD
 from converter.registry import find_checkpoint
 
 tf = pytest.importorskip("tensorflow")

@@ -12,13 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from converter.arch import ARCHS
+from converter.families.efficientnet.arch import ARCHS
 from converter.registry import get_arch
 from converter.errors import ConversionError
 from converter.fast import (FUSE_MAX_REL_ERROR, fold_pads, fuse_bn, inplace_activations, prepare_for_inference,
                             same_convs, set_input_size)
 from converter.mapping import expand
-from converter.model import BatchNorm2dTF, Conv2dSame, build_model
+from converter.layers import BatchNorm2dTF, Conv2dSame
+from converter.model import build_model
 
 tf = pytest.importorskip("tensorflow")
 

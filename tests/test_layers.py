@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from converter.reorder import tf_to_torch, torch_to_tf
 from converter.mappings.kinds import CONV, DENSE, DWCONV
 from converter.layers import kernel_form
-from converter.model import BatchNorm2dTF, Conv2dSame
+from converter.layers import BatchNorm2dTF, Conv2dSame
 
 tf = pytest.importorskip("tensorflow")
 

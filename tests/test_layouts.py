@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from converter.arch import ARCHS
+from converter.families.efficientnet.arch import ARCHS
 from converter.registry import get_arch
 from converter.cli import main
 from converter.convert import select

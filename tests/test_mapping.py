@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from converter import build_model
-from converter.arch import ARCHS
+from converter.families.efficientnet.arch import ARCHS
 from converter.registry import get_arch
 from converter.mapping import expand
 

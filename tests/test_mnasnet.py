@@ -22,12 +22,13 @@ from converter.registry import count_macs, count_params, get_arch
 from converter.cli import main
 from converter.errors import ConversionError
 from converter.mapping import expand, resolve_names
-from converter.mnasnet import (MIXNET_M_BLOCKS, MIXNET_S_BLOCKS, MNAS_ARCHS, MNASNET_A1_BLOCKS, MNASNET_SMALL_BLOCKS,
-                               MixBlock, MixBlockArgs, keras_aliases, split_channels)
-from converter.model import Conv2dSame, EfficientNet, GroupedConv2dSame, build_model
+from converter.families.mnasnet.arch import MIXNET_M_BLOCKS, MIXNET_S_BLOCKS, MNAS_ARCHS, MNASNET_A1_BLOCKS, MNASNET_SMALL_BLOCKS, MixBlock, MixBlockArgs, keras_aliases, split_channels
+from converter.layers import Conv2dSame
+from converter.model import EfficientNet, build_model
+from converter.families.mnasnet.modules import GroupedConv2dSame
 from converter.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from converter.registry import find_checkpoint
-from converter.zoo_mnasnet import CHECKPOINTS_MNAS, MNAS_TABLE
+from converter.families.mnasnet.checkpoints import CHECKPOINTS_MNAS, MNAS_TABLE
 from mnasnet_cases import CASES, N_IMAGES, SEED, case_spec
 
 tf = pytest.importorskip("tensorflow")
@@ -318,7 +319,7 @@ def test_fails_with_symmetric_padding(converted, monkeypatch):
 def test_fails_with_the_remainder_in_the_last_group(converted, monkeypatch, root):
     """Groups split with the remainder last: the tables no longer fit the official shapes."""
     prefix, _, _ = converted("mixnet-uneven")
-    import converter.mnasnet as M
+    import converter.families.mnasnet.arch as M
 
     monkeypatch.setattr(M, "split_channels", lambda total, groups: [total // groups] * (groups - 1)
                         + [total - total // groups * (groups - 1)])

@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from converter import load_model
 from converter.cli import main
-from converter.model import BatchNorm2dTF, Conv2dSame
+from converter.layers import BatchNorm2dTF, Conv2dSame
 from converter.verify import MAX_REL_ERROR, verify_file, verify_model
 from helpers import BucketServer, make_checkpoint
 
@@ -215,7 +215,7 @@ def test_makefile_targets_name_every_checkpoint():
     from pathlib import Path
 
     from converter.registry import get_arch
-    from converter.zoo import CHECKPOINTS
+    from converter.families.efficientnet.checkpoints import CHECKPOINTS
 
     if shutil.which("make") is None:
         pytest.fail("make is needed")

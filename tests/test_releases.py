@@ -4,10 +4,10 @@ from dataclasses import replace
 
 import pytest
 
-from converter.arch import ARCHS, MAIN_FAMILY, RELEASES
+from converter.families.efficientnet.arch import ARCHS, MAIN_FAMILY, RELEASES
 from converter.registry import architecture_name, get_arch, variant_names
 from converter.errors import ConversionError
-from converter.zoo import CHECKPOINTS
+from converter.families.efficientnet.checkpoints import CHECKPOINTS
 from converter.registry import find_checkpoint
 
 

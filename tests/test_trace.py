@@ -14,7 +14,7 @@ import torch
 from converter import load_model
 from converter.registry import get_arch
 from converter.cli import main
-from converter.zoo import FAMILY_MEAN, FAMILY_STD
+from converter.families.efficientnet.checkpoints import FAMILY_MEAN, FAMILY_STD
 from converter.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 
 pytest.importorskip("tensorflow")

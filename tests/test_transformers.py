@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from converter import hf, hf_write
-from converter.arch import ARCHS, MAIN_FAMILY, same_padding
+from converter.families.efficientnet.arch import ARCHS, MAIN_FAMILY
+from converter.arch import same_padding
 from converter.registry import get_arch
 from converter.cli import main
 from converter.errors import ConversionError

@@ -14,13 +14,15 @@ import torch
 
 from converter.arch import ArchSpec
 from converter.registry import count_params, get_arch
-from converter.arch_v2 import FUSED_V2, OFFICIAL_KERAS_PARAMS, V2_ARCHS, BlockArgsV2, round_filters_v2
+from converter.families.efficientnet_v2.arch import FUSED_V2, OFFICIAL_KERAS_PARAMS, V2_ARCHS, BlockArgsV2, round_filters_v2
 from converter.cli import main
 from converter.errors import ConversionError
 from converter.mapping import expand
-from converter.model import Conv2dSame, FusedMBConvV2, build_model
+from converter.layers import Conv2dSame
+from converter.families.efficientnet_v2.modules import FusedMBConvV2
+from converter.model import build_model
 from converter.registry import all_checkpoints, find_checkpoint
-from converter.zoo_v2 import CHECKPOINTS_V2, FT_MEAN, FT_STD, V2_MEAN, V2_STD
+from converter.families.efficientnet_v2.checkpoints import CHECKPOINTS_V2, FT_MEAN, FT_STD, V2_MEAN, V2_STD
 
 tf = pytest.importorskip("tensorflow")
 
@@ -458,7 +460,7 @@ def test_v2_libraries_load_strictly_same_logits(converted, b0_21k, tmp_path):
     """Converted with --layout timm / mmpretrain, loaded strictly by the real libraries: their logits
     equal the TensorFlow reference's (1k, 21k-ft1k and a 21843-class 21k head)."""
     from converter.mapping import library_model, output_stem
-    from converter.zoo_v2 import MMPRETRAIN_NAMES
+    from converter.families.efficientnet_v2.checkpoints import MMPRETRAIN_NAMES
     from helpers import lib_logits
 
     cases = [("v2-b0", converted("v2-b0")[1], "1k", 64), ("v2-s", converted("v2-s")[1], "21k-ft1k", 64),

@@ -28,7 +28,7 @@ pytest.importorskip("tensorflow")
 
 from converter import verify as V  # noqa: E402
 from converter.registry import get_arch  # noqa: E402
-from converter.model import Conv2dSame  # noqa: E402
+from converter.layers import Conv2dSame  # noqa: E402
 from converter.tfref import reference as R  # noqa: E402
 from converter.tfref.generate import make_weights  # noqa: E402
 

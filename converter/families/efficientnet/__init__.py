@@ -1,19 +1,20 @@
 """EfficientNet (V1) and its variants Lite, EdgeTPU and CondConv (tensorflow/tpu models/official/efficientnet).
 
-The family's declaration: architectures (converter/arch.py), checkpoints (converter/zoo.py), its
-block kinds ``mbconv`` (also used by EfficientNetV2), ``fused`` and ``condconv`` with their
-modules (converter/model.py), table rows (mappings/efficientnet.py and the library tables) and TF
-reference (reference.py here).
+The family's declaration: architectures (arch.py; their blocks built by converter.arch.ArchSpec),
+checkpoints (checkpoints.py), its block kinds ``mbconv`` (also EfficientNetV2's), ``fused`` and
+``condconv`` with their modules (modules.py; MBConv: converter.blocks), table rows
+(mappings/efficientnet.py and the library tables) and TF reference (reference.py).
 """
 import importlib
 
-from ... import arch, zoo
+from ... import arch as base
 from ...family import Family, Kind
 from ...keras_names import counter_name
+from . import arch, checkpoints
 
 
 def _modules():
-    return importlib.import_module("converter.model")
+    return importlib.import_module(f"{__name__}.modules")
 
 
 def _reference():
@@ -26,7 +27,7 @@ def _condconv_fields(spec):
     (fused, expand, project; only expand and project get variables) and one depthwise."""
     out, cc = {}, 0
     for b in spec.blocks():
-        if b.kind == arch.KIND_CONDCONV:
+        if b.kind == base.KIND_CONDCONV:
             out[b.index] = {"cce": counter_name("cond_conv2d", 3 * cc + 1), "ccp": counter_name("cond_conv2d", 3 * cc + 2),
                             "ccd": counter_name("depthwise_cond_conv2d", cc)}
             cc += 1
@@ -34,18 +35,18 @@ def _condconv_fields(spec):
 
 
 KINDS = (
-    Kind(arch.KIND_MBCONV, "MBConv", arch.mbconv_params, arch.mbconv_macs,
-         module=lambda: _modules().MBConv, reference=lambda: _reference().MBCONV,
+    Kind(base.KIND_MBCONV, "MBConv", base.mbconv_params, base.mbconv_macs,
+         module=lambda: importlib.import_module("converter.blocks").MBConv, reference=lambda: _reference().MBCONV,
          rows=("BLOCK_EXPAND", "BLOCK_NO_EXPAND")),
-    Kind(arch.KIND_FUSED, "fused (EdgeTPU)", arch.fused_params, arch.fused_macs,
+    Kind(base.KIND_FUSED, "fused (EdgeTPU)", arch.fused_params, arch.fused_macs,
          module=lambda: _modules().FusedMBConv, reference=lambda: _reference().FUSED,
          rows=("BLOCK_FUSED_EXPAND", "BLOCK_FUSED_NO_EXPAND")),
-    Kind(arch.KIND_CONDCONV, "CondConv", arch.condconv_params, arch.condconv_macs,
+    Kind(base.KIND_CONDCONV, "CondConv", arch.condconv_params, arch.condconv_macs,
          module=lambda: _modules().CondConvMBConv, reference=lambda: _reference().CONDCONV,
          rows=("BLOCK_CONDCONV_EXPAND", "BLOCK_CONDCONV_NO_EXPAND"), fields=_condconv_fields),
 )
 
-_OWN_NORM = (zoo.FAMILY_MEAN, zoo.FAMILY_STD)  # Lite, EdgeTPU, CondConv: (x - 127) / 128
+_OWN_NORM = (checkpoints.FAMILY_MEAN, checkpoints.FAMILY_STD)  # Lite, EdgeTPU, CondConv: (x - 127) / 128
 
 FAMILY = Family(
     name="efficientnet",
@@ -55,8 +56,8 @@ FAMILY = Family(
     lookup=arch.lookup,
     variant_names=arch.variant_names,
     variants_help=arch.variants_help(),
-    checkpoints=lambda: zoo.CHECKPOINTS,
-    finder=zoo.find,
+    checkpoints=lambda: checkpoints.CHECKPOINTS,
+    finder=checkpoints.find,
     reference=lambda: _reference().MODEL,
     name_prefixes={"efficientnet-": ""},
     batch_default=True,  # the 33 checkpoints of the OpenMMLab model zoo

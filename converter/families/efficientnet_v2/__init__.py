@@ -1,14 +1,15 @@
 """EfficientNetV2 (google/automl efficientnetv2 at 6a54c87): B0-B3, S, M, L, XL and their 23 checkpoints.
 
-The family's declaration: architectures (converter/arch_v2.py), checkpoints (converter/zoo_v2.py),
-its block kind ``fused_v2`` with its module (converter/model.py), table rows and TF reference
-(reference.py here); its MBConv blocks are EfficientNet's kind ``mbconv``.
+The family's declaration: architectures (arch.py), checkpoints (checkpoints.py), its block kind
+``fused_v2`` with its module (modules.py), table rows (mappings/) and TF reference (reference.py);
+its MBConv blocks are EfficientNet's kind ``mbconv``.
 """
 import importlib
 
-from ... import arch_v2, zoo_v2
 from ...checkpoint import Preprocessing
 from ...family import Family, Kind
+from . import arch as arch_v2
+from . import checkpoints as zoo_v2
 
 
 def _reference():
@@ -21,7 +22,7 @@ FAMILY = Family(
     name="efficientnet_v2",
     labels=(arch_v2.FAMILY,),
     kinds=(Kind(arch_v2.FUSED_V2, "fused (EfficientNetV2)", *arch_v2.COST[arch_v2.FUSED_V2],
-                module=lambda: importlib.import_module("converter.model").FusedMBConvV2,
+                module=lambda: importlib.import_module(f"{__name__}.modules").FusedMBConvV2,
                 reference=lambda: _reference().FUSED_V2, rows=("BLOCK_FUSED_V2_EXPAND", "BLOCK_FUSED_V2_NO_EXPAND")),),
     archs=arch_v2.V2_ARCHS,
     lookup=arch_v2.V2_ARCHS.get,

@@ -1,29 +1,29 @@
 """MnasNet and MixNet (tensorflow/tpu models/official/mnasnet at 7dc921f).
 
-The family's declaration: architectures and official names (converter/mnasnet.py), checkpoints
-(converter/zoo_mnasnet.py), its block kinds ``mnasblock`` (MnasBlock: MBConv's computation with
-ReLU) and ``mixconv`` (MixnetBlock) with their modules (converter/model.py), table rows
-(mappings/mnasnet.py, mappings/timm_mnasnet.py: roles its names resolve) and TF reference
-(converter/tfref/mnasnet.py).
+The family's declaration: architectures and official names (arch.py), checkpoints
+(checkpoints.py), its block kinds ``mnasblock`` (MnasBlock: MBConv's computation with ReLU,
+converter.blocks.MBConv) and ``mixconv`` (MixnetBlock, modules.py), table rows (mappings/mnasnet.py,
+mappings/timm_mnasnet.py: roles its names resolve) and TF reference (reference.py).
 """
 import importlib
 
-from ... import mnasnet, zoo_mnasnet
 from ...checkpoint import Preprocessing
 from ...family import Family, Kind
+from . import arch as mnasnet
+from . import checkpoints as zoo_mnasnet
 
 
 def _modules():
-    return importlib.import_module("converter.model")
+    return importlib.import_module(f"{__name__}.modules")
 
 
 def _reference():
-    return importlib.import_module("converter.tfref.mnasnet")
+    return importlib.import_module(f"{__name__}.reference")
 
 
 KINDS = (
-    Kind(mnasnet.MNASBLOCK, "MnasNet", *mnasnet.COST[mnasnet.MNASBLOCK], module=lambda: _modules().MBConv,
-         reference=lambda: _reference().BLOCK, rows=("BLOCK_MNAS_EXPAND", "BLOCK_MNAS_NO_EXPAND"),
+    Kind(mnasnet.MNASBLOCK, "MnasNet", *mnasnet.COST[mnasnet.MNASBLOCK],
+         module=lambda: importlib.import_module("converter.blocks").MBConv, reference=lambda: _reference().BLOCK, rows=("BLOCK_MNAS_EXPAND", "BLOCK_MNAS_NO_EXPAND"),
          fields=mnasnet.block_roles),
     Kind(mnasnet.MIXCONV, "MixConv (MixNet)", *mnasnet.COST[mnasnet.MIXCONV], module=lambda: _modules().MixConvBlock,
          reference=lambda: _reference().BLOCK, rows=("BLOCK_MIXCONV_EXPAND", "BLOCK_MIXCONV_NO_EXPAND"),

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
-from .arch import params_with
-from .checkpoint import Checkpoint
-from .errors import ConversionError
-from .mnasnet import A1_WIDTHS, COST, GRID_RESOLUTIONS, INTERPOLATION, MIXNET, MNAS_ARCHS, registry_key, width_tag
+from ...arch import params_with
+from ...checkpoint import Checkpoint
+from ...errors import ConversionError
+from .arch import A1_WIDTHS, COST, GRID_RESOLUTIONS, INTERPOLATION, MIXNET, MNAS_ARCHS, registry_key, width_tag
 
 STANDARD = ("standard", "baseline", "std")  # the one flavor, and its aliases as EfficientNet's --flavor takes them
 PREPROCESSING = "mnasnet"  # pretrained_cfg["preprocessing"]: converter.preprocess's bilinear official path

@@ -11,8 +11,8 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from .arch import lookup, register_release, release_name
-from .checkpoint import IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_ROOT_URL, Checkpoint
-from .errors import ConversionError
+from ...checkpoint import IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_ROOT_URL, Checkpoint
+from ...errors import ConversionError
 
 # tensorflow/tpu efficientnet README: where the released checkpoints live (below converter.checkpoint's
 # OFFICIAL_ROOT_URL, the bucket)

@@ -20,9 +20,9 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from .arch import REQUIRED_OPTIONS, ArchSpec, Block, mbconv_macs, mbconv_params, split_block_code
-from .errors import ConversionError
-from .keras_names import counter_name, match_counters
+from ...arch import REQUIRED_OPTIONS, ArchSpec, Block, mbconv_macs, mbconv_params, split_block_code
+from ...errors import ConversionError
+from ...keras_names import counter_name, match_counters
 
 MNASBLOCK = "mnasblock"  # block kind: mnasnet_model.MnasBlock (MBConv's computation, ReLU, Keras counters)
 MIXCONV = "mixconv"  # block kind: mixnet_model.MixnetBlock

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .arch import params_with
-from .arch_v2 import COST, V2_ARCHS
-from .checkpoint import CROP_PADDING, IMAGENET_MEAN, IMAGENET_STD, Checkpoint
-from .errors import ConversionError
+from ...arch import params_with
+from ...checkpoint import CROP_PADDING, IMAGENET_MEAN, IMAGENET_STD, Checkpoint
+from ...errors import ConversionError
+from .arch import COST, V2_ARCHS
 
 # effnetv2_model.get_model: v2url, gs://cloud-tpu-checkpoints/efficientnet/v2/<name>.tgz
 V2_FOLDER, V2_PATH = "efficientnet/", "v2/{name}.tgz"

@@ -12,9 +12,9 @@ from __future__ import annotations
 import functools
 from typing import Dict, Iterable, List, Tuple
 
-from ..arch import Block
-from ..mnasnet import BlockLayers, MixBlock, keras_aliases, layers, split_channels
-from .ops import BlockRef, ModelNames, ModelRef, Variables, bn_variables, conv, depthwise_conv, se_gate, swish, tf
+from ...arch import Block
+from ...tfref.ops import BlockRef, ModelNames, ModelRef, Variables, bn_variables, conv, depthwise_conv, se_gate, swish, tf
+from .arch import BlockLayers, MixBlock, keras_aliases, layers, split_channels
 
 
 @functools.lru_cache(maxsize=16)

@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
-from .arch import KIND_MBCONV, ArchSpec, Block, mbconv_macs, mbconv_params, split_block_code
-from .errors import ConversionError
+from ...arch import KIND_MBCONV, ArchSpec, Block, mbconv_macs, mbconv_params, split_block_code
+from ...errors import ConversionError
 
 FAMILY = "efficientnetv2"  # ArchSpec.family
 FUSED_V2 = "fused_v2"  # block kind: effnetv2_model.FusedMBConvBlock

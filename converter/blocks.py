@@ -1,0 +1,80 @@
+"""The block modules every family's network is made of: activations, conv-BN-act, squeeze-excitation, MBConv.
+
+Mirrors tensorflow/tpu models/official/efficientnet/efficientnet_model.py (MBConvBlock) in eval
+mode; the families' own block modules (converter/families/*/modules.py) build on these.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .arch import Block
+from .layers import BatchNorm2dTF, Conv2dSame
+
+
+def make_activation(name: str) -> nn.Module:
+    """The activation of an architecture: 'swish' (tf.nn.swish == SiLU), 'relu', 'relu6'."""
+    table = {"swish": nn.SiLU, "relu": nn.ReLU, "relu6": nn.ReLU6}
+    return table[name]()
+
+
+class ConvBNAct(nn.Module):
+    """Conv (SAME) -> BN -> activation: the stem and the head conv."""
+
+    BN_FUSION = (("conv", "bn"),)  # (conv, the BN applied right after it): what fuse_bn may fold
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, eps: float, act: str):
+        super().__init__()
+        self.conv = Conv2dSame(cin, cout, kernel, stride)
+        self.bn = BatchNorm2dTF(cout, eps)
+        self.act = make_activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class SqueezeExcite(nn.Module):
+    """efficientnet_model.MBConvBlock._call_se: mean -> 1x1 conv -> act -> 1x1 conv -> sigmoid gate."""
+
+    def __init__(self, channels: int, reduced: int, act: str):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, reduced, 1, bias=True)
+        self.expand = nn.Conv2d(reduced, channels, 1, bias=True)
+        self.act = make_activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        s = self.expand(self.act(self.reduce(s)))
+        return x * torch.sigmoid(s)
+
+
+class MBConv(nn.Module):
+    """efficientnet_model.MBConvBlock in eval mode (drop-connect is identity at inference)."""
+
+    BN_FUSION = (("expand_conv", "bn0"), ("dw_conv", "bn1"), ("project_conv", "bn2"))
+
+    def __init__(self, b: Block, eps: float, act: str):
+        super().__init__()
+        self.residual = b.residual
+        if b.has_expand:
+            self.expand_conv = Conv2dSame(b.in_channels, b.mid_channels, 1)
+            self.bn0 = BatchNorm2dTF(b.mid_channels, eps)
+        self.dw_conv = Conv2dSame(b.mid_channels, b.mid_channels, b.kernel_size, b.stride,
+                                  groups=b.mid_channels)
+        self.bn1 = BatchNorm2dTF(b.mid_channels, eps)
+        self.se = SqueezeExcite(b.mid_channels, b.se_channels, act) if b.se_channels else None
+        self.project_conv = Conv2dSame(b.mid_channels, b.out_channels, 1)
+        self.bn2 = BatchNorm2dTF(b.out_channels, eps)
+        self.act = make_activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if hasattr(self, "expand_conv"):
+            y = self.act(self.bn0(self.expand_conv(y)))
+        y = self.act(self.bn1(self.dw_conv(y)))
+        if self.se is not None:
+            y = self.se(y)
+        y = self.bn2(self.project_conv(y))
+        if self.residual:
+            y = y + x
+        return y
