@@ -10,4 +10,5 @@ from ..efficientnet.modules import FusedMBConv
 class FusedMBConvV2(FusedMBConv):
     """effnetv2_model.FusedMBConvBlock (block kind ``fused_v2``): see FusedMBConv, ``KXK_ALONE``."""
 
+    BN_FUSION = FusedMBConv.BN_FUSION  # converter.fast reads a class's own declaration
     KXK_ALONE = True
