@@ -12,7 +12,7 @@ import numpy as np
 
 from .arch import ArchSpec, Block
 from .errors import ConversionError
-from .keras_names import counter_name, match_counters
+from .keras_names import match_counters
 from .mappings.kinds import CONSTANTS, DENSE, FLATTENED, VARIABLES
 from .registry import family_of, get_arch, kind_of
 from .reorder import torch_shape

@@ -27,7 +27,6 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
-from ...arch import (KIND_CONDCONV, KIND_FUSED, ArchSpec, Block, down, mbconv_macs, mbconv_params)
+from ...arch import ArchSpec, Block, down, mbconv_macs, mbconv_params
 from ...errors import ConversionError
 
 

@@ -20,7 +20,7 @@ Differences from V1 that matter for the weights and the numbers:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from ...arch import KIND_MBCONV, ArchSpec, Block, mbconv_macs, mbconv_params, split_block_code
