@@ -35,9 +35,9 @@ def test_registry_finds_every_table_files_layout():
             declared[f.stem] = lay
     assert {m.__name__.rpartition(".")[2]: lay for lay, m in mapping._declared()} == declared
     assert set(mapping.layouts()) == {lay.name for lay in declared.values()} == {
-        "native", "timm", "mmpretrain", "transformers"}
+        "native", "timm", "mmpretrain", "transformers", "efficientnet_pytorch"}
     assert mapping.LAYOUTS == {"native": "efficientnet", "timm": "timm", "mmpretrain": "mmpretrain",
-                               "transformers": "transformers"}
+                               "transformers": "transformers", "efficientnet_pytorch": "efficientnet_pytorch"}
     assert mapping.FAMILY_TABLES == {("mnasnet", "native"): "mnasnet", ("mixnet", "native"): "mnasnet",
                                      ("mnasnet", "timm"): "timm_mnasnet", ("mixnet", "timm"): "timm_mnasnet"}
     # a family with tables of its own gets them; the others the EfficientNet-named declaration
