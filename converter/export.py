@@ -3,9 +3,12 @@
 The exported model has its TF 'SAME' padding frozen for the export size (static padding, see
 converter.fast), batch norm folded into the convs and, for ONNX, a fully static graph: the pad
 amounts are constants and no node computes a shape at run time (``--dynamic-batch`` leaves only
-the batch dimension free). Every output is checked before it gets its name: ONNX with
-onnx.checker and ONNX Runtime, TorchScript by loading it back; the logits must agree with the
-PyTorch model's within ``MAX_REL_ERROR``. A failed check leaves no file behind.
+the batch dimension free). Every output is built and checked in memory before anything is written:
+ONNX with onnx.checker and ONNX Runtime, TorchScript by loading it back. Their float32 logits are
+compared with the PyTorch model's in float64 and judged against the float32 floor of the same input
+(the PyTorch model's own float32 distance to float64, :func:`check_logits`), on synthetic images or
+the user's ``--images``. One command writes all of its outputs or none: temp files, published
+together at the end; a failed check, a full disk or Ctrl-C leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -17,19 +20,21 @@ import logging
 import re
 import warnings
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from . import interrupts
-from .errors import ConversionError, first_line
+from .errors import ConversionError, check_space, disk_full_as_error, first_line
 from .synthetic import IMAGENET_MEAN, IMAGENET_STD, normalize, synthetic_images
-from .writer import AtomicFile
+from .writer import AtomicFile, claimed, publish
 
 log = logging.getLogger("converter")
 
-MAX_REL_ERROR = 1e-4  # ||exported - torch|| / ||torch|| on the check batch
+# ||exported - torch|| / ||torch|| on the check images, raised to verify.NOISE_FACTOR x their float32
+# floor where that is larger (check_logits)
+MAX_REL_ERROR = 1e-4
 DEFAULT_OPSET = 17
 # ONNX ops that compute shapes or sizes at run time: none may appear in a static export
 SHAPE_OPS = frozenset({"Shape", "Size", "ConstantOfShape", "Range", "NonZero", "If", "Loop"})
@@ -90,7 +95,8 @@ def export_model(model: torch.nn.Module, input_size, fuse: bool = True) -> torch
     return m
 
 
-def _onnx_export(model: torch.nn.Module, x: torch.Tensor, path: Path, dynamic_batch: bool, opset: int) -> None:
+def _onnx_export(model: torch.nn.Module, x: torch.Tensor, dynamic_batch: bool, opset: int) -> bytes:
+    """The serialized ONNX model (built in memory; nothing is written here)."""
     # the torch.export-based exporter (onnxscript): with the padding frozen, its optimizer folds
     # each F.pad into the Conv's own (asymmetric) pads attribute; the legacy TorchScript-based
     # exporter builds the pads from ConstantOfShape/Concat at run time instead
@@ -102,7 +108,8 @@ def _onnx_export(model: torch.nn.Module, x: torch.Tensor, path: Path, dynamic_ba
             contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")  # its optimizer prints each pass: kept off our output
         with torch.no_grad():
-            torch.onnx.export(model, (x,), str(path), **kwargs)
+            program = torch.onnx.export(model, (x,), None, **kwargs)
+        return program.model_proto.SerializeToString()
 
 
 @contextlib.contextmanager
@@ -119,91 +126,168 @@ def _quiet_loggers():
             lg.setLevel(level)
 
 
-def export_onnx(model: torch.nn.Module, out: Path, input_size, batch_size: int = 1,
-                dynamic_batch: bool = False, opset: int = DEFAULT_OPSET, fuse: bool = True) -> Dict[str, object]:
-    """Write ``model`` as ONNX to ``out`` (atomically) after checking it; returns the check figures.
+class Reference:
+    """The PyTorch model's logits (float32 and float64) on check batches, each computed once per
+    command: the ONNX and the TorchScript check share them (float64 convolutions are slow on CPU)."""
 
-    Checks: onnx.checker; a static graph (constant pads; no shape computation; with
-    ``dynamic_batch`` only the batch dimension free); ONNX Runtime logits within
-    ``MAX_REL_ERROR`` of the PyTorch model's (at two batch sizes with ``dynamic_batch``).
+    def __init__(self, model: torch.nn.Module):
+        self.model = model.eval()
+        self._m64: Optional[torch.nn.Module] = None
+        self._done: Dict[Tuple, Tuple[np.ndarray, np.ndarray]] = {}
+
+    def logits(self, xb: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+        """(float32 logits, float64 logits) of the model on ``xb``, both as float64 arrays."""
+        key = (tuple(xb.shape), hash(xb.numpy().tobytes()))
+        if key not in self._done:
+            device = next(self.model.parameters()).device
+            if self._m64 is None:
+                self._m64 = copy.deepcopy(self.model).double()
+            with torch.no_grad():
+                r32 = self.model(xb.to(device)).double().cpu().numpy()
+                r64 = self._m64(xb.to(device).double()).cpu().numpy()
+            self._done[key] = (r32, r64)
+        return self._done[key]
+
+
+def check_logits(ref: Reference, batches: Sequence[torch.Tensor], run, what: str,
+                 rows: Optional[Sequence[int]] = None, names: Optional[Sequence[str]] = None) -> Dict[str, object]:
+    """Judge ``run(batch)`` (the exported graph, float32) against the PyTorch model with verify's verdict.
+
+    The PyTorch model is the reference (float32 and float64, :class:`Reference`): the exported
+    logits must be within ``MAX_REL_ERROR`` of its float32 logits, raised to ``NOISE_FACTOR`` x the
+    float32 floor of these inputs (PyTorch float32 against float64: what float32 itself does to
+    them) where that is larger (converter.verify.judge). Out-of-distribution inputs (checkerboards
+    on photo-calibrated weights) then do not fail a correct graph; a wrong one stays orders of
+    magnitude above. ``rows``: how many leading rows of each batch are real images (the rest pads
+    a static batch); ``names``: the images' names. Returns the figures; raises on a failed verdict.
     """
+    from .verify import compare, judge, per_image, tolerances
+
+    r32s, r64s, gots = [], [], []
+    for b, xb in enumerate(batches):
+        r32, r64 = ref.logits(xb)
+        with torch.no_grad():
+            got = np.asarray(run(xb), dtype=np.float64)
+        if got.shape != r32.shape:
+            raise ConversionError(f"{what} gives logits of shape {got.shape}, PyTorch {r32.shape}")
+        n = got.shape[0] if rows is None else rows[b]
+        r32s.append(r32[:n])
+        r64s.append(r64[:n])
+        gots.append(got[:n])
+    r32, r64, got = np.concatenate(r32s), np.concatenate(r64s), np.concatenate(gots)
+    names = list(names) if names is not None else [f"check image {i + 1}" for i in range(len(got))]
+    metrics = compare(r32, got, r64)
+    failures = judge(metrics, MAX_REL_ERROR, per_image(r32, got, names, r64))
+    if failures:
+        raise ConversionError(f"{what} logits differ from PyTorch's: {'; '.join(failures)}; nothing written")
+    return {"rel_error": float(metrics["rel_error"]), "floor": float(metrics["float32_floor"]),
+            "tolerance": float(tolerances(metrics, MAX_REL_ERROR)[0]), "images": len(got)}
+
+
+def image_batches(x: torch.Tensor, batch_size: int) -> Tuple[List[torch.Tensor], List[int]]:
+    """``x`` in batches of exactly ``batch_size`` (a static graph's batch; the last one padded with
+    copies of the first image) and how many rows of each are real."""
+    batches, rows = [], []
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start:start + batch_size]
+        rows.append(int(xb.shape[0]))
+        if xb.shape[0] < batch_size:
+            xb = torch.cat([xb, x[:1].expand(batch_size - xb.shape[0], *x.shape[1:])])
+        batches.append(xb.contiguous())
+    return batches, rows
+
+
+def photo_inputs(model: torch.nn.Module, files: Sequence[str], size) -> torch.Tensor:
+    """NCHW float32 inputs from the user's image files, preprocessed as the model's metadata says
+    (converter.preprocess, official mode) at ``size``."""
+    from .preprocess import preprocess_batch
+
+    if size[0] != size[1]:
+        raise ConversionError(f"--images needs a square input size, got {size[0]}x{size[1]}")
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {}, input_size=[3, int(size[0]), int(size[1])])
+    return torch.from_numpy(np.ascontiguousarray(preprocess_batch(list(files), cfg)))
+
+
+def _require_onnx() -> None:
     try:
-        import onnx
-        import onnxruntime as ort
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401  (the torch.export-based exporter)
     except ImportError as e:
         raise ConversionError(f"ONNX export needs onnx, onnxscript and onnxruntime ({e.name} is missing): "
                               "pip install 'effnet-convert[export]'") from None
-    ref_model = model.eval()
+
+
+def build_onnx(model: torch.nn.Module, input_size, batch_size: int = 1, dynamic_batch: bool = False,
+               opset: int = DEFAULT_OPSET, fuse: bool = True, images: Optional[torch.Tensor] = None,
+               names: Sequence[str] = (), reference: Optional[Reference] = None) -> Tuple[bytes, Dict[str, object]]:
+    """``model`` as a checked ONNX model in memory: (its bytes, the check figures). Nothing is written.
+
+    Checks: onnx.checker; a static graph (constant pads; no shape computation; with
+    ``dynamic_batch`` only the batch dimension free); ONNX Runtime logits judged by
+    :func:`check_logits` on ``images`` (NCHW, at ``input_size``, named ``names``; default: synthetic
+    images; with ``dynamic_batch`` also a second batch size).
+    """
+    _require_onnx()
+    import onnx
+    import onnxruntime as ort
+
+    ref = reference or Reference(model)
     m = export_model(model, input_size, fuse=fuse)
     mean, std = _norm(model)
     x = check_inputs(batch_size, input_size, mean, std)
-    f = AtomicFile(Path(out))
+    log.info("export: ONNX export (torch.export, opset %d)", opset)
     try:
-        f.create()
-        log.info("export: ONNX export (torch.export, opset %d)", opset)
-        try:
-            _onnx_export(m, x, f.tmp, dynamic_batch, opset)
-        except Exception as e:
-            interrupts.check()  # torch.export wraps a Ctrl-C in its own error
-            msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines() or [""]
-            raise ConversionError(f"ONNX export failed: {type(e).__name__}: {msg[0][:200]}") from None
-        interrupts.check()
-        log.info("export: checking the ONNX file (onnx.checker, static graph, ONNX Runtime vs PyTorch)")
-        proto = onnx.load(str(f.tmp))
-        try:
-            onnx.checker.check_model(proto, full_check=True)
-        except Exception as e:
-            raise ConversionError(f"the exported ONNX model fails onnx.checker: {first_line(e, limit=200)}") from None
-        # with a free batch, shape ops may serve the batch alone (CondConv's per-example kernels)
-        problems = [p for p in static_graph_problems(proto)
-                    if not (dynamic_batch and (p.endswith("has a free dimension") or p.endswith(" node")))]
-        if problems:
-            raise ConversionError(f"the exported ONNX graph is not static: {', '.join(problems)}")
-        if dynamic_batch:
-            free = [(v.name, i) for v in list(proto.graph.input) + list(proto.graph.output)
-                    for i, d in enumerate(v.type.tensor_type.shape.dim) if not d.HasField("dim_value")]
-            if free != [("images", 0), ("logits", 0)]:
-                raise ConversionError(f"the exported ONNX graph has free dimensions {free}, expected the batch only")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(str(f.tmp), opts, providers=["CPUExecutionProvider"])
+        data = _onnx_export(m, x, dynamic_batch, opset)
+    except Exception as e:
+        interrupts.check()  # torch.export wraps a Ctrl-C in its own error
+        msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines() or [""]
+        raise ConversionError(f"ONNX export failed: {type(e).__name__}: {msg[0][:200]}") from None
+    interrupts.check()
+    log.info("export: checking the ONNX model (onnx.checker, static graph, ONNX Runtime vs PyTorch)")
+    proto = onnx.load_from_string(data)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:
+        raise ConversionError(f"the exported ONNX model fails onnx.checker: {first_line(e, limit=200)}") from None
+    # with a free batch, shape ops may serve the batch alone (CondConv's per-example kernels)
+    problems = [p for p in static_graph_problems(proto)
+                if not (dynamic_batch and (p.endswith("has a free dimension") or p.endswith(" node")))]
+    if problems:
+        raise ConversionError(f"the exported ONNX graph is not static: {', '.join(problems)}")
+    if dynamic_batch:
+        free = [(v.name, i) for v in list(proto.graph.input) + list(proto.graph.output)
+                for i, d in enumerate(v.type.tensor_type.shape.dim) if not d.HasField("dim_value")]
+        if free != [("images", 0), ("logits", 0)]:
+            raise ConversionError(f"the exported ONNX graph has free dimensions {free}, expected the batch only")
+    del proto
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    if images is not None:
+        batches, rows = ([images], [int(images.shape[0])]) if dynamic_batch else image_batches(images, batch_size)
+    else:
         batches = [x] + ([check_inputs(batch_size + 2, input_size, mean, std, first=batch_size)]
                          if dynamic_batch else [])
-        errors = _check_logits(ref_model, batches, lambda xb: sess.run(["logits"], {"images": xb.numpy()})[0],
-                               "ONNX Runtime")
-        f.commit()
-    finally:
-        f.discard()
-    return {"path": str(out), "format": "onnx", "rel_error": max(errors), "batches": [int(b.shape[0]) for b in batches],
-            "input_size": list(input_size), "dynamic_batch": dynamic_batch, "opset": opset, "fused": fuse}
+        rows = [int(b.shape[0]) for b in batches]
+        names = [f"synthetic-{i}" for i in range(sum(rows))]
+    figures = check_logits(ref, batches, lambda xb: sess.run(["logits"], {"images": xb.numpy()})[0],
+                           "ONNX Runtime", rows, names)
+    interrupts.check()
+    return data, dict(figures, format="onnx", input_size=list(input_size), dynamic_batch=dynamic_batch,
+                      opset=opset, fused=fuse, batches=[int(b.shape[0]) for b in batches])
 
 
-def _check_logits(ref_model: torch.nn.Module, batches, run, what: str) -> List[float]:
-    """Relative error of ``run(batch)`` against the PyTorch model per batch; raises past ``MAX_REL_ERROR``."""
-    errors = []
-    for xb in batches:
-        with torch.no_grad():
-            ref = ref_model(xb.to(next(ref_model.parameters()).device)).float().cpu().numpy()
-            got = run(xb)
-        if got.shape != ref.shape:
-            raise ConversionError(f"{what} gives logits of shape {got.shape}, PyTorch {ref.shape}")
-        errors.append(rel_error(got, ref))
-    if max(errors) > MAX_REL_ERROR or not np.isfinite(max(errors)):
-        raise ConversionError(f"{what} logits differ from PyTorch's: relative error {max(errors):.2e} "
-                              f"> {MAX_REL_ERROR:g}; nothing written")
-    return errors
-
-
-def export_torchscript(model: torch.nn.Module, out: Path, input_size, batch_size: int = 1,
-                       fuse: bool = True) -> Dict[str, object]:
-    """Write ``model`` as TorchScript to ``out`` (atomically) after checking it; returns the check figures.
+def build_torchscript(model: torch.nn.Module, input_size, batch_size: int = 1, fuse: bool = True,
+                      images: Optional[torch.Tensor] = None, names: Sequence[str] = (),
+                      reference: Optional[Reference] = None) -> Tuple[bytes, Dict[str, object]]:
+    """``model`` as a checked TorchScript file in memory: (its bytes, the check figures). Nothing is written.
 
     Scripted (not traced), so the static padding's fallback stays in: other input sizes and
-    batch sizes compute the right numbers. Checked by loading the file back: logits within
-    ``MAX_REL_ERROR`` of the PyTorch model's at the export size and at an odd size.
+    batch sizes compute the right numbers. Checked by loading the bytes back: :func:`check_logits`
+    on ``images`` (default: synthetic images) at the export size, and on synthetic images at an odd size.
     """
-    ref_model = model.eval()
+    ref = reference or Reference(model)
     m = export_model(model, input_size, fuse=fuse)
     log.info("export: TorchScript (torch.jit.script)")
     try:
@@ -214,32 +298,76 @@ def export_torchscript(model: torch.nn.Module, out: Path, input_size, batch_size
         interrupts.check()
         raise ConversionError(f"TorchScript export failed: {type(e).__name__}: "
                               f"{first_line(e, limit=200)}") from None
-    f = AtomicFile(Path(out))
+    # saved to memory: torch.jit.save aborts the process (SIGABRT) when a file write fails
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notices
+        torch.jit.save(scripted, buf)
+        data = buf.getvalue()
+        loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    log.info("export: checking the TorchScript model (loaded back, vs PyTorch at %dx%d and an odd size)",
+             *input_size)
+    odd = (input_size[0] + 1) | 1, (input_size[1] + 1) | 1
+    mean, std = _norm(model)
+    first = images if images is not None else check_inputs(batch_size, input_size, mean, std)
+    names = list(names) if images is not None else [f"synthetic-{i}" for i in range(batch_size)]
+    names += [f"synthetic-{batch_size + i} at {odd[0]}x{odd[1]}" for i in range(batch_size + 1)]
+    batches = [first, check_inputs(batch_size + 1, odd, mean, std, first=batch_size)]
+    figures = check_logits(ref, batches, lambda xb: loaded(xb).numpy(), "TorchScript", names=names)
+    interrupts.check()
+    return data, dict(figures, format="torchscript", input_size=list(input_size), fused=fuse)
+
+
+def write_outputs(outputs: Sequence[Tuple[Path, bytes, str]], replace: bool = True) -> None:
+    """Write every ``(path, data, what)`` or none: temp files beside each path (the space checked
+    first), published together (writer.publish) only when all are written; a full disk is one line
+    naming the folder and the space (errors.disk_full), exit 2. ``replace=False``: a name that
+    another run took meanwhile is refused and nothing is published."""
+    need: Dict[Path, int] = {}
+    for path, data, _ in outputs:
+        folder = Path(path).parent
+        need[folder] = need.get(folder, 0) + len(data)
+    what = outputs[0][2] if len(outputs) == 1 else "the export"
+    for folder, n in need.items():
+        check_space(folder, n, what)
+    files = [AtomicFile(Path(path)) for path, _, _ in outputs]
     try:
-        f.create()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit's deprecation notices
-            torch.jit.save(scripted, str(f.tmp))
-            loaded = torch.jit.load(str(f.tmp), map_location="cpu")
-        log.info("export: checking the TorchScript file (loaded back, vs PyTorch at %dx%d and an odd size)",
-                 *input_size)
-        odd = (input_size[0] + 1) | 1, (input_size[1] + 1) | 1
-        mean, std = _norm(model)
-        batches = [check_inputs(batch_size, input_size, mean, std),
-                   check_inputs(batch_size + 1, odd, mean, std, first=batch_size)]
-        errors = _check_logits(ref_model, batches, lambda xb: loaded(xb).numpy(), "TorchScript")
-        f.commit()
+        for f, (path, data, w) in zip(files, outputs):
+            folder = Path(path).parent
+            f.create()
+            with disk_full_as_error(folder, need[folder], what, cleanup=lambda: [g.discard() for g in files]):
+                with open(f.tmp, "wb") as fh:
+                    fh.write(data)
+                f.sync()
+            interrupts.check()
+        publish(files, replace=replace)
     finally:
-        f.discard()
-    return {"path": str(out), "format": "torchscript", "rel_error": max(errors), "input_size": list(input_size),
-            "fused": fuse}
+        for f in files:
+            f.discard()
+
+
+def export_onnx(model: torch.nn.Module, out: Path, input_size, batch_size: int = 1,
+                dynamic_batch: bool = False, opset: int = DEFAULT_OPSET, fuse: bool = True,
+                images: Optional[torch.Tensor] = None) -> Dict[str, object]:
+    """Write ``model`` as ONNX to ``out`` (atomically) after :func:`build_onnx` checked it; returns the figures."""
+    data, figures = build_onnx(model, input_size, batch_size, dynamic_batch, opset, fuse, images)
+    write_outputs([(Path(out), data, "the ONNX model")])
+    return dict(figures, path=str(out))
+
+
+def export_torchscript(model: torch.nn.Module, out: Path, input_size, batch_size: int = 1,
+                       fuse: bool = True, images: Optional[torch.Tensor] = None) -> Dict[str, object]:
+    """Write ``model`` as TorchScript to ``out`` (atomically) after :func:`build_torchscript` checked it."""
+    data, figures = build_torchscript(model, input_size, batch_size, fuse, images)
+    write_outputs([(Path(out), data, "the TorchScript model")])
+    return dict(figures, path=str(out))
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="convert-effnet export",
         description="Export a converted file as ONNX (static shapes, checked with onnx.checker and ONNX Runtime) "
-                    "and/or TorchScript (checked by loading it back).")
+                    "and/or TorchScript (checked by loading it back). All outputs are written, or none.")
     p.add_argument("--weights", required=True, help="the converted .safetensors or .pth")
     p.add_argument("--onnx", metavar="OUT.onnx", help="write an ONNX model here")
     p.add_argument("--torchscript", metavar="OUT.pt", help="write a TorchScript model here")
@@ -248,6 +376,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: leave the batch dimension free")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--no-fuse", action="store_true", help="keep the batch norms as separate ops")
+    p.add_argument("--images", nargs="+", metavar="IMAGE",
+                   help="check the exported model on these images (preprocessed as the file's metadata says) "
+                        "instead of synthetic ones")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--quiet", action="store_true", help="no stage lines on stderr")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -255,7 +386,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Export as ``args`` say; prints one line per file written; 0 on success."""
+    """Export as ``args`` say: every output, or none; then one line per file written; 0 on success."""
     if not args.onnx and not args.torchscript:
         raise ConversionError("nothing to export: pass --onnx OUT.onnx and/or --torchscript OUT.pt")
     if args.batch_size < 1:
@@ -272,32 +403,55 @@ def run_export(args: argparse.Namespace) -> int:
             raise ConversionError(f"{o} exists; pass --force to overwrite it")
         if not o.parent.is_dir():
             raise ConversionError(f"{o.parent}: no such folder")
+    if args.onnx:
+        _require_onnx()  # before the TorchScript work, not after it
+    if args.images:
+        from .verify import check_image_file
+
+        for f in args.images:
+            check_image_file(f)
     level = log.level
     if args.quiet:  # no stage lines
         log.setLevel(logging.WARNING)
     try:
-        return _run_export(args, outs)
+        with claimed(outs, force=args.force):  # another run on these names is refused while this one runs
+            return _run_export(args)
     finally:
         log.setLevel(level)
 
 
-def _run_export(args: argparse.Namespace, outs: List[Path]) -> int:
+def _figures(r: Dict[str, object]) -> str:
+    return (f"relative error {r['rel_error']:.1e}, tolerance {r['tolerance']:.1e} "
+            f"(float32 floor of these images {r['floor']:.1e})")
+
+
+def _run_export(args: argparse.Namespace) -> int:
     from .loading import load_model
 
     model = load_model(args.weights)
     res = args.resolution or int(model.pretrained_cfg.get("input_size", [3, model.spec.resolution])[-1])
     size = (res, res)
     fuse = not args.no_fuse
+    images = photo_inputs(model, args.images, size) if args.images else None
+    on = f"{len(args.images)} --images" if images is not None else "synthetic images"
+    outputs, lines, ref = [], [], Reference(model)
     if args.onnx:
-        r = export_onnx(model, Path(args.onnx), size, batch_size=args.batch_size,
-                        dynamic_batch=args.dynamic_batch, opset=args.opset, fuse=fuse)
+        data, r = build_onnx(model, size, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
+                             opset=args.opset, fuse=fuse, images=images, names=args.images or (),
+                             reference=ref)
         batch = "dynamic batch" if args.dynamic_batch else f"batch {args.batch_size}"
-        print(f"wrote {args.onnx} (ONNX opset {args.opset}, {batch}, {res}x{res}; "
-              f"onnx.checker ok; ONNX Runtime vs PyTorch relative error {r['rel_error']:.1e})")
+        outputs.append((Path(args.onnx), data, "the ONNX model"))
+        lines.append(f"wrote {args.onnx} (ONNX opset {args.opset}, {batch}, {res}x{res}; onnx.checker ok; "
+                     f"ONNX Runtime vs PyTorch on {on}: {_figures(r)})")
     if args.torchscript:
-        r = export_torchscript(model, Path(args.torchscript), size, batch_size=args.batch_size, fuse=fuse)
-        print(f"wrote {args.torchscript} (TorchScript, static padding at {res}x{res}, other sizes dynamic; "
-              f"relative error {r['rel_error']:.1e})")
+        data, r = build_torchscript(model, size, batch_size=args.batch_size, fuse=fuse, images=images,
+                                    names=args.images or (), reference=ref)
+        outputs.append((Path(args.torchscript), data, "the TorchScript model"))
+        lines.append(f"wrote {args.torchscript} (TorchScript, static padding at {res}x{res}, other sizes dynamic; "
+                     f"vs PyTorch on {on} and an odd size: {_figures(r)})")
+    write_outputs(outputs, replace=args.force)
+    for line in lines:
+        print(line)
     return 0
 
 

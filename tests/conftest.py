@@ -29,7 +29,7 @@ HEAVY_FILES = frozenset({
     "test_keras.py", "test_trust.py", "test_predict.py", "test_mnasnet.py", "test_tarball.py",
     "test_trace.py", "test_list.py", "test_layouts.py", "test_transformers.py", "test_batch.py",
     "test_tfimport.py", "test_cli_defects.py", "test_export.py", "test_verify_verdict.py",
-    "test_distributed.py",
+    "test_distributed.py", "test_efficientnet_pytorch.py",
 })
 # ... and these tests of the other files (the libraries' environment, TensorFlow verification CLIs,
 # the largest variants)

@@ -227,7 +227,7 @@ def libs(*args: str, check: bool = True):
 
 
 def lib_logits(tmp_path: Path, jobs):
-    """Run ``jobs`` ((library, model name, classes, file, inputs .npz), ...) in the libs environment.
+    """Run ``jobs`` ((library, model name, classes, file, inputs .npz[, model kwargs]), ...) in the libs environment.
 
     Returns (logits by job index, per-job info): each job loads its file strictly and runs on
     its inputs' ``x`` (NCHW).
@@ -235,8 +235,8 @@ def lib_logits(tmp_path: Path, jobs):
     import json
 
     jobs_file, out = tmp_path / "jobs.json", tmp_path / "lib-logits.npz"
-    jobs_file.write_text(json.dumps([{"library": lib, "model": m, "num_classes": n, "file": str(f), "inputs": str(x)}
-                                     for lib, m, n, f, x in jobs]))
+    jobs_file.write_text(json.dumps([{"library": lib, "model": m, "num_classes": n, "file": str(f), "inputs": str(x),
+                                      "kwargs": kw[0] if kw else {}} for lib, m, n, f, x, *kw in jobs]))
     p = libs("logits", "--jobs", str(jobs_file), "--inputs", str(jobs[0][4]), "--out", str(out))
     info = json.loads(p.stdout.strip().splitlines()[-1])["results"]
     return dict(np.load(out)), info

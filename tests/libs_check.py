@@ -7,7 +7,7 @@ nothing of the test suite and only reads the files it is given. Prints one JSON 
         {"timm": {variant: [[key, shape], ...]}, "mmpretrain": {...}}: the state_dict keys and
         shapes of timm.create_model("tf_efficientnet_*") and mmpretrain.get_model(zoo name),
         built on the meta device (no weights allocated); a variant a library has no model for
-        is left out of that library's dict
+        is left out of that library's dict; "efficientnet_pytorch": EfficientNet.from_name(name)
     libs_check.py logits --jobs JOBS.json --inputs X.npz --out Y.npz
         JOBS.json: [{"library": "timm"|"mmpretrain"|"mmpretrain-get_model", "model": NAME,
         "num_classes": N, "file": PATH[, "inputs": X2.npz]}, ...]; each job loads its file strictly into a fresh
@@ -15,6 +15,8 @@ nothing of the test suite and only reads the files it is given. Prints one JSON 
         mmengine.runner.load_checkpoint(strict=True); "mmpretrain-get_model" through
         get_model(NAME, pretrained=PATH)), runs it on X.npz["x"] (or its own inputs) and saves the logits as
         Y.npz[str(index)]; a job that fails reports {"ok": false, "error": ...}
+        "efficientnet_pytorch": EfficientNet.from_name(NAME, num_classes=N, **job["kwargs"]) (image_size=...),
+        loaded with load_state_dict(strict=True)
         "transformers": FILE is a --layout transformers folder, loaded by
         EfficientNetForImageClassification.from_pretrained (refused unless its loading info is empty)
     libs_check.py hf-keys DIR...
@@ -55,6 +57,9 @@ TIMM_KWARGS = {m: {"pad_type": "same", "bn_eps": 1e-3}
 MMPRETRAIN_ARCH = {**{f"b{n}": f"b{n}" for n in range(9)}, "l2": "l2", "l2-475": "l2",
                    "edgetpu-s": "es", "edgetpu-m": "em", "edgetpu-l": "el",
                    **{f"v2-{n}": f"v2-{n}" for n in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl")}}
+# our variant -> efficientnet_pytorch's model name (its VALID_MODELS)
+EFFICIENTNET_PYTORCH = {**{f"b{n}": f"efficientnet-b{n}" for n in range(9)}, "l2": "efficientnet-l2",
+                        "l2-475": "efficientnet-l2"}
 # the official EdgeTPU checkpoints classify 1001 classes (index 0: background; family.csv)
 CLASSES = {"edgetpu-s": 1001, "edgetpu-m": 1001, "edgetpu-l": 1001}
 
@@ -104,9 +109,10 @@ def _mm_zoo_name(arch: str):
 
 def keys(variants):
     import timm
+    from efficientnet_pytorch import EfficientNet
     from mmpretrain import get_model
 
-    out = {"timm": {}, "mmpretrain": {}}
+    out = {"timm": {}, "mmpretrain": {}, "efficientnet_pytorch": {}}
     seen = {}  # model name -> its list (l2 and l2-475 are one model)
     for v in variants:
         classes = CLASSES.get(v, 1000)
@@ -126,6 +132,13 @@ def keys(variants):
                     m = get_model(name, pretrained=False, **kw)
                 seen[key] = [[k, list(t.shape)] for k, t in m.state_dict().items()]
             out["mmpretrain"][v] = seen[key]
+        if v in EFFICIENTNET_PYTORCH:
+            key = (EFFICIENTNET_PYTORCH[v], classes)
+            if key not in seen:
+                with torch.device("meta"):
+                    m = EfficientNet.from_name(key[0], num_classes=classes)
+                seen[key] = [[k, list(t.shape)] for k, t in m.state_dict().items()]
+            out["efficientnet_pytorch"][v] = seen[key]
     return out
 
 
@@ -146,6 +159,22 @@ def _timm_model(name, num_classes, path):
     if left:
         raise RuntimeError(f"tensors not loaded: {left[:5]}")
     return model, {}
+
+
+def _ep_model(name, num_classes, path, **kwargs):
+    """efficientnet_pytorch's EfficientNet.from_name(name, num_classes=..., **kwargs) (image_size=: its
+    static 'SAME' pads) with the file's weights, loaded strictly (built on the meta device, as timm's)."""
+    from efficientnet_pytorch import EfficientNet
+    from safetensors.torch import load_file
+
+    with torch.device("meta"):
+        model = EfficientNet.from_name(name, num_classes=num_classes, **kwargs)
+    sd = load_file(path) if path.endswith(".safetensors") else torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(sd, strict=True, assign=True)
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
+    if left:
+        raise RuntimeError(f"tensors not loaded: {left[:5]}")
+    return model, {"image_size": model._global_params.image_size}
 
 
 def _mm_name(name):
@@ -234,7 +263,7 @@ def hf_processor(folders, images, out):
 
 
 BUILDERS = {"timm": _timm_model, "mmpretrain": _mm_model, "mmpretrain-get_model": _mm_get_model,
-            "transformers": _hf_model}
+            "transformers": _hf_model, "efficientnet_pytorch": _ep_model}
 
 
 def run(jobs_file, inputs, out):
@@ -248,7 +277,8 @@ def run(jobs_file, inputs, out):
     for i, job in enumerate(json.load(open(jobs_file))):
         x = torch.from_numpy(np.load(job["inputs"])["x"]) if job.get("inputs") else x_default
         try:
-            model, info = BUILDERS[job["library"]](job["model"], int(job.get("num_classes", 1000)), job["file"])
+            model, info = BUILDERS[job["library"]](job["model"], int(job.get("num_classes", 1000)), job["file"],
+                                                   **job.get("kwargs", {}))
             model.eval()
             with torch.no_grad():
                 y = model(x, mode="tensor") if job["library"].startswith("mmpretrain") else model(x)

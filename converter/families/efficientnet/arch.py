@@ -101,7 +101,7 @@ ARCHS: Dict[str, ArchSpec] = {
 MAIN_FAMILY: List[str] = [k for k, v in ARCHS.items() if v.family == "efficientnet"]
 
 # Checkpoints released at another resolution than their architecture's: variant name ->
-# (architecture, resolution). The resolution belongs to the checkpoint: converter/zoo.py
+# (architecture, resolution). The resolution belongs to the checkpoint: checkpoints.py
 # registers these from its rows; ``lookup`` gives the architecture at that resolution, named so.
 RELEASES: Dict[str, Tuple[str, int]] = {}
 

@@ -1,4 +1,5 @@
-"""The official checkpoints: the 33 of the OpenMMLab model zoo plus the two RandAugment ones.
+"""EfficientNet's official checkpoints: the 33 of the OpenMMLab model zoo, the two RandAugment ones
+and one each of Lite0-4, EdgeTPU S/M/L and CondConv (the family's ``FAMILY.checkpoints``).
 
 Top-1 accuracies are the official published ones (tensorflow/tpu models/official/efficientnet
 README.md at 7dc921f, and its lite/, edgetpu/, condconv/ READMEs); the zoo page's own top-1,

@@ -8,7 +8,7 @@ preprocess_legacy.py (what each ``augname`` does at eval). mmpretrain's zoo name
 ``configs/efficientnet_v2/metafile.yml`` (mmpretrain 1.2.0).
 
 Flavors: ``1k`` (ImageNet-1k), ``21k`` (ImageNet-21k, 21843 sigmoid outputs), ``21k-ft1k``
-(21k pre-trained, fine-tuned on 1k). Importing this module registers them in converter.zoo.
+(21k pre-trained, fine-tuned on 1k).
 
 Eval preprocessing per checkpoint kind, as main.py configures it (model config, then the
 dataset config overrides ``data.augname``):
