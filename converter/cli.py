@@ -439,7 +439,7 @@ def _run_convert(args: argparse.Namespace, claims) -> int:
         source = _opened(claims, sources.Source.open(args.checkpoint, kind=kind, sha256=args.sha256,
                                                           variant=args.variant))
         spec = source.reader.spec
-        from .keras import output_stem as keras_stem
+        from .sources.keras import output_stem as keras_stem
 
         name, label = keras_stem(spec), f"Keras EfficientNet{spec.name.upper()}"
     else:

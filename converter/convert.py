@@ -16,7 +16,7 @@ from .errors import ConversionError, check_space, disk_full_as_error, listing
 from .reorder import tf_to_torch
 from .mapping import Entry, expand, get_layout, is_classifier, layout_caveat, resolve_names
 from .metadata import encode
-from .readers import CheckpointReader
+from .sources.readers import CheckpointReader
 from .pipeline import Deferred, SyncingWriter, patch_header, prefetch
 from .writer import STALE_TEMP_AGE_S, AtomicFile, publish, remove_stale_temps, write_safetensors
 

@@ -32,7 +32,7 @@ from pathlib import Path
 HASH_SNIPPET = "import sys; sys.path.insert(0, sys.argv[2]); from converter.pipeline import sha256_files; sha256_files([sys.argv[1]])"
 READ_SNIPPET = r"""
 import sys
-from converter.readers import open_reader
+from converter.sources.readers import open_reader
 r = open_reader(sys.argv[1], sys.argv[2])
 n = 0
 for name in r.names():

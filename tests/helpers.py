@@ -56,7 +56,7 @@ class _BundleValues:
     that reader is checked bit for bit against TensorFlow's in tests/test_bundle.py)."""
 
     def __init__(self, prefix: str):
-        from converter.bundle import BundleReader
+        from converter.sources.bundle import BundleReader
 
         self._r = BundleReader(prefix)
 

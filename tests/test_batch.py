@@ -424,8 +424,8 @@ def test_remove_stale_temps_only_of_dead_writers(tmp_path):
 GATED_CHILD = r'''
 import os, runpy, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import converter.cli, converter.convert, converter.readers
-converter.readers._quiet_tensorflow()
+import converter.cli, converter.convert, converter.sources.readers
+converter.sources.readers._quiet_tensorflow()
 if "--format" in sys.argv:
     import torch
 print("ready", flush=True)

@@ -1,4 +1,4 @@
-"""converter.bundle: the TensorFlow-free tensor-bundle reader, checked against TensorFlow's own.
+"""converter.sources.bundle: the TensorFlow-free tensor-bundle reader, checked against TensorFlow's own.
 
 Cross-checks use tf.train.load_checkpoint on checkpoints TensorFlow wrote (SaveV2, MergeV2Checkpoints;
 only the L2 index is written here, L2's 1.9 GB of data being too much for a test).
@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from converter import bundle
+from converter.sources import bundle
 from converter.families.efficientnet.arch import ARCHS
 from converter.registry import get_arch
 from converter.errors import ConversionError
@@ -332,7 +332,7 @@ def test_bfloat16_without_ml_dtypes_is_exact_float32(tmp_path):
     code = (
         "import sys; sys.modules['ml_dtypes'] = None; sys.modules['tensorflow'] = None\n"
         "import numpy as np\n"
-        "from converter.bundle import BundleReader\n"
+        "from converter.sources.bundle import BundleReader\n"
         f"r = BundleReader({str(prefix)!r}); got = r.read('bf'); want = np.load({str(tmp_path / 'want.npy')!r})\n"
         "assert r.dtype('bf') == np.float32 == got.dtype, got.dtype\n"
         "assert got.view(np.uint32).tolist() == want.view(np.uint32).tolist()\n"

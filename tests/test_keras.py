@@ -255,7 +255,7 @@ def get_res(variant: str) -> int:
 
 def test_reader_names_are_the_official_inventory(keras_cases, reference_dir):
     """Every Keras variable lands on its official name and shape (shared/reference inventories)."""
-    from converter.keras import KerasH5Reader
+    from converter.sources.keras import KerasH5Reader
 
     for variant in ("b0", "b3"):
         inventory = json.loads((reference_dir / "inventory" / f"efficientnet-{variant}.json").read_text())
@@ -294,7 +294,7 @@ def test_imagenet_normalization_quirk(tmp_path, monkeypatch):
     import keras.src.applications.efficientnet as keff
     from keras.src.legacy.saving import legacy_h5_format
 
-    from converter.keras import IMAGENET_STDDEV_RGB
+    from converter.sources.keras import IMAGENET_STDDEV_RGB
     from converter.checkpoint import IMAGENET_MEAN
 
     seed_model = build_keras("b0", 224)
@@ -429,8 +429,8 @@ def test_keras_options_refused_and_verify_subcommand(keras_cases, tmp_path, caps
 
 def test_open_reader_and_hdf5_signature(keras_cases, tmp_path):
     """open_reader takes a Keras file; a Keras file without the .h5 extension is found by its signature."""
-    from converter.keras import KerasH5Reader, is_keras_file
-    from converter.readers import open_reader
+    from converter.sources.keras import KerasH5Reader, is_keras_file
+    from converter.sources.readers import open_reader
 
     plain = tmp_path / "weights_without_extension"
     shutil.copyfile(keras_cases["b0"]["files"]["keras3"], plain)

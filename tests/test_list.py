@@ -1,7 +1,7 @@
 """Discoverability: ``--list`` (names, zoo names, the official top-1) and the README's preprocessing example.
 
 Every name ``--list`` shows is a valid ``--flavor``; its top1 column is the figure published in
-tensorflow/tpu's README (excerpt below, parsed here independently of converter/zoo.py), the zoo
+tensorflow/tpu's README (excerpt below, parsed here independently of converter/families/efficientnet/checkpoints.py), the zoo
 page's own figure (shared/reference/model-zoo.csv) shown beside it, labelled, where it differs
 beyond rounding. The README's ``preprocess_batch`` block is executed as written.
 """

@@ -34,7 +34,7 @@ from mnasnet_cases import CASES, N_IMAGES, SEED, case_spec
 tf = pytest.importorskip("tensorflow")
 
 from converter.convert import iter_tensors, select  # noqa: E402
-from converter.readers import open_reader  # noqa: E402
+from converter.sources.readers import open_reader  # noqa: E402
 from converter.synthetic import calibration_images  # noqa: E402
 from converter.tfref import reference  # noqa: E402
 from converter.tfref.generate import generate_checkpoint, write_checkpoint  # noqa: E402

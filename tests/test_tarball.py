@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from converter.bundle import BundleReader
+from converter.sources.bundle import BundleReader
 from converter.cli import main
 from converter.errors import ConversionError
-from converter.tarball import TarballReader
+from converter.sources.tarball import TarballReader
 from converter.tfref.generate import make_tarball
 from helpers import make_checkpoint
 
@@ -173,8 +173,8 @@ def test_source_resolved_once_by_kind(ck, tmp_path, cache):
     import hashlib
 
     from converter import sources
-    from converter.bundle import BundleReader
-    from converter.tarball import TarballReader
+    from converter.sources.bundle import BundleReader
+    from converter.sources.tarball import TarballReader
 
     tarball = _tar(ck, tmp_path / "t.tar.gz")
     assert [sources.classify(p) for p in (tarball, ck.parent, ck, Path(str(ck) + ".index"))] == \

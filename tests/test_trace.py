@@ -1,4 +1,4 @@
-"""verify --trace (converter/trace.py, converter/tfref/taps.py): tap-by-tap comparison with the reference.
+"""verify --trace (converter/verify/trace.py, converter/tfref/taps.py): tap-by-tap comparison with the reference.
 
 Correct conversions (b0 through the CLI, Lite / EdgeTPU / CondConv through the API) pass at every
 tap; files corrupted on purpose (one BN's moving variance, one depthwise kernel flipped, one BN's
@@ -19,7 +19,7 @@ from converter.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 
 pytest.importorskip("tensorflow")
 
-from converter import trace as T  # noqa: E402
+from converter.verify import trace as T
 from converter.tfref.generate import generate_checkpoint  # noqa: E402
 from converter.verify import plan_verification, reference_logits, verify_model  # noqa: E402
 

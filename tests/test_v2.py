@@ -130,7 +130,7 @@ def root(tmp_path_factory):
 def converted(root):
     """variant -> (spec, prefix, PyTorch model with the converted weights, TF logits, images)."""
     from converter.convert import convert
-    from converter.readers import open_reader
+    from converter.sources.readers import open_reader
 
     cache = {}
     tf64 = {}
@@ -221,7 +221,7 @@ def test_fails_with_symmetric_padding(converted, monkeypatch):
 def test_fails_with_v1_round_filters(converted):
     """B3 with V1's rounding (10 % rule): other channel counts, the checkpoint does not fit."""
     from converter.convert import select
-    from converter.readers import open_reader
+    from converter.sources.readers import open_reader
 
     _, prefix, _, _, _ = converted("v2-b3")
 

@@ -33,18 +33,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .checkpoint import DEFAULT_PREPROCESSING
-from .errors import ConversionError, VerificationError
+from ..checkpoint import DEFAULT_PREPROCESSING
+from ..errors import ConversionError, VerificationError
 
 log = logging.getLogger("converter")
 
 # Pass criteria. float32 (issue 3): a correct float32 port reaches ~1e-5 on sane inputs; the
 # criterion is raised to NOISE_FACTOR x float32's own error where that is larger (issue 25)
 MAX_REL_ERROR = 1e-4
-# A correct port's float32 error stays within a few times float32's own (both are float32
-# computations with different summation orders; measured 1.1-2.5x); a wrong tensor is orders of
-# magnitude off. Also the per-tap factor of verify --trace (converter/trace.py).
-NOISE_FACTOR = 20.0
+# float32's own error x NOISE_FACTOR (criteria.py): also the per-tap factor of verify --trace (trace.py)
+from .criteria import NOISE_FACTOR  # noqa: E402
 # float64 on both sides: correct conversions measured 1e-16..7e-10 (7e-10: b1 on checkerboards
 # where float32 itself is off by 0.2); wrong ones 1e-4..1. Raised, like the float32 criterion, to
 # NOISE_FACTOR x float32's floor scaled to float64's precision (2**-29: the ratio of the two
@@ -54,7 +52,7 @@ MAX_REL_ERROR_F64 = 1e-7
 MAX_F64_TOLERANCE = 1e-6
 EPS_RATIO = float(np.finfo(np.float64).eps / np.finfo(np.float32).eps)
 DEFAULT_IMAGES = 8
-from .synthetic import CALIBRATION_SEED
+from ..synthetic import CALIBRATION_SEED
 
 # The fixed synthetic set: generated test checkpoints are BN-calibrated on these very images
 # (shared/reference known hazards); for real checkpoints any fixed set does.
@@ -283,7 +281,7 @@ def verification_images(resolution: int, mean: Sequence[float], std: Sequence[fl
                         n: int = DEFAULT_IMAGES, files: Sequence[str] = (), crop_pct: Optional[float] = None,
                         pipeline=DEFAULT_PREPROCESSING) -> np.ndarray:
     """The fixed synthetic set at ``resolution`` (plus the user's files), normalized, NHWC float32."""
-    from .synthetic import normalize, synthetic_images
+    from ..synthetic import normalize, synthetic_images
 
     parts = []
     if n:
@@ -297,7 +295,7 @@ def verification_images(resolution: int, mean: Sequence[float], std: Sequence[fl
 
 def image_names(resolution: int, n: int, files: Sequence[str] = ()) -> List[str]:
     """How the report names the images of :func:`verification_images`: ``synthetic-3 (blobs)``, then the files."""
-    from .synthetic import image_kinds
+    from ..synthetic import image_kinds
 
     return [f"synthetic-{i} ({kind})" for i, kind in enumerate(image_kinds(resolution, n) if n else [])] + \
         [str(f) for f in files]
@@ -319,7 +317,7 @@ class VerifyPlan:
 
 def check_image_file(path: str) -> None:
     """One line naming the file when it is missing, unreadable, or not an image TensorFlow decodes."""
-    from .preprocess import decode
+    from ..preprocess import decode
 
     p = Path(path)
     if not p.exists():
@@ -345,7 +343,7 @@ def check_image_file(path: str) -> None:
 
 def check_dump_path(path: Path) -> None:
     """--dump-logits names a file in an existing, writable folder."""
-    from .writer import check_writable_folder
+    from ..writer import check_writable_folder
 
     path = Path(path)
     if path.is_dir():
@@ -396,7 +394,7 @@ def plan_verification(cfg: Dict[str, object], resolution: Optional[int] = None, 
     before anything is written."""
     native = int(cfg["input_size"][-1])
     dev = check_options(resolution, n_images, image_files, device, dump_logits, max_rel_error, native)
-    from .fast import PRECISIONS
+    from ..fast import PRECISIONS
 
     if dtype not in PRECISIONS:
         raise ConversionError(f"--dtype {dtype!r}: use one of {', '.join(PRECISIONS)}")
@@ -405,7 +403,7 @@ def plan_verification(cfg: Dict[str, object], resolution: Optional[int] = None, 
     dump = Path(dump_logits) if dump_logits is not None else None
     if image_files and progress:
         log.info("verify: preprocessing %d image(s) with TensorFlow (official eval pipeline)", len(image_files))
-    from .registry import preprocessing_of
+    from ..registry import preprocessing_of
 
     images = verification_images(res, cfg["mean"], cfg["std"], n_images, image_files, cfg.get("crop_pct"),
                                  preprocessing_of(cfg))
@@ -685,7 +683,7 @@ def verify_model(model, prefix: str, cfg: Dict[str, object], resolution: Optiona
 def low_precision_figures(model, images: np.ndarray, device: str, dtype: str, official: np.ndarray) -> Dict[str, object]:
     """--dtype: ``model`` run in ``dtype`` (converter.fast.in_precision: autocast where the device has
     it) against the official float32 logits of the same images (:func:`compare`), and its speed."""
-    from .fast import in_precision
+    from ..fast import in_precision
 
     with in_precision(model, dtype, device) as how:
         out, seconds = torch_logits(model, images, device)
@@ -699,7 +697,7 @@ def write_dump(path: Path, tf_out: np.ndarray, pt_out: np.ndarray, tf64: Optiona
                pt64: Optional[np.ndarray] = None) -> None:
     """--dump-logits: both logit arrays (keys tf, torch; float64 ones: tf64, torch64), written
     atomically under exactly ``path``."""
-    from .writer import AtomicFile
+    from ..writer import AtomicFile
 
     f = AtomicFile(Path(path))
     try:
@@ -713,7 +711,7 @@ def write_dump(path: Path, tf_out: np.ndarray, pt_out: np.ndarray, tf64: Optiona
 
 def write_report(report: ParityReport, path: Path, commit: bool = True):
     """The JSON report, atomically at ``path``; ``commit=False`` returns the pending AtomicFile."""
-    from .writer import AtomicFile
+    from ..writer import AtomicFile
 
     f = AtomicFile(Path(path))
     try:
@@ -733,7 +731,7 @@ def report_path_for(weights: Path) -> Path:
     """Where the JSON report goes: beside the weights, ``NAME.verify.json``."""
     weights = Path(weights)
     if weights.is_dir():  # a folder layout's output (--layout transformers): inside it, as its writer names it
-        from .mapping import folder_writer_of
+        from ..mapping import folder_writer_of
 
         return weights / folder_writer_of(weights).REPORT_NAME
     return weights.with_name(weights.name.rsplit(".", 1)[0] + ".verify.json")
@@ -743,12 +741,12 @@ def checked_report(weights: Path, prefix: str, record_as: Optional[Path] = None,
     """Verify ``weights`` against ``prefix``; the report names ``record_as`` (default ``weights``:
     where the checked bytes will live) and the sha256 of the bytes checked. Writes nothing but
     ``--dump-logits``."""
-    from .loading import load_model
-    from .pipeline import Deferred, sha256_files
+    from ..loading import load_model
+    from ..pipeline import Deferred, sha256_files
 
     weights = Path(weights)
     if weights.is_dir():  # a folder layout's output (--layout transformers): its weights file
-        from .mapping import folder_writer_of
+        from ..mapping import folder_writer_of
 
         target = folder_writer_of(weights).folder_weights(weights)
     else:
@@ -766,7 +764,7 @@ def verify_file(weights: Path, prefix: str, **kwargs) -> ParityReport:
     report = checked_report(weights, prefix, **kwargs)
     write_report(report, report_path_for(weights))
     if Path(weights).is_dir():  # the folder's model card gets the figures
-        from .mapping import folder_writer_of
+        from ..mapping import folder_writer_of
 
         folder_writer_of(Path(weights)).add_verification(Path(weights), report)
     return report

@@ -29,7 +29,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from .errors import ConversionError
+from ..errors import ConversionError
 
 try:  # optional, exact
     import ml_dtypes as _ml_dtypes  # noqa: WPS433

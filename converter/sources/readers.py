@@ -10,7 +10,7 @@ from typing import List, Optional, Protocol, Tuple
 
 import numpy as np
 
-from .errors import ConversionError, first_line
+from ..errors import ConversionError, first_line
 
 
 class CheckpointReader(Protocol):
@@ -32,7 +32,7 @@ class CheckpointReader(Protocol):
 
 
 def _quiet_tensorflow():
-    from .tfref.tfimport import import_tensorflow
+    from ..tfref.tfimport import import_tensorflow
 
     try:
         tf = import_tensorflow()

@@ -16,9 +16,16 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..errors import ConversionError, first_line
 from .bundle import BundleReader, data_filename
-from .errors import ConversionError, first_line
-from .sources import corrupt_tarball_error
+
+
+def corrupt_tarball_error(tarball: "os.PathLike", detail: str, on_corrupt=None) -> ConversionError:
+    """The one-line error of a damaged tarball (``on_corrupt(detail)``'s for a cached download)."""
+    if on_corrupt is not None:
+        return on_corrupt(f"corrupt or truncated: {detail}")
+    return ConversionError(f"corrupt or truncated tarball {tarball} ({detail}); delete it and download it again")
+
 
 _SEP = "!/"  # tarball!/member in names shown to the user
 _TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError, ValueError)
@@ -26,7 +33,7 @@ _SKIP_CHUNK = 1 << 22
 
 
 class TarballReader(BundleReader):
-    """The :class:`~converter.readers.CheckpointReader` of a checkpoint inside a tarball."""
+    """The :class:`~converter.sources.readers.CheckpointReader` of a checkpoint inside a tarball."""
 
     def __init__(self, tarball: os.PathLike, on_corrupt=None):
         """``on_corrupt(detail)``: the error for damaged bytes (a cached download's sets it aside:

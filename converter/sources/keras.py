@@ -1,6 +1,6 @@
 """Keras input: the ``keras.applications`` EfficientNetB0-B7 weights in HDF5, read with h5py.
 
-:class:`KerasH5Reader` implements the :class:`~converter.readers.CheckpointReader` interface and
+:class:`KerasH5Reader` implements the :class:`~converter.sources.readers.CheckpointReader` interface and
 presents a Keras file under the OFFICIAL TensorFlow variable names of its variant
 (``block2a_expand_conv/kernel`` -> ``efficientnet-b0/blocks_1/conv2d/kernel``), through the
 table in mappings/keras.py; the rest of the pipeline (selection, native mapping table, layouts,
@@ -38,11 +38,11 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .arch import ArchSpec
-from .errors import ConversionError, first_line, listing
-from .mappings import keras as table
-from .mappings.kinds import DENSE, VARIABLES
-from .registry import family_of, get_arch
+from ..arch import ArchSpec
+from ..errors import ConversionError, first_line, listing
+from ..mappings import keras as table
+from ..mappings.kinds import DENSE, VARIABLES
+from ..registry import family_of, get_arch
 
 log = logging.getLogger("converter")
 
@@ -358,7 +358,7 @@ class KerasH5Reader:
         return out
 
     def _index(self, by_layer: Dict[str, List[_Var]]) -> None:
-        from .mapping import expand
+        from ..mapping import expand
 
         spec = self.spec
         expected = keras_layers(spec)

@@ -28,7 +28,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Union
 
-from .errors import ConversionError
+from ..errors import ConversionError
+from .tarball import corrupt_tarball_error
 
 try:  # POSIX; elsewhere the cache is used without a lock
     import fcntl
@@ -36,7 +37,7 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .checkpoint import Checkpoint
+    from ..checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +355,7 @@ class Extraction:
     """A tarball extracted safely into a private folder below ``root`` (``cache_dir()/"extracted"``)
     for TensorFlow, which reads files; ``prefix`` is the checkpoint in it.
 
-    The cache keeps one form, the tarball: the conversion streams it (converter.tarball) and only
+    The cache keeps one form, the tarball: the conversion streams it (converter.sources.tarball) and only
     TensorFlow (``--verify``, ``--reader tf``, ``verify``) needs files, so each such run extracts it
     and :meth:`remove` deletes the folder (at the latest when the object is collected or the
     process exits). A folder left by a killed process is removed by a later extraction once no
@@ -486,13 +487,6 @@ def _extract_into(tarball: Path, dest: Path, on_corrupt=None) -> None:
         raise corrupt_tarball_error(tarball, _one_line(e), on_corrupt) from e
     except (tarfile.TarError, EOFError, zlib.error, ValueError) as e:
         raise corrupt_tarball_error(tarball, _one_line(e), on_corrupt) from e
-
-
-def corrupt_tarball_error(tarball: PathLike, detail: str, on_corrupt=None) -> ConversionError:
-    """The one-line error of a damaged tarball (``on_corrupt(detail)``'s for a cached download)."""
-    if on_corrupt is not None:
-        return on_corrupt(f"corrupt or truncated: {detail}")
-    return ConversionError(f"corrupt or truncated tarball {tarball} ({detail}); delete it and download it again")
 
 
 class CorruptDownload(ConversionError):
@@ -927,9 +921,9 @@ class Source:
         TensorFlow verifies, or ``reader`` is ``tf``); then it is extracted (:class:`Extraction`)
         until :meth:`close`. ``sha256`` (--sha256) pins a local tarball: checked here, before
         anything is read; a download's pin is checked by :func:`fetch_checkpoint`. A Keras .h5
-        (``keras``) is read by converter.keras (``variant``: checked against the file, or inferred).
+        (``keras``) is read by converter.sources.keras (``variant``: checked against the file, or inferred).
         """
-        from .pipeline import Deferred, sha256_files
+        from ..pipeline import Deferred, sha256_files
         from .readers import READER_ENV, open_reader
 
         p = Path(os.fspath(path)).expanduser()

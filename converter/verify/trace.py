@@ -27,14 +27,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ConversionError
-from .tfref.taps import BN_IN, BN_OUT, LOGITS, STAGE, rel_error  # the TensorFlow side's tap kinds (no TF import)
+from ..errors import ConversionError
+from ..tfref.taps import BN_IN, BN_OUT, LOGITS, STAGE, rel_error  # the TensorFlow side's tap kinds (no TF import)
 
 TRACE_IMAGES = 2  # images traced: every tap of every traced image is held in memory on both sides
 # A correct port's error at a tap stays within a few times float32's own error there (both are
 # float32 computations with different summation orders); a wrong tensor is orders of magnitude off.
-# The same factor as the verdict on the logits (converter/verify.py).
-from .verify import NOISE_FACTOR  # noqa: E402
+# The same factor as the verdict on the logits (converter.verify).
+from .criteria import NOISE_FACTOR  # noqa: E402
 FLOOR = 1e-5  # relative error always accepted (a tap whose float64 error happens to be tiny)
 
 
