@@ -153,7 +153,7 @@ def child_command(ckpt: Checkpoint, args: argparse.Namespace, output_dir: Path, 
         cmd.append("--allow-nonfinite")
     if getattr(args, "max_rel_error", None) is not None:
         cmd += ["--max-rel-error", repr(float(args.max_rel_error))]
-    if getattr(args, "trace", False):  # converter/trace.py: the tap table in each report
+    if getattr(args, "trace", False):  # converter/verify/trace.py: the tap table in each report
         cmd.append("--trace")
     if getattr(args, "images", None):
         cmd += ["--images", *[os.path.abspath(i) for i in args.images]]

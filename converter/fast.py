@@ -54,7 +54,7 @@ def set_input_size(model: nn.Module, h: Optional[int], w: Optional[int] = None) 
     size = _size_pair(h, w)
     group_input = size
     for _, conv in convs:
-        # a conv ``parallel`` to the one before (a group of model.GroupedConv2dSame) sees its input
+        # a conv ``parallel`` to the one before (a group of GroupedConv2dSame, converter/families/mnasnet/modules.py) sees its input
         group_input = group_input if getattr(conv, "parallel", False) else size
         size = conv.set_input_size(*group_input)
     model.input_size = _size_pair(h, w)

@@ -87,7 +87,7 @@ def tf_to_torch(array: np.ndarray, kind: str, kernel: Sequence[int] = ()) -> np.
     elif rule == "dense" and array.ndim == 2:
         out = array.T
     elif rule == "experts_tf" and array.ndim == 2:
-        out = array  # [experts, flattened kernel], kept in TF order (model.CondConv2dSame)
+        out = array  # [experts, flattened kernel], kept in TF order (converter/families/efficientnet/modules.py CondConv2dSame)
     elif rule == "experts_oihw" and array.ndim == 2:  # per expert HWIO -> OIHW, flattened again
         out = array.reshape(-1, *_kernel(array, kernel)).transpose(0, 4, 3, 1, 2).reshape(array.shape)
     elif rule == "experts_dw_oihw" and array.ndim == 2:  # per expert (kh, kw, c, m) -> (c*m, 1, kh, kw)

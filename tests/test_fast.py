@@ -67,7 +67,7 @@ def spec_input_sizes(variant: str, h: int, w: int):
     sizes, cur = [(h, w)], (-(-h // 2), -(-w // 2))  # the stem: 3x3 stride 2
     for b in get_arch(variant).blocks():
         sizes += [cur] if b.has_expand else []  # 1x1 expand conv (kxk in fused blocks)
-        if getattr(b, "fused", False):  # EdgeTPU: no depthwise conv; the kxk expand conv strides (default),
+        if b.kind == "fused":  # EdgeTPU: no depthwise conv; the kxk expand conv strides (default),
             strided = (-(-cur[0] // b.stride), -(-cur[1] // b.stride))  # or the 1x1 project conv ("project")
             if b.has_expand and b.fused_stride == "expand":
                 cur = strided
@@ -361,7 +361,7 @@ def test_verify_dtype_reports_bf16_against_official_float32(tmp_path, capsys):
     from converter import load_model
     from converter.cli import main
     from converter.verify import report_path_for, verification_images
-    from converter.preprocess import cfg_resize
+    from converter.registry import preprocessing_of
 
     prefix = make_checkpoint(tmp_path, "b0", calibration_resolution=224)
     assert main(["--variant", "b0", "--flavor", "aa", "--checkpoint", str(prefix), "--output-dir", str(tmp_path),
@@ -380,8 +380,7 @@ def test_verify_dtype_reports_bf16_against_official_float32(tmp_path, capsys):
     # independent: the same images through the model under torch.autocast, against TF's dumped logits
     model = load_model(weights)
     cfg = model.pretrained_cfg
-    images = verification_images(224, cfg["mean"], cfg["std"], 3, [], cfg.get("crop_pct"), cfg_resize(cfg),
-                                 cfg.get("preprocessing"))
+    images = verification_images(224, cfg["mean"], cfg["std"], 3, [], cfg.get("crop_pct"), preprocessing_of(cfg))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         mine = model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).float().numpy()
     tf32 = np.load(dump)["tf"]

@@ -85,7 +85,7 @@ READER_ENV = "EFFNET_READER"
 def open_reader(prefix: str, kind: Optional[str] = None) -> CheckpointReader:
     """The reader for a checkpoint prefix (``.../model.ckpt``).
 
-    ``kind``: ``bundle`` (default: converter/bundle.py, no TensorFlow) or ``tf``
+    ``kind``: ``bundle`` (default: converter/sources/bundle.py, no TensorFlow) or ``tf``
     (TensorFlow's own reader); ``$EFFNET_READER`` sets the default.
     """
     from .keras import KerasH5Reader, is_keras_file

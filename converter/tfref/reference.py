@@ -18,7 +18,7 @@ IN.npz holds ``images`` (normalized NHWC float32); OUT.npz gets ``logits`` (floa
 with ``--dtype float64``: the same graph without float32 rounding, to measure the noise floor),
 ``seconds`` (the forward passes only, weights already loaded) and ``device``; with ``--float64``
 also ``logits64`` and ``seconds64``: the same images through the same graph in float64 (weights
-and images cast up exactly), what verification's verdict compares (converter/verify.py).
+and images cast up exactly), what verification's verdict compares (converter/verify/).
 Errors in the user's input print one line on stderr and exit with code 2.
 """
 from __future__ import annotations

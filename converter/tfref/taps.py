@@ -1,4 +1,4 @@
-"""The TensorFlow reference's intermediate tensors ("taps"), for ``verify --trace`` (converter/trace.py).
+"""The TensorFlow reference's intermediate tensors ("taps"), for ``verify --trace`` (converter/verify/trace.py).
 
 Command line: the reference's (converter/tfref/reference.py: logits as usual) plus::
 
@@ -12,7 +12,7 @@ emits these through the walk's ``trace``/``bn`` contract (families.py), so every
 
 The same pass runs again in float64 (weights and images cast up): the relative difference of
 the float32 tap from the float64 one is float32's own rounding error at that depth, which
-converter/trace.py uses to set each tap's tolerance.
+converter/verify/trace.py uses to set each tap's tolerance.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import numpy as np
 from ..arch import ArchSpec
 from ..errors import ConversionError
 
-BN_IN, BN_OUT, STAGE, LOGITS = "bn_in", "bn_out", "stage", "logits"  # tap kinds (converter/trace.py too)
+BN_IN, BN_OUT, STAGE, LOGITS = "bn_in", "bn_out", "stage", "logits"  # tap kinds (converter/verify/trace.py too)
 
 
 def rel_error(x: np.ndarray, ref: np.ndarray) -> float:
@@ -50,7 +50,7 @@ def traced_pass(spec: ArchSpec, weights, images: np.ndarray) -> List[Tuple[str, 
 
     def bn(prefix: str, x):
         taps.append((prefix, BN_IN, x.numpy()))
-        y = R._bn_inference(x, weights(f"{prefix}/gamma"), weights(f"{prefix}/beta"),
+        y = R.bn_inference(x, weights(f"{prefix}/gamma"), weights(f"{prefix}/beta"),
                             weights(f"{prefix}/moving_mean"), weights(f"{prefix}/moving_variance"), spec.bn_eps)
         taps.append((prefix, BN_OUT, y.numpy()))
         return y
@@ -67,7 +67,8 @@ def tap_tensors(spec: ArchSpec, taps: List[Tuple[str, str, np.ndarray]]) -> List
     a BN's four variables for its output; for a BN's input, the variables created since the
     previous BN (the conv feeding it, and a CondConv routing or SE layer before that conv); for
     the logits, the classifier's. Stage outputs: none (their convs and BNs have their own taps)."""
-    from .reference import BN_PARAMS, variables
+    from .ops import BN_PARAMS
+    from .reference import variables
 
     names = [n for n, _ in variables(spec)]
     is_bn = [n.rsplit("/", 1)[-1] in BN_PARAMS for n in names]

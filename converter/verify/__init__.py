@@ -92,7 +92,7 @@ class ParityReport:
     # one row per image: image, rel_error, max_abs_diff, top1_tf, top1_torch; worst first in ``worst``
     per_image: List[Dict[str, object]] = field(default_factory=list)
     worst: List[str] = field(default_factory=list)
-    trace: Optional[Dict[str, object]] = None  # --trace: the tap table (converter/trace.py)
+    trace: Optional[Dict[str, object]] = None  # --trace: the tap table (converter/verify/trace.py)
     # issue 25: the copy of the weights both sides hold ("EMA" or "raw", metadata ``ema``), the
     # float64 comparison and float32's own error, the criteria applied (see judge)
     reference_weights: str = "EMA"
@@ -311,7 +311,7 @@ class VerifyPlan:
     device: str  # resolved: cpu or cuda
     dump_logits: Optional[Path]
     max_rel_error: float
-    trace: bool = False  # --trace: also compare every stage (converter/trace.py)
+    trace: bool = False  # --trace: also compare every stage (converter/verify/trace.py)
     dtype: str = "float32"  # --dtype bf16/fp16: also run the model in that precision (not in the verdict)
 
 
@@ -638,7 +638,7 @@ def verify_model(model, prefix: str, cfg: Dict[str, object], resolution: Optiona
     if progress:
         log.info("verify: TensorFlow reference on %d images at %d px (%s), float32 and float64", len(images), res, dev)
     tracer = None
-    if plan.trace:  # converter/trace.py: the reference process also writes its taps
+    if plan.trace:  # converter/verify/trace.py: the reference process also writes its taps
         from .trace import Tracer
 
         tracer = Tracer()
