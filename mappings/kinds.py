@@ -19,7 +19,7 @@ VARIABLES = {
 
 # CondConv (condconv_layers.CondConv2D / DepthwiseCondConv2D): the per-expert kernels, flattened
 # in TF order [experts, kh*kw*in*out] (depthwise: [experts, kh*kw*c*1]); the module
-# (model.CondConv2dSame) keeps that layout and reshapes the routed kernel itself.
+# (converter/families/efficientnet/modules.py CondConv2dSame) keeps that layout and reshapes the routed kernel itself.
 CONDCONV = "condconv"
 DWCONDCONV = "dwcondconv"
 VARIABLES[CONDCONV] = (("condconv_kernel", "weight"),)

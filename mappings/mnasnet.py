@@ -1,10 +1,10 @@
 """Layout 'native' for MnasNet and MixNet: our ``converter.model.EfficientNet`` built from their specs.
 
-The official layer names carry graph-wide Keras counters (converter/mnasnet.py ``layers``: the
+The official layer names carry graph-wide Keras counters (converter/families/mnasnet/arch.py ``layers``: the
 names a fresh graph gives, checked against the official builders' variable lists in
 tests/test_mnasnet.py); converter.mapping resolves a checkpoint's own counters by block and by
 order. So the rows here name ROLES, not layers: the family gives each role's official layer(s)
-(``Family.roles`` for the stem and head, the kinds' ``fields`` for a block: converter/mnasnet.py
+(``Family.roles`` for the stem and head, the kinds' ``fields`` for a block: converter/families/mnasnet/arch.py
 ``model_roles``, ``block_roles``); a role with one layer per group (GroupedConv2D / MixConv,
 MixNet) repeats its row per group, ``{g}`` being the group.
 
