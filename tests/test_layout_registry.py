@@ -34,13 +34,15 @@ def test_registry_finds_every_table_files_layout():
             assert isinstance(lay, Layout), f.name
             declared[f.stem] = lay
     assert {m.__name__.rpartition(".")[2]: lay for lay, m in mapping._declared()} == declared
-    assert set(mapping.layouts()) == {lay.name for lay in declared.values()} == {
+    # the registry is the folder's declarations (above); these are among them (a new table file
+    # needs no edit here)
+    assert set(mapping.layouts()) == {lay.name for lay in declared.values()} >= {
         "native", "timm", "mmpretrain", "transformers", "efficientnet_pytorch"}
     tables = {(fam, lay.name): m.__name__.rpartition(".")[2] for lay, m in mapping._declared()
               for fam in lay.families or (None,)}
-    assert {name: t for (fam, name), t in tables.items() if fam is None} == {
+    assert {name: t for (fam, name), t in tables.items() if fam is None}.items() >= {
         "native": "efficientnet", "timm": "timm", "mmpretrain": "mmpretrain", "transformers": "transformers",
-        "efficientnet_pytorch": "efficientnet_pytorch"}
+        "efficientnet_pytorch": "efficientnet_pytorch"}.items()
     assert {k: t for k, t in tables.items() if k[0] is not None} == {
         ("mnasnet", "native"): "mnasnet", ("mixnet", "native"): "mnasnet",
         ("mnasnet", "timm"): "timm_mnasnet", ("mixnet", "timm"): "timm_mnasnet"}
