@@ -71,6 +71,16 @@ def _flavor_args(variant: str):
     return [] if len(mine) <= 1 else ["--flavor", mine[0].flavor]
 
 
+def _against_copies(t_conv, rss_conv, size, t_cp, t_cp_sha, t_cp_hashlib):
+    """A conversion's columns: its time and memory, and its time over each copy baseline."""
+    return dict(cp_s=round(t_cp, 2), cp_sha_s=round(t_cp_sha, 2), cp_hashlib_s=round(t_cp_hashlib, 2),
+                convert_s=round(t_conv, 2), convert_rss_mb=round(rss_conv), output_mb=round(size, 1),
+                rss_over_output=round(rss_conv / size, 2),
+                convert_over_cp=round(t_conv / max(t_cp, 1e-3), 2),
+                convert_over_cp_sha=round(t_conv / max(t_cp_sha, 1e-3), 2),
+                convert_over_cp_hashlib=round(t_conv / max(t_cp_hashlib, 1e-3), 2))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", nargs="+", default=["b0", "b7"])
@@ -123,13 +133,8 @@ def main(argv=None) -> int:
                 size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
                 shutil.rmtree(out, ignore_errors=True)
             rows.append(dict(variant=v, reader=reader, checkpoint_mb=round(data.stat().st_size / 2**20, 1),
-                             read_s=round(t_read, 2), read_rss_mb=round(rss_read), cp_s=round(t_cp, 2),
-                             cp_sha_s=round(t_cp_sha, 2), cp_hashlib_s=round(t_cp_hashlib, 2),
-                             convert_s=round(t_conv, 2), convert_rss_mb=round(rss_conv), output_mb=round(size, 1),
-                             rss_over_output=round(rss_conv / size, 2),
-                             convert_over_cp=round(t_conv / max(t_cp, 1e-3), 2),
-                             convert_over_cp_sha=round(t_conv / max(t_cp_sha, 1e-3), 2),
-                             convert_over_cp_hashlib=round(t_conv / max(t_cp_hashlib, 1e-3), 2)))
+                             read_s=round(t_read, 2), read_rss_mb=round(rss_read),
+                             **_against_copies(t_conv, rss_conv, size, t_cp, t_cp_sha, t_cp_hashlib)))
         if args.tarball:
             tarball = work / f"{v}-{args.mode}.tar.gz"
             if not tarball.exists():
@@ -148,13 +153,8 @@ def main(argv=None) -> int:
                                       args.format, "--quiet"], env)
             size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
             rows.append(dict(variant=v, reader="tar.gz stream", checkpoint_mb=round(tarball.stat().st_size / 2**20, 1),
-                             read_s=round(t_x, 2), read_rss_mb="(tar xzf)", cp_s=round(t_cp, 2),
-                             cp_sha_s=round(t_cp_sha, 2), cp_hashlib_s=round(t_cp_hashlib, 2),
-                             convert_s=round(t_conv, 2), convert_rss_mb=round(rss_conv), output_mb=round(size, 1),
-                             rss_over_output=round(rss_conv / size, 2),
-                             convert_over_cp=round(t_conv / max(t_cp, 1e-3), 2),
-                             convert_over_cp_sha=round(t_conv / max(t_cp_sha, 1e-3), 2),
-                             convert_over_cp_hashlib=round(t_conv / max(t_cp_hashlib, 1e-3), 2)))
+                             read_s=round(t_x, 2), read_rss_mb="(tar xzf)",
+                             **_against_copies(t_conv, rss_conv, size, t_cp, t_cp_sha, t_cp_hashlib)))
             shutil.rmtree(out, ignore_errors=True)
     cols = list(rows[0])
     print(" | ".join(cols))
