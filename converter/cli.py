@@ -23,10 +23,11 @@ USAGE = """
   convert-effnet predict IMAGE|FOLDER... --weights FILE [options]
   convert-effnet evaluate DIR --weights FILE [options]
   convert-effnet export --weights FILE --onnx OUT.onnx [--torchscript OUT.pt] [options]
+  convert-effnet audit --checkpoint CK --weights FILE [--layout L] [--images IMG...] [--json OUT]
 (convert-effnet SUBCOMMAND --help for a subcommand's options)"""
 
 
-SUBCOMMANDS = ("verify", "predict", "evaluate", "export")
+SUBCOMMANDS = ("verify", "predict", "evaluate", "export", "audit")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -549,6 +550,10 @@ def _dispatch(argv: List[str]) -> int:
         from . import export
 
         return export.main(argv[1:])
+    if argv and argv[0] == "audit":  # converter/audit/: is a port exact, and if not, why
+        from . import audit
+
+        return audit.main(argv[1:])
     if argv and argv[0] == "verify":
         from . import sources
 

@@ -1,0 +1,256 @@
+"""Question 2: the library's own model with FILE's weights against the TensorFlow reference, stage by stage.
+
+The taps are ``verify --trace``'s (converter/tfref/taps.py: every batch norm's input, i.e. the conv
+feeding it, and output, the stem's and every block's output, the pooled features, the logits),
+mapped onto the library's modules through the layout's table: a BN's module is its row's module
+path, a stage's module the common parent of its rows' modules (timm's stem, whose conv and BN have
+no parent of their own: its last module, the BatchNormAct2d). The library runs in its own
+interpreter (converter/audit/driver.py), TensorFlow in its own process; a tap diverges by the
+criterion of ``--trace`` (converter/verify/trace.py: ``NOISE_FACTOR`` x float32's own error there,
+at least ``FLOOR``; the logits at least verification's ``MAX_REL_ERROR``).
+
+The diagnosis runs the library's model again with one thing set as the official model has it
+(every strided conv padded as TF 'SAME'; every BN's epsilon the official one): a variant that
+computes the official logits where the model as built does not names the cause, and the model's
+own attributes (its strided convs' padding, its BN epsilons, its activations) say it in words.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import ConversionError, first_line
+from ..mapping import Entry, is_classifier
+from ..mappings.kinds import BN, BN_TRACKED
+from ..tfref.taps import BN_IN, BN_OUT, LOGITS, STAGE, rel_error
+from ..verify import MAX_REL_ERROR
+from ..verify.criteria import NOISE_FACTOR
+from ..verify.trace import FLOOR
+
+LIBS_ENV = "EFFNET_LIBS_PYTHON"  # the interpreter that has the libraries (tests/libs_check.py's)
+DRIVER = Path(__file__).with_name("driver.py")
+# the library each layout's model comes from (converter/audit/driver.py builds it)
+LIBRARIES = {"timm": "timm", "mmpretrain": "mmpretrain", "transformers": "transformers"}
+# the model-class / zoo-name default per layout where the table's own name is not the library's model
+# (Layout.library_model gives timm's model name and mmpretrain's arch)
+VARIANTS = {"base": [], "same": ["same"], "eps": ["eps"], "same+eps": ["same", "eps"]}
+# official activation (ArchSpec.activation) -> the names the libraries give it
+ACTIVATIONS = {"swish": ("SiLU", "Swish", "MemoryEfficientSwish", "silu", "swish", "SiLUActivation"),
+               "relu": ("ReLU", "relu"), "relu6": ("ReLU6", "relu6")}
+
+
+def _parent(paths: Sequence[str]) -> str:
+    parts = [p.split(".") for p in paths]
+    common = []
+    for xs in zip(*parts):
+        if len(set(xs)) != 1:
+            break
+        common.append(xs[0])
+    return ".".join(common)
+
+
+def tap_plan(spec, entries: Sequence[Entry]) -> List[Tuple[str, str, str, str]]:
+    """[(tap id, official tap name, kind, library module path, how)] for every TF tap the table maps."""
+    scope = spec.scope
+    plan = []
+    stages: Dict[str, List[str]] = {}
+    order: List[str] = []
+    for e in entries:
+        if not e.tf_name:
+            continue
+        module = e.key.rsplit(".", 1)[0]
+        m = re.search(r"/blocks_(\d+)/", e.tf_name)
+        stage = f"{scope}/blocks_{m.group(1)}" if m else f"{scope}/stem" if "/stem/" in e.tf_name else None
+        if stage is not None:
+            if stage not in stages:
+                stages[stage], _ = [], order.append(stage)
+            if module not in stages[stage]:
+                stages[stage].append(module)
+        if e.kind in (BN, BN_TRACKED) and e.tf_name.endswith("/gamma"):
+            layer = e.tf_name[:-len("/gamma")]
+            plan.append((layer, BN_IN, module, "in"))
+            plan.append((layer, BN_OUT, module, "bn_out"))
+        if is_classifier(e) and e.tf_name.endswith("/kernel"):
+            plan.append((f"{scope}/head/pooled", STAGE, module, "in"))
+    for stage in order:
+        mods = stages[stage]
+        parent = _parent(mods)
+        plan.append((stage, STAGE, parent if parent and parent not in ("blocks", "efficientnet") else mods[-1], "out"))
+    return [(f"t{i}", name, kind, module, how) for i, (name, kind, module, how) in enumerate(plan)]
+
+
+def libs_python(explicit: Optional[str], library: str) -> str:
+    """The interpreter that runs the library: ``--libs-python``, $EFFNET_LIBS_PYTHON, else this one
+    when it has the library (ConversionError naming what to do otherwise)."""
+    exe = explicit or os.environ.get(LIBS_ENV)
+    if exe:
+        if not os.access(exe, os.X_OK):
+            raise ConversionError(f"--libs-python {exe}: not an executable interpreter")
+        return exe
+    import importlib.util
+
+    if importlib.util.find_spec(library) is None:
+        raise ConversionError(f"the audit of this layout runs {library}'s own model: install {library} here, or name "
+                              f"an interpreter that has it with --libs-python (or ${LIBS_ENV})")
+    return sys.executable
+
+
+def run_driver(python: str, job: Dict[str, object], arrays: Dict[str, np.ndarray]) -> Tuple[Dict, Dict]:
+    """(info, arrays) of one run of converter/audit/driver.py in ``python``."""
+    with tempfile.TemporaryDirectory(prefix="effnet-audit-") as tmp:
+        inputs, out, job_file = Path(tmp) / "in.npz", Path(tmp) / "out.npz", Path(tmp) / "job.json"
+        np.savez(inputs, **{k: np.ascontiguousarray(v.transpose(0, 3, 1, 2)) for k, v in arrays.items()})
+        job_file.write_text(json.dumps(dict(job, inputs=str(inputs), out=str(out))))
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "")
+        proc = subprocess.run([python, str(DRIVER), str(job_file)], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+            raise ConversionError(f"the library's model could not be built or run with the file: "
+                                  f"{lines[-1] if lines else f'exit status {proc.returncode}'}")
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        with np.load(out) as z:
+            return info, {k: z[k] for k in z.files}
+
+
+def native_run(model, plan, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The taps of converter.model itself (``--layout native``), in this process (no library)."""
+    import torch
+
+    from . import driver
+
+    out = {}
+    model.eval()
+    for iname, x in arrays.items():
+        got = {}
+        handles, _ = driver._hooks(model, [(t, m, h) for t, _, _, m, h in plan], lambda t, a: got.__setitem__(t, a))
+        try:
+            with torch.inference_mode():
+                y = model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
+        finally:
+            for h in handles:
+                h.remove()
+        out[f"base/{iname}/logits"] = y.numpy()
+        out.update({f"base/{iname}/{t}": a for t, a in got.items()})
+    return out
+
+
+def compare(tf_taps: Sequence[Dict[str, object]], plan, got: Dict[str, np.ndarray], prefix: str,
+            max_rel_error: float = MAX_REL_ERROR) -> Dict[str, object]:
+    """Rows in the TF pass's order (official name, kind, library module, rel error, tolerance, ok) and the
+    first diverging one; ``got``: the library's arrays under ``{prefix}/{tap id}``."""
+    by_name = {(name, kind): (tid, module) for tid, name, kind, module, _ in plan}
+    rows, first = [], None
+    for t in tf_taps:
+        name, kind = t["name"], t["kind"]
+        if kind == LOGITS:
+            tid, module = "logits", "(output)"
+        elif (name, kind) in by_name:
+            tid, module = by_name[(name, kind)]
+        else:
+            continue
+        arr = got.get(f"{prefix}/{tid}")
+        ref = np.asarray(t["array"])
+        tol = max(NOISE_FACTOR * float(t["noise"]), FLOOR)
+        if kind == LOGITS:
+            tol = max(tol, max_rel_error)
+        note = ""
+        if arr is None:
+            rel, note = float("inf"), "the library's model never ran this module"
+        else:
+            arr = np.asarray(arr)[:ref.shape[0]]
+            if kind == LOGITS and arr.shape != ref.shape and arr.shape[-1] == ref.shape[-1] - 1:
+                ref = ref[:, 1:]  # the file's classifier dropped the background class
+            rel = rel_error(arr, ref) if arr.shape == ref.shape else float("inf")
+            if arr.shape != ref.shape:
+                note = f"shapes differ: TensorFlow {list(ref.shape)}, library {list(arr.shape)}"
+        row = dict(official=name, kind=kind, module=module, rel_error=rel, tolerance=tol, ok=bool(rel <= tol),
+                   stage=name if kind == STAGE else "logits", note=note)
+        rows.append(row)
+        if first is None and not row["ok"]:
+            first = row
+    nxt = "head"  # a BN tap belongs to the stage whose output comes next (the head's: the pooled features)
+    for row in reversed(rows):
+        if row["kind"] == STAGE:
+            nxt = row["official"] if not row["official"].endswith("/head/pooled") else row["official"].rsplit("/", 1)[0]
+        elif row["kind"] != LOGITS:
+            row["stage"] = nxt
+    return {"rows": rows, "first": first, "exact": first is None}
+
+
+def diagnose(spec, runs: Dict[str, Dict[str, object]], info: Dict[str, object], weights_exact: bool,
+             weights_counts: Dict[str, int]) -> List[Dict[str, object]]:
+    """What the divergence is, where recognisable: [{cause, evidence, confirmed}]."""
+    base = runs["base"]
+    if base["exact"]:
+        return []
+    out = []
+    first = base["first"]
+    desc = info.get("model", {}) if info else {}
+    if not weights_exact:
+        c = weights_counts
+        out.append({"cause": "weights", "confirmed": True,
+                    "evidence": f"the file's tensors are not the checkpoint's EMA weights ({c['raw']} raw, "
+                                f"{c['neither']} neither, {c['missing']} missing): see the weights section"})
+    fixed = {k: v for k, v in runs.items() if k != "base" and v["exact"]}
+    eps_set = {float(k) for k in desc.get("bn_eps", {})}
+    convs = desc.get("strided_convs", {})
+    symmetric = {p: c for p, c in convs.items() if isinstance(c["padding"], list) and any(c["padding"])}
+    strided_first = _is_strided(spec, first)
+    if "same" in fixed or (not fixed.get("eps") and "same+eps" in fixed) or (symmetric and strided_first):
+        shown = ", ".join(f"{p} (k{c['kernel'][0]} s{c['stride'][0]} padding {c['padding'][0]})"
+                          for p, c in list(symmetric.items())[:3])
+        out.append({"cause": "padding", "confirmed": "same" in fixed or "same+eps" in fixed,
+                    "evidence": f"the first divergence is at a strided conv ({first['official']}) and the library "
+                                f"pads its strided convs symmetrically ({shown or 'see patched'}), where TF 'SAME' "
+                                f"pads the bottom/right more: "
+                                + ("with TF 'SAME' padding the library's model computes the official logits"
+                                   if "same" in fixed else "with TF 'SAME' and the official epsilon it does"
+                                   if "same+eps" in fixed else "re-running with TF 'SAME' did not make it exact")})
+    if eps_set and eps_set != {float(spec.bn_eps)}:
+        out.append({"cause": "bn_epsilon", "confirmed": "eps" in fixed or "same+eps" in fixed,
+                    "evidence": f"the library's batch norms use eps {', '.join(f'{e:g}' for e in sorted(eps_set))} "
+                                f"where the official model uses {spec.bn_eps:g}"
+                                + ("; with the official epsilon the model computes the official logits"
+                                   if "eps" in fixed else "")})
+    acts = set(desc.get("activations", {}))
+    want = set(ACTIVATIONS.get(spec.activation, ()))
+    if acts and want and not acts & want:
+        out.append({"cause": "activation", "confirmed": False,
+                    "evidence": f"the library's model uses {', '.join(sorted(acts))} where the official model uses "
+                                f"{spec.activation}"})
+    if getattr(spec, "family", "") and any(getattr(b, "experts", 0) for b in spec.blocks()) and not out:
+        out.append({"cause": "routing", "confirmed": False,
+                    "evidence": "a CondConv model diverges with exact weights: its routing (sigmoid of the pooled "
+                                "input's dense) or its per-example kernels compute differently"})
+    if not out:
+        out.append({"cause": "unrecognised", "confirmed": False,
+                    "evidence": f"first divergence at {first['official']} ({first['kind']}, module {first['module']})"})
+    return out
+
+
+def _is_strided(spec, row) -> bool:
+    """Whether a diverging tap is the output of a strided conv (a BN's input: the conv feeding it)."""
+    from ..registry import kind_of
+
+    if row["kind"] != BN_IN:
+        return False
+    stage = row.get("stage", "")
+    if stage.endswith("/stem"):
+        return True
+    m = re.search(r"/blocks_(\d+)$", stage)
+    if not m:
+        return False
+    block = spec.blocks()[int(m.group(1))]
+    n = re.search(r"_(\d+)$", row["official"])
+    index = int(n.group(1)) if n else 0
+    fused = "fused" in kind_of(block).name
+    return block.stride > 1 and index == (1 if block.has_expand and not fused else 0)

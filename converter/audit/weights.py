@@ -1,0 +1,132 @@
+"""Question 1: FILE's tensors mapped back to the official variables, each classified against the checkpoint.
+
+Every table entry of (variant, layout) names one official variable and FILE's key for it; FILE's
+tensor is laid back out in TensorFlow's order (converter.reorder.torch_to_tf, the inverse of the
+conversion's re-ordering) and compared with the checkpoint's EMA twin and raw variable.
+
+Equality is bitwise (on float32; a float16/bfloat16 file is upcast first, exactly). Every
+layout's re-ordering (converter/reorder.py) is a transpose/reshape: it moves elements without
+arithmetic, so an exact port holds the official float32 values bit for bit, in any layout; any
+arithmetic on the way (a cast through float16, a BN fold, a rescale) is a real difference and
+shows as "neither" with its relative difference ||file - twin|| / ||twin|| (to the nearer twin).
+A tensor equal to both twins (a variable the EMA never moved) counts as EMA.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..convert import EMA_SUFFIX, skip_reason
+from ..errors import ConversionError
+from ..mapping import Entry, is_classifier
+from ..mappings.kinds import DWCONV
+from ..reorder import torch_to_tf
+
+CLASSES = ("ema", "raw", "neither", "missing")
+
+
+def _rel(a: np.ndarray, ref: np.ndarray) -> float:
+    a64, r64 = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    den = float(np.linalg.norm(r64))
+    num = float(np.linalg.norm(a64 - r64))
+    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+
+
+def to_official(e: Entry, value: np.ndarray, tf_layout: bool) -> np.ndarray:
+    """FILE's tensor for ``e`` in TensorFlow's layout (``tf_layout``: it already is, a Keras file)."""
+    if tf_layout:
+        return value
+    multiplier = int(e.tf_shape[3]) if e.kind == DWCONV and len(e.tf_shape) == 4 else 1
+    return torch_to_tf(value, e.kind, multiplier=multiplier, kernel=e.kernel)
+
+
+def classify(reader, entries: Sequence[Entry], tensors: Dict[str, np.ndarray], tf_layout: bool = False,
+             key_of=None) -> Dict[str, object]:
+    """The weights report: counts per class over the official tensors the table maps, one row per
+    tensor, FILE's extra keys, and which copy dominates.
+
+    ``reader``: the checkpoint (names/read). ``key_of(entry)``: FILE's key for an entry (default
+    ``entry.key``; a Keras file: the official name).
+    """
+    key_of = key_of or (lambda e: e.key)
+    names = set(reader.names())
+    rows: List[Dict[str, object]] = []
+    counts = {c: 0 for c in CLASSES}
+    used = set()
+    for e in entries:
+        if e.const is not None:
+            used.add(key_of(e))
+            continue
+        key = key_of(e)
+        row: Dict[str, object] = {"official": e.tf_name, "key": key}
+        if key not in tensors:
+            row["class"] = "missing"
+        else:
+            used.add(key)
+            value = np.asarray(tensors[key])
+            if not np.issubdtype(value.dtype, np.floating):
+                row.update({"class": "neither", "note": f"dtype {value.dtype}"})
+            else:
+                row["dtype"] = str(value.dtype)
+                row.update(_compare(reader, names, e, to_official(e, value.astype(np.float32), tf_layout)))
+        counts[row["class"]] += 1
+        rows.append(row)
+    extras = sorted(k for k in tensors if k not in used)
+    copy = "ema" if counts["ema"] >= counts["raw"] else "raw"
+    return {"counts": counts, "rows": rows, "extras": extras, "copy": copy,
+            "exact": counts["ema"] == len(rows) or (counts["raw"] == len(rows) and False)}
+
+
+def _compare(reader, names, e: Entry, got: np.ndarray) -> Dict[str, object]:
+    twins = {}
+    for cls, name in (("ema", e.tf_name + EMA_SUFFIX), ("raw", e.tf_name)):
+        if name in names:
+            ref = np.asarray(reader.read(name)).astype(np.float32)
+            if is_classifier(e) and ref.shape != got.shape and ref.shape[-1] == got.shape[-1] + 1:
+                ref = ref[..., 1:]  # the file dropped the background class (output 0)
+            twins[cls] = ref
+    if not twins:
+        return {"class": "neither", "note": "the checkpoint has no such variable"}
+    rels = {}
+    for cls, ref in twins.items():
+        if ref.shape != got.shape:
+            rels[cls] = float("inf")
+            continue
+        if np.array_equal(ref, got):
+            return {"class": cls, **({"raw_equals_ema": True} if cls == "ema" and "raw" in twins
+                                    and np.array_equal(twins["raw"], got) else {})}
+        rels[cls] = _rel(got, ref)
+    nearer = min(rels, key=rels.get)
+    out = {"class": "neither", "rel_diff": rels[nearer], "nearer": nearer}
+    if not np.isfinite(rels[nearer]):
+        out["note"] = f"shape {list(got.shape)} vs the checkpoint's {list(twins[nearer].shape)}"
+    return out
+
+
+def checkpoint_extras(reader, entries: Sequence[Entry]) -> List[str]:
+    """Official model variables the table does not map (nothing for a full table)."""
+    mapped = {n for e in entries if e.tf_name for n in (e.tf_name, e.tf_name + EMA_SUFFIX)}
+    return sorted(n for n in reader.names() if n not in mapped and not skip_reason(n))
+
+
+def summary_line(w: Dict[str, object]) -> str:
+    c = w["counts"]
+    total = sum(c.values())
+    worst = [r for r in w["rows"] if r["class"] == "neither" and "rel_diff" in r]
+    med = ""
+    if worst:
+        med = f"; neither: median rel diff {float(np.median([r['rel_diff'] for r in worst])):.3g}"
+    return (f"weights: {total} official tensors: {c['ema']} EMA, {c['raw']} raw, {c['neither']} neither, "
+            f"{c['missing']} missing; {len(w['extras'])} extra in the file{med}")
+
+
+def check_scope(reader, spec) -> Optional[str]:
+    """None when the checkpoint holds ``spec``'s scope, else the line saying whose it is."""
+    from ..convert import checkpoint_scopes
+
+    scopes = checkpoint_scopes(reader)
+    if spec.scope in scopes:
+        return None
+    raise ConversionError(f"the checkpoint's scope is {', '.join(scopes) or 'empty'} but the file is "
+                          f"{spec.name} ({spec.scope}): pass the checkpoint of the file's variant")
