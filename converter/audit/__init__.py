@@ -38,10 +38,9 @@ NO_MODEL = {"efficientnet_pytorch": "the audit runs timm, mmpretrain and transfo
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ..cli import OneLineParser
     from ..mapping import layouts
 
-    p = OneLineParser(prog="convert-effnet audit",
+    p = argparse.ArgumentParser(prog="convert-effnet audit",
                                 description="Audit a PyTorch (or Keras) port of an official checkpoint: weights, "
                                             "model and preprocessing against the official ones.")
     p.add_argument("--checkpoint", required=True, metavar="CK", help="the official checkpoint (tarball, folder or prefix)")
