@@ -318,11 +318,15 @@ def build_torchscript(model: torch.nn.Module, input_size, batch_size: int = 1, f
     return data, dict(figures, format="torchscript", input_size=list(input_size), fused=fuse)
 
 
-def write_outputs(outputs: Sequence[Tuple[Path, bytes, str]], replace: bool = True) -> None:
+def write_outputs(outputs: Sequence[Tuple[Path, bytes, str]], replace: bool = True, extra: Sequence = ()) -> None:
     """Write every ``(path, data, what)`` or none: temp files beside each path (the space checked
     first), published together (writer.publish) only when all are written; a full disk is one line
     naming the folder and the space (errors.disk_full), exit 2. ``replace=False``: a name that
-    another run took meanwhile is refused and nothing is published."""
+    another run took meanwhile is refused and nothing is published. ``extra``: outputs already written
+    under temp names (writer.AtomicFile / AtomicFolder: the TensorFlow ones), published with them."""
+    if not outputs:
+        publish(list(extra), replace=replace)
+        return
     need: Dict[Path, int] = {}
     for path, data, _ in outputs:
         folder = Path(path).parent
@@ -340,7 +344,7 @@ def write_outputs(outputs: Sequence[Tuple[Path, bytes, str]], replace: bool = Tr
                     fh.write(data)
                 f.sync()
             interrupts.check()
-        publish(files, replace=replace)
+        publish(files + list(extra), replace=replace)
     finally:
         for f in files:
             f.discard()
@@ -363,6 +367,235 @@ def export_torchscript(model: torch.nn.Module, out: Path, input_size, batch_size
     return dict(figures, path=str(out))
 
 
+# --- the way back: official TensorFlow checkpoint, SavedModel, TFLite -------------------------------
+# TensorFlow's half is converter/tfref/export.py, run in its own process (TensorFlow and torchvision
+# must not share one); this half maps the weights back, judges what it loaded back, publishes.
+TF_EXPORT_MODULE = "converter.tfref.export"
+TF_OUTPUTS = (("tf_checkpoint", "--tf-checkpoint"), ("saved_model", "--saved-model"), ("tflite", "--tflite"),
+              ("tflite_int8", "--tflite-int8"))
+TF_CHECK_IMAGES = 4  # synthetic check images of the TensorFlow outputs (batch 1 each, as the official graph)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+SIDECAR_SUFFIX = ".json"  # OUT.tflite -> OUT.tflite.json: the preprocessing beside the file
+
+
+def require_tensorflow_export(flags: Sequence[str]) -> None:
+    """One line when TensorFlow, which the TensorFlow outputs are built and checked with, is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ConversionError(f"{', '.join(flags)} need TensorFlow: pip install 'effnet-convert[verify]' (the "
+                              "verification's extra; or pip install tensorflow-cpu); ONNX and TorchScript do not")
+
+
+def calibration_files(items: Sequence[str]) -> List[str]:
+    """The image files of ``--calibration-images`` (files, or folders: their images by name), checked."""
+    from .verify import check_image_file
+
+    files: List[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ConversionError(f"--calibration-images {p}: no images in this folder "
+                                      f"({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        else:
+            files.append(str(p))
+    for f in files:
+        check_image_file(f)
+    return files
+
+
+def _softmax(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    e = np.exp(a - a.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def check_probabilities(ref: Reference, x: torch.Tensor, probs: np.ndarray, what: str,
+                        names: Sequence[str]) -> Dict[str, object]:
+    """Judge softmax outputs (the official export's output) as :func:`check_logits` judges logits: against
+    the PyTorch model's softmax, within the float32 floor of the same images; raises on a failed verdict."""
+    from .verify import compare, judge, per_image, tolerances
+
+    r32, r64 = ref.logits(x)
+    p32, p64 = _softmax(r32), _softmax(r64)
+    got = np.asarray(probs, np.float64)
+    if got.shape != p32.shape:
+        raise ConversionError(f"{what} gives outputs of shape {got.shape}, PyTorch {p32.shape}")
+    metrics = compare(p32, got, p64)
+    failures = judge(metrics, MAX_REL_ERROR, per_image(p32, got, names, p64))
+    if failures:
+        raise ConversionError(f"{what} probabilities differ from PyTorch's: {'; '.join(failures)}; nothing written")
+    return {"rel_error": float(metrics["rel_error"]), "floor": float(metrics["float32_floor"]),
+            "tolerance": float(tolerances(metrics, MAX_REL_ERROR)[0]), "images": len(got)}
+
+
+def int8_agreement(float_probs: np.ndarray, int8_probs: np.ndarray) -> Dict[str, float]:
+    """How the int8 model's (dequantized) probabilities agree with the float model's: top-1, max and mean |p - q|."""
+    a, b = np.asarray(float_probs, np.float64), np.asarray(int8_probs, np.float64)
+    d = np.abs(a - b)
+    return {"top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))), "max_prob_error": float(d.max()),
+            "mean_prob_error": float(d.mean()), "images": int(a.shape[0])}
+
+
+def tf_sidecar(model: torch.nn.Module, res: int) -> Dict[str, object]:
+    """What the TensorFlow outputs take and give, and the preprocessing (stored beside each of them)."""
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    mean, std = _norm(model)
+    keep = ("variant", "flavor", "official_name", "num_classes", "crop_pct", "interpolation", "preprocessing",
+            "fused_stride", "background_dropped", "layout", "source_sha256")
+    return {
+        "model_name": model.spec.scope,  # the official builders' model_name (its variable scope)
+        **{k: cfg[k] for k in keep if k in cfg},
+        "input": {"name": "input", "tensor": "images:0", "shape": [1, res, res, 3], "dtype": "float32",
+                  "layout": "NHWC, RGB", "normalization": "(x / 255 - mean) / std, x the 0-255 image",
+                  "mean": list(mean), "std": list(std),
+                  "mean_255": [m * 255.0 for m in mean], "std_255": [s * 255.0 for s in std]},
+        "output": {"name": "output", "what": f"softmax over the {int(model.spec.num_classes)} classes",
+                   "logits_tensor": "logits:0"},
+        "exported_by": "convert-effnet export (effnet-convert)",
+    }
+
+
+def _relay(proc, tail: List[str]) -> None:
+    """Stage lines of the TensorFlow process on our log; the rest of its stderr kept for an error."""
+    for line in proc.stderr:
+        line = line.rstrip("\n")
+        if line.startswith("progress: "):
+            log.info("export: %s", line[len("progress: "):])
+        elif line.strip():
+            tail.append(line)
+            del tail[:-40]
+
+
+def run_tf_export(job: Dict[str, object], work: Path) -> Dict[str, np.ndarray]:
+    """Run converter/tfref/export.py on ``job`` in its own process; its results. Ctrl-C or an error stop it
+    before anything is discarded."""
+    import json
+    import subprocess
+    import sys
+
+    from .verify import _tf_env
+
+    path = work / "job.json"
+    path.write_text(json.dumps(job), encoding="utf-8")
+    tail: List[str] = []
+    proc = subprocess.Popen([sys.executable, "-m", TF_EXPORT_MODULE, str(path)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_tf_env("cpu"))
+    try:
+        _relay(proc, tail)
+        rc = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    interrupts.check()
+    if rc != 0:
+        errors = [l for l in tail if l.startswith("error: ")]
+        last = errors[-1][len("error: "):] if errors else (tail[-1] if tail else f"exit status {rc}")
+        raise ConversionError(f"TensorFlow export failed: {last}; nothing written")
+    with np.load(job["out"]) as z:
+        return {k: z[k] for k in z.files}
+
+
+def build_tf_outputs(model: torch.nn.Module, args: argparse.Namespace, res: int, photos: Optional[torch.Tensor],
+                     photo_names: Sequence[str], ref: Reference, calibration: Sequence[str]):
+    """The TensorFlow outputs ``args`` ask for, written to temp names and checked: (the AtomicFile /
+    AtomicFolder objects to publish, the ``wrote`` lines). The caller discards them on failure."""
+    import tempfile
+
+    from .mapping import to_official
+    from .registry import preprocessing_of
+    from .verify import tf_preprocess
+    from .writer import AtomicFolder
+
+    cfg = dict(model.pretrained_cfg)
+    spec = model.spec
+    mean, std = _norm(model)
+    if photos is not None:
+        x, names = photos, list(photo_names)
+    else:
+        x, names = check_inputs(TF_CHECK_IMAGES, (res, res), mean, std), \
+            [f"synthetic-{i}" for i in range(TF_CHECK_IMAGES)]
+    on = f"{len(names)} --images" if photos is not None else f"{len(names)} synthetic images"
+    log.info("export: the weights under their official TensorFlow names (%s)", spec.scope)
+    values = to_official(model.state_dict(), spec)
+    sidecar = tf_sidecar(model, res)
+    outputs, sidecars, files = {}, {}, []
+    for key, _ in TF_OUTPUTS:
+        target = getattr(args, key)
+        if target:
+            f = AtomicFolder(Path(target)) if key in ("tf_checkpoint", "saved_model") else AtomicFile(Path(target))
+            outputs[key] = f
+            files.append(f)
+            if key in ("tflite", "tflite_int8"):
+                sidecars[key] = AtomicFile(Path(target + SIDECAR_SUFFIX))
+                files.append(sidecars[key])
+    nbytes = sum(a.nbytes for a in values.values())
+    for key, factor in (("tf_checkpoint", 2.0), ("saved_model", 1.0), ("tflite", 1.0), ("tflite_int8", 0.3)):
+        if key in outputs:  # the checkpoint holds each value twice (variable and EMA twin)
+            check_space(outputs[key].path.parent, int(nbytes * factor) + (1 << 20), "the export")
+    with tempfile.TemporaryDirectory(prefix="effnet-export-") as tmp:
+        work = Path(tmp)
+        for f in files:
+            f.create()
+        np.savez(work / "variables.npz", **values)
+        del values
+        np.savez(work / "images.npz", images=np.ascontiguousarray(x.numpy().transpose(0, 2, 3, 1)))
+        job = {"variant": cfg["variant"], "fused_stride": cfg.get("fused_stride"), "num_classes": spec.num_classes,
+               "resolution": res, "variables": str(work / "variables.npz"), "images": str(work / "images.npz"),
+               "out": str(work / "out.npz"), "sidecar": sidecar, "global_step": 0}
+        for key, f in outputs.items():
+            job[key] = str(f.tmp)
+        for key, f in sidecars.items():
+            job[f"{key}_sidecar"] = str(f.tmp)
+        agree_names: List[str] = []
+        if calibration:
+            log.info("export: preprocessing %d calibration image(s) with TensorFlow (the official eval pipeline)",
+                     len(calibration))
+            cal = tf_preprocess(calibration, res, mean, std, cfg.get("crop_pct"), preprocessing_of(cfg))
+            np.savez(work / "calibration.npz", images=cal)
+            job["calibration"] = str(work / "calibration.npz")
+            if photos is not None:  # agreement on the user's --images, else on the calibration images
+                agree, agree_names = photos, list(photo_names)
+                np.savez(work / "agreement.npz", images=np.ascontiguousarray(photos.numpy().transpose(0, 2, 3, 1)))
+            else:
+                agree = torch.from_numpy(np.ascontiguousarray(cal.transpose(0, 3, 1, 2)))
+                agree_names = [Path(c).name for c in calibration]
+                np.savez(work / "agreement.npz", images=cal)
+            job["agreement"] = str(work / "agreement.npz")
+        results = run_tf_export(job, work)
+    lines = []
+    r = check_logits(ref, [x], lambda xb: results["logits_checkpoint"],
+                     "the official graph restored (EMA) from the written checkpoint", names=names)
+    if "tf_checkpoint" in outputs:
+        lines.append(f"wrote {args.tf_checkpoint}/ (TensorFlow checkpoint model.ckpt of {spec.scope}: "
+                     f"{int(results['checkpoint_tensors'])} tensors, the variables and their ExponentialMovingAverage "
+                     f"twins, global_step; the official graph restored with EMA vs PyTorch on {on}: {_figures(r)})")
+    if "saved_model" in outputs:
+        r = check_logits(ref, [x], lambda xb: results["logits_saved_model"], "the SavedModel's logits", names=names)
+        p = check_probabilities(ref, x, results["probs_saved_model"], "the SavedModel (serving_default)", names)
+        lines.append(f"wrote {args.saved_model}/ (SavedModel, serve / serving_default: input [1,{res},{res},3] "
+                     f"normalized NHWC float32 -> output softmax; loaded back vs PyTorch on {on}: logits {_figures(r)}; "
+                     f"softmax relative error {p['rel_error']:.1e}, tolerance {p['tolerance']:.1e})")
+    if "tflite" in outputs:
+        p = check_probabilities(ref, x, results["probs_tflite"], "the TFLite model", names)
+        lines.append(f"wrote {args.tflite} (TFLite float32: input [1,{res},{res},3] normalized NHWC -> softmax; "
+                     f"tf.lite.Interpreter vs PyTorch on {on}: softmax {_figures(p)}; preprocessing in "
+                     f"{args.tflite}{SIDECAR_SUFFIX})")
+    if "tflite_int8" in outputs:
+        r32, _ = ref.logits(agree)
+        a = int8_agreement(_softmax(r32), results["probs_int8"])
+        what = "--images" if photos is not None else "calibration images"
+        lines.append(f"wrote {args.tflite_int8} (TFLite full-integer, uint8 input and output, calibrated on "
+                     f"{len(calibration)} image(s); vs the float PyTorch model on {a['images']} {what}: top-1 "
+                     f"agreement {a['top1_agreement']:.1%}, probability error max {a['max_prob_error']:.3f}, "
+                     f"mean {a['mean_prob_error']:.1e}; quantization in {args.tflite_int8}{SIDECAR_SUFFIX})")
+    return files, lines
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="convert-effnet export",
@@ -379,6 +612,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--images", nargs="+", metavar="IMAGE",
                    help="check the exported model on these images (preprocessed as the file's metadata says) "
                         "instead of synthetic ones")
+    tf = p.add_argument_group(
+        "the way back to TensorFlow (needs TensorFlow: the verify extra; built and restored the official way, "
+        "tensorflow/tpu efficientnet/export_model.py)")
+    tf.add_argument("--tf-checkpoint", metavar="OUT_DIR",
+                    help="write the official TensorFlow checkpoint here (OUT_DIR/model.ckpt.*, checkpoint): the "
+                         "family's official variable names, each also as its ExponentialMovingAverage twin, global_step")
+    tf.add_argument("--saved-model", metavar="OUT_DIR",
+                    help="write a SavedModel here (tag serve, signature serving_default): input 'input' = the "
+                         "NORMALIZED image, float32 [1, H, W, 3] NHWC RGB; output 'output' = softmax")
+    tf.add_argument("--tflite", metavar="OUT.tflite",
+                    help="write a float32 TFLite model: normalized NHWC float32 [1, H, W, 3] in, softmax out "
+                         "(the preprocessing in OUT.tflite.json)")
+    tf.add_argument("--tflite-int8", metavar="OUT.tflite",
+                    help="write a post-training full-integer TFLite model (uint8 input = the quantized normalized "
+                         "image, uint8 softmax out; scale and zero point in OUT.tflite.json); needs "
+                         "--calibration-images")
+    tf.add_argument("--calibration-images", nargs="+", metavar="IMG|DIR",
+                    help="--tflite-int8's representative dataset: image files or folders of them, preprocessed "
+                         "with the official eval pipeline of the file's flavor")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--quiet", action="store_true", help="no stage lines on stderr")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -387,17 +639,32 @@ def _parser() -> argparse.ArgumentParser:
 
 def run_export(args: argparse.Namespace) -> int:
     """Export as ``args`` say: every output, or none; then one line per file written; 0 on success."""
-    if not args.onnx and not args.torchscript:
-        raise ConversionError("nothing to export: pass --onnx OUT.onnx and/or --torchscript OUT.pt")
+    tf_flags = [flag for key, flag in TF_OUTPUTS if getattr(args, key)]
+    if not args.onnx and not args.torchscript and not tf_flags:
+        raise ConversionError("nothing to export: pass --onnx OUT.onnx, --torchscript OUT.pt, --tf-checkpoint DIR, "
+                              "--saved-model DIR, --tflite OUT.tflite and/or --tflite-int8 OUT.tflite")
+    if args.tflite_int8 and not args.calibration_images:
+        raise ConversionError("--tflite-int8 needs --calibration-images IMG...|DIR: the full-integer quantization is "
+                              "calibrated on images (a few hundred eval images of the task are typical)")
+    if args.calibration_images and not args.tflite_int8:
+        raise ConversionError("--calibration-images is for --tflite-int8 only")
+    if tf_flags:
+        require_tensorflow_export(tf_flags)
     if args.batch_size < 1:
         raise ConversionError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.resolution is not None and args.resolution < 8:
         raise ConversionError(f"--resolution must be at least 8, got {args.resolution}")
     if not 13 <= args.opset <= 23:
         raise ConversionError(f"--opset {args.opset} is not supported; use 13..23 (default {DEFAULT_OPSET})")
-    outs = [Path(o) for o in (args.onnx, args.torchscript) if o]
-    if len(outs) == 2 and outs[0].resolve() == outs[1].resolve():
-        raise ConversionError("--onnx and --torchscript name the same file")
+    named = [(flag, Path(getattr(args, key))) for key, flag in (("onnx", "--onnx"), ("torchscript", "--torchscript"))
+             + TF_OUTPUTS if getattr(args, key)]
+    named += [(f"{flag}'s preprocessing", Path(getattr(args, key) + SIDECAR_SUFFIX))
+              for key, flag in TF_OUTPUTS if key in ("tflite", "tflite_int8") and getattr(args, key)]
+    for i, (flag, o) in enumerate(named):
+        for other, o2 in named[:i]:
+            if o.resolve() == o2.resolve():
+                raise ConversionError(f"{other} and {flag} name the same path {o}")
+    outs = [o for _, o in named]
     for o in outs:
         if o.exists() and not args.force:
             raise ConversionError(f"{o} exists; pass --force to overwrite it")
@@ -410,6 +677,7 @@ def run_export(args: argparse.Namespace) -> int:
 
         for f in args.images:
             check_image_file(f)
+    args.calibration_files = calibration_files(args.calibration_images) if args.calibration_images else []
     level = log.level
     if args.quiet:  # no stage lines
         log.setLevel(logging.WARNING)
@@ -449,7 +717,16 @@ def _run_export(args: argparse.Namespace) -> int:
         outputs.append((Path(args.torchscript), data, "the TorchScript model"))
         lines.append(f"wrote {args.torchscript} (TorchScript, static padding at {res}x{res}, other sizes dynamic; "
                      f"vs PyTorch on {on} and an odd size: {_figures(r)})")
-    write_outputs(outputs, replace=args.force)
+    extra = []
+    try:
+        if any(getattr(args, key) for key, _ in TF_OUTPUTS):
+            extra, tf_lines = build_tf_outputs(model, args, res, images, args.images or (), ref,
+                                               args.calibration_files)
+            lines += tf_lines
+        write_outputs(outputs, replace=args.force, extra=extra)
+    finally:
+        for f in extra:
+            f.discard()
     for line in lines:
         print(line)
     return 0

@@ -11,11 +11,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .arch import ArchSpec, Block
-from .errors import ConversionError
+from .errors import ConversionError, listing
 from .keras_names import match_counters
-from .mappings.kinds import CONSTANTS, DENSE, FLATTENED, VARIABLES
+from .mappings.kinds import CONSTANTS, DENSE, DWCONV, FLATTENED, VARIABLES
 from .registry import family_of, get_arch, kind_of
-from .reorder import torch_shape
+from .reorder import torch_shape, torch_to_tf
 
 # official variable names that hold a kernel (the row's whole shape)
 KERNEL_VARIABLES = ("kernel", "depthwise_kernel", "condconv_kernel", "depthwise_condconv_kernel")
@@ -319,6 +319,39 @@ def to_native(state_dict: Dict[str, object], spec: ArchSpec, layout: str) -> Dic
 
             t = torch.from_numpy(relayout(t.detach().cpu().numpy(), e.kind, n.kind, e.kernel))
         out[n.key] = t
+    return out
+
+
+def to_official(state_dict: Dict[str, object], spec: ArchSpec) -> Dict[str, np.ndarray]:
+    """The way back: a native ``state_dict`` as ``{official variable name: TF-layout float32 array}``,
+    in the official creation order, by the native table read in reverse (reorder.torch_to_tf).
+
+    Total: every official variable of ``spec`` (the names tfref.generate writes), nothing else;
+    missing or unexpected tensors, or a tensor of another shape, are one ConversionError listing them.
+    """
+    entries = expand(spec, "native")
+    want = {e.key for e in entries}
+    consts = {e.key for e in entries if e.const is not None}
+    missing = sorted(want - consts - set(state_dict))
+    unexpected = sorted(set(state_dict) - want)
+    wrong = [f"{e.key} {list(state_dict[e.key].shape)} (expected {list(e.shape)})" for e in entries
+             if e.const is None and e.key in state_dict and tuple(state_dict[e.key].shape) != tuple(e.shape)]
+    if missing or unexpected or wrong:
+        parts = ([f"{len(missing)} missing ({listing(missing)})"] if missing else []) + \
+                ([f"{len(unexpected)} unexpected ({listing(unexpected)})"] if unexpected else []) + \
+                ([f"{len(wrong)} of another shape ({listing(wrong)})"] if wrong else [])
+        raise ConversionError(f"the weights do not hold the {spec.name} model's official variables: {'; '.join(parts)}")
+    out: Dict[str, np.ndarray] = {}
+    for e in entries:
+        if e.const is not None:
+            continue
+        t = state_dict[e.key]
+        a = t.detach().cpu().float().numpy() if hasattr(t, "detach") else np.asarray(t, dtype=np.float32)
+        a = torch_to_tf(np.asarray(a, dtype=np.float32), e.kind, multiplier=e.tf_shape[-1] if e.kind == DWCONV else 1,
+                        kernel=e.kernel)
+        if a.shape != tuple(e.tf_shape):  # a table bug, not user input
+            raise RuntimeError(f"{e.key} re-laid as {list(a.shape)}, the official {e.tf_name} is {list(e.tf_shape)}")
+        out[e.tf_name] = a
     return out
 
 

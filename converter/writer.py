@@ -80,6 +80,68 @@ class AtomicFile:
             self._done = True
 
 
+class AtomicFolder:
+    """A temporary folder beside ``path`` that becomes ``path`` only on :meth:`commit` (the export's
+    TensorFlow checkpoint and SavedModel folders): :class:`AtomicFile`'s contract for a folder."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        self._done = False
+
+    def create(self) -> None:
+        """Create the (empty) temp folder; a folder that refuses it is one error naming the folder."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(self.tmp)
+        except OSError as e:
+            raise ConversionError(folder_error(self.path.parent, e)) from None
+
+    def sync(self) -> None:
+        """fsync every file and folder below the temp folder."""
+        for root, _, names in os.walk(self.tmp):
+            for p in [os.path.join(root, n) for n in names] + [root]:
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+    def commit(self, to: Optional[Path] = None, replace: bool = True) -> None:
+        """fsync the temp folder and rename it to ``path``; ``replace``: an existing folder of that name
+        is replaced whole (moved aside, then removed), else a name taken meanwhile is refused."""
+        import shutil
+
+        interrupts.check()
+        self.sync()
+        target = self.path if to is None else Path(to)
+        if os.path.lexists(target):
+            if not replace:
+                raise appeared_error(target)
+            if not target.is_dir() or target.is_symlink():
+                raise ConversionError(f"{target} exists and is not a folder; remove it")
+            old = target.with_name(f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+            os.rename(target, old)
+            try:
+                os.rename(self.tmp, target)
+            except BaseException:
+                os.rename(old, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(self.tmp, target)
+        sync_folder(target.parent)
+        self._done = True
+
+    def discard(self) -> None:
+        """Remove the temp folder and what it holds (idempotent)."""
+        import shutil
+
+        if not self._done:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self._done = True
+
+
 def appeared_error(target: Path) -> ConversionError:
     """The one line for an output name another run took while this one was converting."""
     return ConversionError(f"{target} was written by another run while this one was converting: it is kept and "
@@ -113,7 +175,12 @@ def publish(files: Sequence["AtomicFile"], replace: bool = True) -> None:
             done.append(f)
     except ConversionError:
         for f in done:  # ours, published a moment ago: the set is all or nothing
-            os.unlink(f.path)
+            if isinstance(f, AtomicFolder):
+                import shutil
+
+                shutil.rmtree(f.path, ignore_errors=True)
+            else:
+                os.unlink(f.path)
         raise
 
 

@@ -276,6 +276,50 @@ def write_checkpoint(prefix: str, tensors: Iterable[Tuple[str, np.ndarray]]) -> 
         sess.run(save, feed_dict={p: a for p, (_, a) in zip(placeholders, items)})
 
 
+def checkpoint_entries(spec: ArchSpec, good: Dict[str, np.ndarray], raw: Optional[Dict[str, np.ndarray]] = None,
+                       mode: str = "full", slots: bool = False, seed: int = 0,
+                       condconv_form: str = "model") -> List[Tuple[str, np.ndarray]]:
+    """The ``(name, array)`` pairs of an official-layout checkpoint of ``plan(spec)`` (without
+    ``global_step``), in ``mode`` (``MODES``): ``good`` are the EMA values (mode "full": ``raw`` the
+    raw variables, popped from it as used), ``slots`` the RMSProp slots of mode "full" (seeded by ``seed``)."""
+    slot_rng = np.random.default_rng([int(seed), 2])
+    entries: List[Tuple[str, np.ndarray]] = []
+    for name, shape in plan(spec):
+        orig = name
+        value = good[name]
+        if condconv_form == "plain" and name.endswith("condconv_kernel"):
+            name = name.replace(f"{spec.scope}/model/", f"{spec.scope}/", 1)
+        if mode == "full":
+            entries.append((name, raw.pop(orig)))
+            entries.append((f"{name}/{EMA_SUFFIX}", value))
+            if slots and not is_moving_stat(name):
+                entries.extend((f"{name}/{k}", _slot(k, shape, slot_rng)) for k in SLOT_SUFFIXES)
+        elif mode == "ema-only":
+            entries.append((f"{name}/{EMA_SUFFIX}", value))
+        else:
+            entries.append((name, value))
+    return entries
+
+
+def write_official_checkpoint(prefix: str, spec: ArchSpec, values: Dict[str, np.ndarray],
+                              global_step: int = 0) -> int:
+    """The way back (convert-effnet export --tf-checkpoint): ``values`` ({official name: TF-layout
+    array} of every variable of ``plan(spec)``) written as a released checkpoint holds them, each as the
+    variable and as its ``ExponentialMovingAverage`` twin (BN moving statistics too; the same values),
+    plus ``global_step``; no optimizer slots. ``prefix.index``/``.data-00000-of-00001`` and the
+    ``checkpoint`` file beside it. Returns the number of tensors."""
+    names = [n for n, _ in plan(spec)]
+    missing, unexpected = [n for n in names if n not in values], sorted(set(values) - set(names))
+    if missing or unexpected:
+        raise ConversionError(f"not the variables of {spec.name}: {len(missing)} missing "
+                              f"({', '.join(missing[:3])}), {len(unexpected)} unexpected ({', '.join(unexpected[:3])})")
+    entries = checkpoint_entries(spec, values, dict(values), "full", slots=False)
+    entries.append(("global_step", np.array(int(global_step), dtype=np.int64)))
+    write_checkpoint(prefix, entries)
+    _write_checkpoint_file(prefix)
+    return len(entries)
+
+
 def _write_checkpoint_file(prefix: str) -> str:
     folder, base = os.path.split(os.path.abspath(prefix))
     path = os.path.join(folder, "checkpoint")
@@ -325,25 +369,8 @@ def generate_checkpoint(variant: Union[str, ArchSpec], prefix: str, mode: str = 
         calibration = (None if calibration_resolution is None else
                        _calibration_images(calibration_resolution, calibration_images, mean, std))
         raw, raw_logit_std = _raw_set(spec, good, seed, calibration)
-    slot_rng = np.random.default_rng([int(seed), 2])
-    entries: List[Tuple[str, np.ndarray]] = []
-    params = 0
-    for name, shape in plan(spec):
-        orig = name
-        value = good[name]
-        if not is_moving_stat(name):
-            params += value.size
-        if condconv_form == "plain" and name.endswith("condconv_kernel"):
-            name = name.replace(f"{spec.scope}/model/", f"{spec.scope}/", 1)
-        if mode == "full":
-            entries.append((name, raw.pop(orig)))
-            entries.append((f"{name}/{EMA_SUFFIX}", value))
-            if slots and not is_moving_stat(name):
-                entries.extend((f"{name}/{k}", _slot(k, shape, slot_rng)) for k in SLOT_SUFFIXES)
-        elif mode == "ema-only":
-            entries.append((f"{name}/{EMA_SUFFIX}", value))
-        else:
-            entries.append((name, value))
+    entries = checkpoint_entries(spec, good, raw, mode, slots, seed, condconv_form)
+    params = sum(good[name].size for name, _ in plan(spec) if not is_moving_stat(name))
     del good
     entries.append(("global_step", np.array(GLOBAL_STEP, dtype=np.int64)))
     n_tensors = len(entries)
