@@ -18,6 +18,18 @@ def make_activation(name: str) -> nn.Module:
     return table[name]()
 
 
+def drop_connect(x: torch.Tensor, survival_prob: float, training: bool) -> torch.Tensor:
+    """A residual branch dropped per example (stochastic depth) in training; identity otherwise.
+
+    tensorflow/tpu efficientnet utils.drop_connect (7dc921f; google/automl efficientnetv2's alike):
+    ``floor(survival_prob + uniform[0, 1))`` per example, the kept ones divided by ``survival_prob``.
+    """
+    if not training or survival_prob >= 1.0:
+        return x
+    keep = torch.floor(survival_prob + torch.rand([x.shape[0], 1, 1, 1], dtype=x.dtype, device=x.device))
+    return x / survival_prob * keep
+
+
 class ConvBNAct(nn.Module):
     """Conv (SAME) -> BN -> activation: the stem and the head conv."""
 
@@ -56,6 +68,7 @@ class MBConv(nn.Module):
     def __init__(self, b: Block, eps: float, act: str):
         super().__init__()
         self.residual = b.residual
+        self.survival_prob = 1.0  # drop-connect in training (converter/training.py); 1: none
         if b.has_expand:
             self.expand_conv = Conv2dSame(b.in_channels, b.mid_channels, 1)
             self.bn0 = BatchNorm2dTF(b.mid_channels, eps)
@@ -76,5 +89,5 @@ class MBConv(nn.Module):
             y = self.se(y)
         y = self.bn2(self.project_conv(y))
         if self.residual:
-            y = y + x
+            y = drop_connect(y, self.survival_prob, self.training) + x
         return y

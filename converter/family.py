@@ -15,6 +15,21 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 Rows = Tuple[Tuple, ...]
 
 
+@dataclass(frozen=True)
+class Training:
+    """A family's official training settings for one architecture and checkpoint flavor: what
+    ``model.train()`` uses (converter/training.py), declared by the family (``Family.training``)."""
+
+    bn_momentum: float  # TensorFlow's meaning: moving = momentum * moving + (1 - momentum) * batch
+    bn_eps: float
+    # the batch variance the moving variance takes: True, unbiased (n / (n - 1), TF's fused batch
+    # norm); False, biased (the non-fused Keras layer: tf.nn.moments)
+    bessel: bool
+    survival_prob: Optional[float]  # drop-connect: the base survival probability; None: none
+    drop_rate: float  # dropout before the classifier
+    source: str  # where the official code sets them (file, commit)
+
+
 @dataclass(frozen=True, eq=False)
 class Kind:
     """One block kind (``Block.kind``): what computes, maps and costs a block in every layer."""
@@ -64,6 +79,8 @@ class Family:
     preprocessing: Mapping[str, object] = field(default_factory=dict)
     # normalization (0-1 scale) of the generator's synthetic inputs by label, where not ImageNet's
     synthetic_norm: Mapping[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = field(default_factory=dict)
+    # (ArchSpec, checkpoint flavor or None) -> its official Training settings (None: the registry's default)
+    training: Optional[Callable[[object, Optional[str]], Training]] = None
 
     def __repr__(self) -> str:
         return f"Family({self.name!r})"

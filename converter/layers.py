@@ -19,11 +19,40 @@ class BatchNorm2dTF(nn.BatchNorm2d):
 
     TensorFlow checkpoints have no counter to fill it with, so the state_dict holds exactly
     the four tensors of tf.layers.BatchNormalization.
+
+    Eval mode: F.batch_norm with the moving statistics. Train mode as TensorFlow's layer trains
+    (the family's settings, converter/training.py): the batch is normalised with its mean and
+    biased variance over N, H, W, and the moving statistics move as Keras' _assign_moving_average
+    moves them, ``moving -= (moving - batch) * (1 - tf_momentum)`` (``self.momentum`` is
+    ``1 - tf_momentum``), the variance taking the biased batch variance (non-fused layer:
+    tf.nn.moments) or, with ``bessel``, the unbiased one (TF's fused batch norm: n / (n - 1)).
     """
 
     def __init__(self, num_features: int, eps: float):
         super().__init__(num_features, eps=eps, momentum=1.0 - BN_MOMENTUM_TF)
         self.register_buffer("num_batches_tracked", None)
+        self.bessel: bool = False  # moving variance from the unbiased batch variance (TF fused BN)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:  # nn.BatchNorm2d's eval computation
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        mean = x.mean((0, 2, 3))
+        var = (x - mean[None, :, None, None]).square().mean((0, 2, 3))
+        moving_mean, moving_var, momentum = self.running_mean, self.running_var, self.momentum
+        if moving_mean is not None and moving_var is not None and momentum is not None:
+            with torch.no_grad():
+                n = x.numel() // max(x.shape[1], 1)
+                batch_var = var * (n / (n - 1)) if self.bessel and n > 1 else var
+                moving_mean.sub_((moving_mean - mean.detach().to(moving_mean.dtype)) * momentum)
+                moving_var.sub_((moving_var - batch_var.detach().to(moving_var.dtype)) * momentum)
+        # tf.nn.batch_normalization's form: x * inv + (beta - mean * inv), inv = rsqrt(var + eps) * gamma
+        inv = torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            inv = inv * self.weight
+        shift = -mean * inv
+        if self.bias is not None:
+            shift = shift + self.bias
+        return x * inv[None, :, None, None] + shift[None, :, None, None]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # _NormBase would insert a num_batches_tracked entry for old-format state_dicts;

@@ -185,10 +185,16 @@ def _torch_load_error(path: Path, e: Exception) -> str:
     return f"cannot read {path} as a PyTorch state_dict ({first}); {EXPECTED}"
 
 
-def load_model(path, device: str = "cpu"):
+def load_model(path, device: str = "cpu", *, num_classes: Optional[int] = None, labels=None,
+               drop_rate: Optional[float] = None, survival_prob: Optional[float] = None,
+               bn_momentum: Optional[float] = None):
     """The converted model in eval mode, weights loaded strictly, ``model.pretrained_cfg`` set.
 
     A timm / mmpretrain layout file is re-keyed to the native model (mapping.to_native).
+    Fine-tuning (converter/training.py): ``num_classes`` other than the file's: a new classifier of
+    that width (``labels``: its class names); ``drop_rate``, ``survival_prob``, ``bn_momentum``
+    replace what ``train()`` uses: the settings the file records, else the family's official ones
+    for its flavor.
     """
     from .registry import get_arch
     from .model import build_model
@@ -206,4 +212,7 @@ def load_model(path, device: str = "cpu"):
     except RuntimeError as e:
         raise ConversionError(f"{path} does not fit the {cfg['variant']} model: {first_line(e)}") from None
     model.pretrained_cfg = cfg
+    from .training import prepare
+
+    prepare(model, num_classes, labels, drop_rate, survival_prob, bn_momentum)
     return model.eval().to(device)

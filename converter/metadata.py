@@ -5,7 +5,7 @@ import json
 from typing import Dict, Tuple
 
 # keys whose values are JSON (lists, numbers, booleans); every other key is a plain string
-JSON_KEYS = ("input_size", "mean", "std", "crop_pct", "ema", "num_classes")
+JSON_KEYS = ("input_size", "mean", "std", "crop_pct", "ema", "num_classes", "training", "labels")
 REQUIRED = ("variant", "flavor", "input_size", "mean", "std", "crop_pct", "interpolation", "ema",
             "source", "source_sha256", "converter_version", "num_classes", "layout")
 PTH_ATTRIBUTE = "effnet_metadata"  # attribute of the saved OrderedDict; survives weights_only loads

@@ -7,7 +7,7 @@ block's module comes from its kind (converter.registry.kind_of; converter/famili
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -37,6 +37,7 @@ class EfficientNet(nn.Module):
         self.classifier = nn.Linear(spec.head_channels, spec.num_classes)
         self.pretrained_cfg: Dict[str, object] = {}
         self.set_input_size(spec.resolution)  # static padding at the native size; others stay dynamic
+        self.set_training_config(official=True)  # the family's batch norm, drop-connect, dropout (converter/training.py)
 
     def set_input_size(self, h: Optional[int], w: Optional[int] = None) -> "EfficientNet":
         """Freeze every Conv2dSame's padding for ``h`` x ``w`` inputs (``w`` defaults to ``h``).
@@ -46,6 +47,33 @@ class EfficientNet(nn.Module):
         from .fast import set_input_size
 
         return set_input_size(self, h, w)
+
+    def set_training_config(self, drop_rate: Optional[float] = None, survival_prob: Optional[float] = None,
+                            bn_momentum: Optional[float] = None, bn_eps: Optional[float] = None,
+                            official: bool = False) -> "EfficientNet":
+        """What ``train()`` computes: dropout before the classifier, drop-connect's base survival
+        probability (per block as the official code; 1.0: off), batch-norm momentum (TensorFlow's
+        meaning) and epsilon; unset values kept (``official``: from the family's official settings
+        for this checkpoint's flavor). Recorded in ``pretrained_cfg["training"]`` (converter/training.py)."""
+        from .training import configure, official_settings
+
+        base = official_settings(self) if official else None
+        return configure(self, drop_rate, survival_prob, bn_momentum, bn_eps, base=base)
+
+    def training_config(self) -> Dict[str, object]:
+        """The training settings now in force (``pretrained_cfg["training"]``)."""
+        return dict(self.pretrained_cfg["training"])
+
+    def survival_probs(self) -> List[float]:
+        """Each block's drop-connect survival probability in training (1.0: never dropped)."""
+        return [float(b.survival_prob) for b in self.blocks]
+
+    def reset_classifier(self, num_classes: int, labels=None, keep=None) -> "EfficientNet":
+        """A new classifier of ``num_classes`` outputs (official dense init; ``keep``: old rows to carry
+        over), the rest kept; ``pretrained_cfg`` num_classes and labels updated (converter/training.py)."""
+        from .training import reset_classifier
+
+        return reset_classifier(self, num_classes, labels, keep)
 
     def fuse_bn(self) -> "EfficientNet":
         """Fold each batch norm into the conv before it (float64, then cast back); returns the model."""

@@ -89,6 +89,7 @@ class LabelSpace:
     # ImageNet-21k (EfficientNetV2 -21k checkpoints, 21843 outputs, trained with a sigmoid loss):
     # names from data/imagenet21k_labels.txt, scores are per-class sigmoids, not a softmax
     imagenet21k: bool = False
+    names: Tuple[str, ...] = ()  # a fine-tuned head's class names (pretrained_cfg "labels")
 
     @property
     def num_labels(self) -> int:
@@ -104,6 +105,8 @@ class LabelSpace:
         return imagenet_classes()[label][0] if self.imagenet else None
 
     def lemmas(self, label: int) -> Optional[str]:
+        if self.names:
+            return self.names[label]
         if self.imagenet21k:
             return imagenet21k_classes()[label][1]
         return imagenet_classes()[label][1] if self.imagenet else None
@@ -119,6 +122,16 @@ def label_space(num_classes: int) -> LabelSpace:
     if n == IMAGENET21K_CLASSES:
         return LabelSpace(n, 0, False, imagenet21k=True)
     return LabelSpace(n, 0, False)
+
+
+def label_space_of(cfg: Dict[str, object]) -> LabelSpace:
+    """A model's label space from its metadata: a head given new classes (converter/training.py
+    reset_classifier) has its ``labels`` (names, or [] for bare indices); else by ``num_classes``."""
+    n = int(cfg["num_classes"])
+    if "labels" in cfg:
+        names = tuple(str(x) for x in (cfg["labels"] or ()))
+        return LabelSpace(n, 0, False, names=names if len(names) == n else ())
+    return label_space(n)
 
 
 # ImageNet-21k names for the EfficientNetV2 -21k checkpoints (21843 outputs): data/imagenet21k_labels.txt
@@ -168,7 +181,7 @@ def _load(args: argparse.Namespace):
     max_pixels_limit(args.max_image_pixels)  # a bad $EFFNET_MAX_IMAGE_PIXELS: said before the model loads
     device = resolve_device(args.device)  # strict float32 on CUDA (no TF32)
     model = load_model(args.weights, device=device)
-    return model, device, label_space(int(model.pretrained_cfg["num_classes"]))
+    return model, device, label_space_of(model.pretrained_cfg)
 
 
 # ----------------------------------------------------------------------------- predict
@@ -532,11 +545,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     items, absent = None, []
     if weights.suffix == ".safetensors":  # class count from the header: folder errors before a long load
         try:
-            n = decode(read_safetensors_metadata(weights)).get("num_classes")
+            meta = decode(read_safetensors_metadata(weights))
         except ValueError:  # malformed metadata: load_model says what is wrong
-            n = None
-        if isinstance(n, int):
-            items, absent = collect_images(root, labels, label_space(n))
+            meta = {}
+        if isinstance(meta.get("num_classes"), int):
+            items, absent = collect_images(root, labels, label_space_of(meta))
     from .distributed import Session, evaluate_shared
 
     session = Session.start(args.device)  # under torchrun: this process's share (converter/distributed.py)

@@ -13,10 +13,10 @@ import importlib
 import pkgutil
 from typing import Dict, List, Optional, Tuple
 
-from .arch import macs_with, params_with
+from .arch import BN_MOMENTUM_TF, macs_with, params_with
 from .checkpoint import DEFAULT_PREPROCESSING, Preprocessing, decimals
 from .errors import ConversionError
-from .family import Family, Kind
+from .family import Family, Kind, Training
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,6 +62,17 @@ def family_of(spec) -> Family:
         if spec.family in f.labels:
             return f
     raise RuntimeError(f"architecture family {spec.family!r} is declared by no family (converter/families/)")
+
+
+def training_of(spec, flavor: Optional[str] = None) -> Training:
+    """The official training settings of ``spec`` as its family declares them (``Family.training``)
+    for a checkpoint of ``flavor``; a family that declares none: TensorFlow's efficientnet_builder
+    batch norm (momentum 0.99, biased moving variance), the architecture's eps and dropout, no drop-connect."""
+    family = family_of(spec)
+    if family.training is not None:
+        return family.training(spec, flavor)
+    return Training(bn_momentum=BN_MOMENTUM_TF, bn_eps=float(spec.bn_eps), bessel=False, survival_prob=None,
+                    drop_rate=float(spec.dropout), source=f"family {family.name!r} declares no training settings")
 
 
 def variant_names() -> List[str]:

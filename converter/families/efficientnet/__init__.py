@@ -10,7 +10,7 @@ import importlib
 from ... import arch as base
 from ...family import Family, Kind
 from ...keras_names import counter_name
-from . import arch, checkpoints
+from . import arch, checkpoints, training
 
 
 def _modules():
@@ -63,4 +63,5 @@ FAMILY = Family(
     batch_default=True,  # the 33 checkpoints of the OpenMMLab model zoo
     keras_rows=lambda b: "BLOCK_EXPAND" if b.has_expand else "BLOCK_NO_EXPAND",
     synthetic_norm={"lite": _OWN_NORM, "edgetpu": _OWN_NORM, "condconv": _OWN_NORM},
+    training=training.training,  # official batch norm, drop-connect, dropout (training.py)
 )

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...arch import Block
-from ...blocks import SqueezeExcite, make_activation
+from ...blocks import SqueezeExcite, drop_connect, make_activation
 from ...layers import BatchNorm2dTF, Conv2dSame
 
 
@@ -34,6 +34,7 @@ class FusedMBConv(nn.Module):
     def __init__(self, b: Block, eps: float, act: str):
         super().__init__()
         self.residual = b.residual
+        self.survival_prob = 1.0  # drop-connect in training (converter/training.py); 1: none
         self.kxk_alone = self.KXK_ALONE
         self.has_expand = b.has_expand
         self.fused_stride = b.fused_stride
@@ -61,7 +62,7 @@ class FusedMBConv(nn.Module):
         if not hasattr(self, "expand_conv") and self.kxk_alone:
             y = self.act(y)
         if self.residual:
-            y = y + x
+            y = drop_connect(y, self.survival_prob, self.training) + x
         return y
 
 
@@ -114,6 +115,7 @@ class CondConvMBConv(nn.Module):
     def __init__(self, b: Block, eps: float, act: str):
         super().__init__()
         self.residual = b.residual
+        self.survival_prob = 1.0  # drop-connect in training (converter/training.py); 1: none
         self.routing = nn.Linear(b.in_channels, b.experts)
         if b.has_expand:
             self.expand_conv = CondConv2dSame(b.in_channels, b.mid_channels, 1, b.experts)
@@ -140,5 +142,5 @@ class CondConvMBConv(nn.Module):
             y = self.se(y)
         y = self.bn2(self.project_conv(y, r))
         if self.residual:
-            y = y + x
+            y = drop_connect(y, self.survival_prob, self.training) + x
         return y

@@ -10,6 +10,7 @@ from ...checkpoint import Preprocessing
 from ...family import Family, Kind
 from . import arch as arch_v2
 from . import checkpoints as zoo_v2
+from . import training as training_v2
 
 
 def _reference():
@@ -40,4 +41,5 @@ FAMILY = Family(
     # zoo_v2.PREPROCESSING: "v1" is EfficientNet's eval, "v2"/"v2-ft" google/automl's (converter/preprocess.py)
     preprocessing={"v1": Preprocessing(), "v2": Preprocessing(v2="v2"), "v2-ft": Preprocessing(v2="v2-ft")},
     synthetic_norm={arch_v2.FAMILY: ((127.0 / 255.0,) * 3, (128.0 / 255.0,) * 3)},  # the generator's inputs
+    training=training_v2.training,  # official batch norm, drop-connect, dropout per flavor (training.py)
 )

@@ -11,6 +11,7 @@ from ...checkpoint import Preprocessing
 from ...family import Family, Kind
 from . import arch as mnasnet
 from . import checkpoints as zoo_mnasnet
+from . import training as training_mnas
 
 
 def _modules():
@@ -44,4 +45,5 @@ FAMILY = Family(
     reference=lambda: _reference().MODEL,
     roles=mnasnet.model_roles,
     preprocessing={zoo_mnasnet.PREPROCESSING: Preprocessing(resize=mnasnet.INTERPOLATION)},
+    training=training_mnas.training,  # official batch norm and dropout, no drop-connect (training.py)
 )

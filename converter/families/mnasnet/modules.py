@@ -56,6 +56,7 @@ class MixConvBlock(MBConv):
         assert isinstance(b, MixBlock)
         s = b.splits()
         self.residual = b.residual
+        self.survival_prob = 1.0  # drop-connect in training (converter/training.py); 1: none
         if b.has_expand:
             self.expand_conv = GroupedConv2dSame(s["expand_in"], s["expand_out"], (1,) * b.expand_groups)
             self.bn0 = BatchNorm2dTF(b.mid_channels, eps)
