@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                         "at the flavor's own")
     p.add_argument("--num-images", type=int, default=None,
                    help=f"synthetic images of the model check (default {DEFAULT_IMAGES}, none with --images)")
+    p.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help="timm: keyword arguments of create_model, as a JSON object (e.g. '{\"pad_type\": \"same\"}')")
     p.add_argument("--pretrained-cfg", default=None, metavar="JSON",
                    help="timm: a pretrained_cfg (JSON file) to audit instead of the model's own")
     p.add_argument("--libs-python", default=None, metavar="PYTHON",
@@ -202,6 +204,15 @@ def run_audit(args) -> Dict[str, object]:
             overlay = json.loads(Path(args.pretrained_cfg).read_text())
         except (OSError, ValueError) as e:
             raise ConversionError(f"--pretrained-cfg {args.pretrained_cfg}: {e}") from None
+    kwargs = {}
+    if args.model_kwargs:
+        try:
+            kwargs = json.loads(args.model_kwargs)
+        except ValueError as e:
+            raise ConversionError(f"--model-kwargs: not a JSON object: {e}") from None
+        if not isinstance(kwargs, dict):
+            raise ConversionError("--model-kwargs: not a JSON object (e.g. '{\"bn_eps\": 0.001}')")
+    args.model_kwargs = kwargs
     if classify_source(args.checkpoint) == "keras":
         raise ConversionError(f"--checkpoint {args.checkpoint} is a Keras .h5: the audit compares against an official "
                               "TensorFlow checkpoint (pass a Keras file as --weights)")
@@ -257,7 +268,8 @@ def _model_check(args, report, src, spec, entries, layout, af, ckpt, files, over
 
     report["first_divergence"], report["diagnosis"] = None, []
     plan = M.tap_plan(spec, entries)
-    res = int(args.resolution or ckpt.resolution)
+    # a transformers folder is padded for one input size (its config's image_size): checked there
+    res = int(args.resolution or (layout == "transformers" and af.config.get("image_size")) or ckpt.resolution)
     n = args.num_images if args.num_images is not None else (0 if args.images else DEFAULT_IMAGES)
     from ..registry import preprocessing_of
 
@@ -272,7 +284,7 @@ def _model_check(args, report, src, spec, entries, layout, af, ckpt, files, over
         job = {"library": M.LIBRARIES[layout], "model": _library_model(args, layout, spec, ckpt),
                "num_classes": report["file_num_classes"], "file": str(af.path),
                "taps": [[t, m, h] for t, _, _, m, h in plan], "variants": M.VARIANTS, "bn_eps": float(spec.bn_eps),
-               "images": [str(f) for f in files], "pretrained_cfg": overlay}
+               "images": [str(f) for f in files], "pretrained_cfg": overlay, "kwargs": args.model_kwargs}
         info, arrays = M.run_driver(python, job, {"x": images})
         lib_arrays = arrays.get("pre/images")
         report["library"] = {"model": job["model"], "load": info.get("load"), "declared": info.get("declared"),
@@ -291,7 +303,7 @@ def _model_check(args, report, src, spec, entries, layout, af, ckpt, files, over
     tf_taps = tracer.taps()
     runs = {}
     for vname in (M.VARIANTS if info is not None else {"base": []}):
-        runs[vname] = M.compare(tf_taps, plan, arrays, f"{vname}/x")
+        runs[vname] = M.compare(tf_taps, plan, arrays, f"{vname}/x", modules=M.layer_modules(entries))
     base = runs["base"]
     report["model"] = {"exact": base["exact"], "reference_weights": "EMA" if use_ema else "raw",
                        "resolution": res, "images": names, "rows": base["rows"],

@@ -105,13 +105,15 @@ def build(job):
                     "pipeline": [dict(p) for p in pipeline]}
 
         def pre(files):
-            from mmengine.dataset import Compose
-            from mmpretrain.registry import TRANSFORMS  # noqa: F401 (registers the transforms)
+            import mmpretrain.datasets  # noqa: F401 (registers its transforms)
+            from mmpretrain.registry import TRANSFORMS
 
-            compose = Compose([dict(p) for p in pipeline])
+            steps = [TRANSFORMS.build(dict(p)) for p in pipeline]
             out = []
             for f in files:
-                data = compose(dict(img_path=str(f)))
+                data = dict(img_path=str(f))
+                for step in steps:
+                    data = step(data)
                 batch = model.data_preprocessor({"inputs": [data["inputs"]], "data_samples": [data["data_samples"]]},
                                                 False)
                 out.append(batch["inputs"][0].float().numpy())
@@ -145,6 +147,8 @@ def build(job):
 
 
 def _plain(v):
+    if hasattr(v, "__dataclass_fields__"):  # transformers' SizeDict
+        v = {k: getattr(v, k) for k in v.__dataclass_fields__ if getattr(v, k) is not None}
     if isinstance(v, dict):
         return {str(k): _plain(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):

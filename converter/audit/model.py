@@ -143,11 +143,26 @@ def native_run(model, plan, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarr
     return out
 
 
+def layer_modules(entries: Sequence[Entry]) -> Dict[str, str]:
+    """Official layer -> the library module that holds it (from the table)."""
+    return {e.tf_name.rsplit("/", 1)[0]: e.key.rsplit(".", 1)[0] for e in entries if e.tf_name}
+
+
+def _conv_of(tensors: Sequence[str]) -> List[str]:
+    """The conv layer(s) feeding a BN, from the variables created since the previous BN (as verify --trace)."""
+    if not tensors:
+        return []
+    leaf = tensors[-1].rsplit("/", 1)[-1]
+    return list(dict.fromkeys(t.rsplit("/", 1)[0] for t in tensors if t.rsplit("/", 1)[-1] == leaf and "/se/" not in t))
+
+
 def compare(tf_taps: Sequence[Dict[str, object]], plan, got: Dict[str, np.ndarray], prefix: str,
-            max_rel_error: float = MAX_REL_ERROR) -> Dict[str, object]:
+            max_rel_error: float = MAX_REL_ERROR, modules: Optional[Dict[str, str]] = None) -> Dict[str, object]:
     """Rows in the TF pass's order (official name, kind, library module, rel error, tolerance, ok) and the
-    first diverging one; ``got``: the library's arrays under ``{prefix}/{tap id}``."""
+    first diverging one; ``got``: the library's arrays under ``{prefix}/{tap id}``. A BN's input stands for
+    the conv feeding it: named by that conv's official layer and (``modules``) its library module."""
     by_name = {(name, kind): (tid, module) for tid, name, kind, module, _ in plan}
+    modules = modules or {}
     rows, first = [], None
     for t in tf_taps:
         name, kind = t["name"], t["kind"]
@@ -172,7 +187,13 @@ def compare(tf_taps: Sequence[Dict[str, object]], plan, got: Dict[str, np.ndarra
             rel = rel_error(arr, ref) if arr.shape == ref.shape else float("inf")
             if arr.shape != ref.shape:
                 note = f"shapes differ: TensorFlow {list(ref.shape)}, library {list(arr.shape)}"
-        row = dict(official=name, kind=kind, module=module, rel_error=rel, tolerance=tol, ok=bool(rel <= tol),
+        if kind == BN_IN:  # the conv feeding the BN
+            convs = _conv_of(t.get("tensors") or [])
+            if convs:
+                name = " + ".join(convs)
+                module = " + ".join(modules.get(c, "?") for c in convs)
+        row = dict(official=name, kind="conv" if kind == BN_IN else "batch norm" if kind == BN_OUT else kind,
+                   module=module, rel_error=rel, tolerance=tol, ok=bool(rel <= tol),
                    stage=name if kind == STAGE else "logits", note=note)
         rows.append(row)
         if first is None and not row["ok"]:
@@ -200,27 +221,30 @@ def diagnose(spec, runs: Dict[str, Dict[str, object]], info: Dict[str, object], 
         out.append({"cause": "weights", "confirmed": True,
                     "evidence": f"the file's tensors are not the checkpoint's EMA weights ({c['raw']} raw, "
                                 f"{c['neither']} neither, {c['missing']} missing): see the weights section"})
-    fixed = {k: v for k, v in runs.items() if k != "base" and v["exact"]}
+    fixed = {k for k, v in runs.items() if k != "base" and v["exact"]}
+    # the smallest set of official settings that makes the library's model exact
+    cure = next((VARIANTS[k] for k in ("same", "eps", "same+eps") if k in fixed), None)
     eps_set = {float(k) for k in desc.get("bn_eps", {})}
     convs = desc.get("strided_convs", {})
     symmetric = {p: c for p, c in convs.items() if isinstance(c["padding"], list) and any(c["padding"])}
     strided_first = _is_strided(spec, first)
-    if "same" in fixed or (not fixed.get("eps") and "same+eps" in fixed) or (symmetric and strided_first):
+    together = " (together with the official BN epsilon)" if cure == ["same", "eps"] else ""
+    if (cure and "same" in cure) or (symmetric and strided_first):
         shown = ", ".join(f"{p} (k{c['kernel'][0]} s{c['stride'][0]} padding {c['padding'][0]})"
                           for p, c in list(symmetric.items())[:3])
-        out.append({"cause": "padding", "confirmed": "same" in fixed or "same+eps" in fixed,
-                    "evidence": f"the first divergence is at a strided conv ({first['official']}) and the library "
-                                f"pads its strided convs symmetrically ({shown or 'see patched'}), where TF 'SAME' "
-                                f"pads the bottom/right more: "
-                                + ("with TF 'SAME' padding the library's model computes the official logits"
-                                   if "same" in fixed else "with TF 'SAME' and the official epsilon it does"
-                                   if "same+eps" in fixed else "re-running with TF 'SAME' did not make it exact")})
-    if eps_set and eps_set != {float(spec.bn_eps)}:
-        out.append({"cause": "bn_epsilon", "confirmed": "eps" in fixed or "same+eps" in fixed,
+        where = (f"the first divergence is the strided conv {first['official']} (module {first['module']})"
+                 if strided_first else f"the first divergence is at {first['official']}")
+        out.append({"cause": "padding", "confirmed": bool(cure and "same" in cure),
+                    "evidence": f"{where}; the library pads its strided convs symmetrically"
+                                f"{' (' + shown + ')' if shown else ''} where TF 'SAME' pads the bottom/right more"
+                                + (f"; with TF 'SAME' padding{together} the library's model computes the official "
+                                   "logits" if cure and "same" in cure else "")})
+    if (cure and "eps" in cure) or (eps_set and eps_set != {float(spec.bn_eps)}):
+        out.append({"cause": "bn_epsilon", "confirmed": bool(cure and "eps" in cure),
                     "evidence": f"the library's batch norms use eps {', '.join(f'{e:g}' for e in sorted(eps_set))} "
                                 f"where the official model uses {spec.bn_eps:g}"
-                                + ("; with the official epsilon the model computes the official logits"
-                                   if "eps" in fixed else "")})
+                                + (f"; with the official epsilon{' (and TF SAME padding)' if together else ''} the "
+                                   "library's model computes the official logits" if cure and "eps" in cure else "")})
     acts = set(desc.get("activations", {}))
     want = set(ACTIVATIONS.get(spec.activation, ()))
     if acts and want and not acts & want:
@@ -241,7 +265,7 @@ def _is_strided(spec, row) -> bool:
     """Whether a diverging tap is the output of a strided conv (a BN's input: the conv feeding it)."""
     from ..registry import kind_of
 
-    if row["kind"] != BN_IN:
+    if row["kind"] != "conv":
         return False
     stage = row.get("stage", "")
     if stage.endswith("/stem"):
@@ -250,7 +274,8 @@ def _is_strided(spec, row) -> bool:
     if not m:
         return False
     block = spec.blocks()[int(m.group(1))]
-    n = re.search(r"_(\d+)$", row["official"])
-    index = int(n.group(1)) if n else 0
+    conv = row["official"].split(" + ")[0].rsplit("/", 1)[-1]
+    if "depthwise" in conv:
+        return block.stride > 1
     fused = "fused" in kind_of(block).name
-    return block.stride > 1 and index == (1 if block.has_expand and not fused else 0)
+    return block.stride > 1 and fused and conv == "conv2d"
