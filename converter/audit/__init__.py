@@ -242,10 +242,23 @@ def run_audit(args) -> Dict[str, object]:
             "weights_copy": weights["copy"], "weights_rows": weights["rows"],
         }
         official_model = _official_model(src.reader, spec)
+        file_state = W.in_native(official_model.state_dict(), spec, entries, af.tensors, tf_layout=keras,
+                                 key_of=(lambda e: e.tf_name) if keras else None)
         with tempfile.TemporaryDirectory(prefix="effnet-audit-") as tmp:
             files = list(args.images) or P.synthetic_files(Path(tmp))
-            info, lib_arrays = _model_check(args, report, src, spec, entries, layout, af, ckpt, files, overlay, weights)
+            prefix, ref_weights = src.prefix, ("EMA" if weights["copy"] == "ema" else "raw")
+            c = weights["counts"]
+            if c["ema"] != sum(c.values()) and c["raw"] != sum(c.values()):
+                # neither EMA nor raw throughout: the reference computes with the file's own weights, so that the
+                # model question is answered apart from the weights
+                arrays = W.official_arrays(src.reader, entries, af.tensors, tf_layout=keras,
+                                           key_of=(lambda e: e.tf_name) if keras else None)
+                prefix, ref_weights = M.write_tf_checkpoint(arrays, Path(tmp)), "the file's own"
+            info, lib_arrays = _model_check(args, report, prefix, ref_weights, spec, entries, layout, af, ckpt, files,
+                                            overlay)
             _prep_check(report, layout, info, af, ckpt, official_model, files, lib_arrays)
+            if not (report["weights"]["ema"] == sum(report["weights"].values())):
+                report["weights_effect"] = _weights_effect(official_model, file_state, ckpt, files)
     finally:
         src.close()
     counts = report["weights"]
@@ -259,7 +272,7 @@ def run_audit(args) -> Dict[str, object]:
     return report
 
 
-def _model_check(args, report, src, spec, entries, layout, af, ckpt, files, overlay, weights):
+def _model_check(args, report, prefix, ref_weights, spec, entries, layout, af, ckpt, files, overlay):
     """Question 2, into ``report["model"]``, ``report["first_divergence"]``, ``report["diagnosis"]``;
     returns the driver's info and the library's preprocessed arrays of ``files`` (None: not run)."""
     from ..verify import REFERENCE_MODULE, image_names, reference_logits, verification_images
@@ -296,8 +309,8 @@ def _model_check(args, report, src, spec, entries, layout, af, ckpt, files, over
         report["model"] = {"exact": None, "skipped": NO_MODEL.get(layout, f"no library model for {layout}")}
         return info, lib_arrays
     tracer = Tracer(n_images=len(images))
-    use_ema = weights["copy"] == "ema"
-    logits, *_ = reference_logits(src.prefix, spec.name, images, spec.num_classes, "cpu", use_ema,
+    use_ema = ref_weights == "EMA"
+    logits, *_ = reference_logits(prefix, spec.name, images, spec.num_classes, "cpu", use_ema,
                                   fused_stride=af.meta.get("fused_stride"), extra_args=tracer.reference_args(),
                                   module=tracer.MODULE)
     tf_taps = tracer.taps()
@@ -305,7 +318,7 @@ def _model_check(args, report, src, spec, entries, layout, af, ckpt, files, over
     for vname in (M.VARIANTS if info is not None else {"base": []}):
         runs[vname] = M.compare(tf_taps, plan, arrays, f"{vname}/x", modules=M.layer_modules(entries))
     base = runs["base"]
-    report["model"] = {"exact": base["exact"], "reference_weights": "EMA" if use_ema else "raw",
+    report["model"] = {"exact": base["exact"], "reference_weights": ref_weights,
                        "resolution": res, "images": names, "rows": base["rows"],
                        "variants": {k: {"exact": v["exact"], "first": v["first"]} for k, v in runs.items()},
                        "logits_rel_error": next((r["rel_error"] for r in base["rows"] if r["kind"] == "logits"), None)}
@@ -314,8 +327,7 @@ def _model_check(args, report, src, spec, entries, layout, af, ckpt, files, over
         report["first_divergence"] = {"official": first["stage"], "layer": first["official"], "kind": first["kind"],
                                       "module": first["module"], "rel_error": first["rel_error"],
                                       "tolerance": first["tolerance"], "note": first["note"]}
-        c = report["weights"]
-        report["diagnosis"] = M.diagnose(spec, runs, info or {}, c["ema"] == sum(c.values()), c)
+        report["diagnosis"] = M.diagnose(spec, runs, info or {})
     return info, lib_arrays
 
 
@@ -346,6 +358,23 @@ def _prep_check(report, layout, info, af, ckpt, official_model, files, lib_array
     report["preprocessing"] = diffs
     report["preprocessing_figures"] = {"official": {k: v for k, v in off.items() if k != "cfg"},
                                        "declared": dec, **figures}
+
+
+def _weights_effect(official_model, file_state, ckpt, files) -> Dict[str, object]:
+    """The file's weights in the official model against the official weights, on the official eval of
+    ``files``: what the weights alone change in the logits."""
+    import copy
+
+    import torch
+
+    from . import prep as P
+
+    off = P.official(ckpt)
+    x = torch.from_numpy(P._official_batch(files, off))
+    other = copy.deepcopy(official_model)
+    other.load_state_dict(file_state, strict=True)
+    with torch.inference_mode():
+        return P.effect(official_model(x).numpy(), other(x).numpy())
 
 
 def _write_json(path: Path, report: Dict[str, object]) -> None:
@@ -384,7 +413,15 @@ def format_report(r: Dict[str, object]) -> str:
         lines.append(f"note: {r['flavor_note']}")
     w = {"counts": r["weights"], "rows": r["weights_rows"], "extras": r["weights_extras"]}
     lines.append("1. " + summary_line(w))
-    for row in [x for x in r["weights_rows"] if x["class"] != "ema"][:8]:
+    if r.get("weights_effect"):
+        e = r["weights_effect"]
+        lines.append(f"   the file's weights in the official model vs the official weights (official eval of the images): "
+                     f"rel logit change {e['rel_logit_change']:.3g}, top-1 changed on {e['top1_changed']}/{e['images']}")
+    c = r["weights"]
+    listed = [x for x in r["weights_rows"] if x["class"] in ("neither", "missing")
+              or (x["class"] == "raw" and c["raw"] < c["ema"])]
+    listed.sort(key=lambda x: -(x.get("rel_diff") or 0.0))
+    for row in listed[:8]:
         extra = f"rel diff {row['rel_diff']:.3g}" if "rel_diff" in row else row.get("note", "")
         lines.append(f"     {row['class']:<8} {row['official']:<60} {row['key']} {extra}")
     if r["weights_extras"]:

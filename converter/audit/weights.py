@@ -130,3 +130,54 @@ def check_scope(reader, spec) -> Optional[str]:
         return None
     raise ConversionError(f"the checkpoint's scope is {', '.join(scopes) or 'empty'} but the file is "
                           f"{spec.name} ({spec.scope}): pass the checkpoint of the file's variant")
+
+
+def in_native(official_state: Dict[str, object], spec, entries: Sequence[Entry], tensors: Dict[str, np.ndarray],
+              tf_layout: bool = False, key_of=None) -> Dict[str, object]:
+    """The official model's state_dict (converter.model) with every tensor FILE has in its place: what the
+    file's weights compute in the official architecture (their effect on the logits, apart from the model)."""
+    import torch
+
+    from ..mapping import expand
+    from ..reorder import tf_to_torch
+
+    key_of = key_of or (lambda e: e.key)
+    native = {e.tf_name: e for e in expand(spec) if e.tf_name}
+    out = dict(official_state)
+    for e in entries:
+        n = native.get(e.tf_name)
+        if not e.tf_name or n is None or key_of(e) not in tensors:
+            continue
+        value = to_official(e, np.asarray(tensors[key_of(e)], np.float32), tf_layout)
+        if is_classifier(e) and value.shape[-1] + 1 == n.tf_shape[-1]:  # the file dropped the background class
+            first = torch_to_tf(official_state[n.key].numpy(), n.kind)[..., :1]
+            value = np.concatenate([first, value], axis=-1)
+        if tuple(value.shape) != tuple(n.tf_shape):
+            continue
+        out[n.key] = torch.from_numpy(tf_to_torch(value, n.kind, n.kernel).copy())
+    return out
+
+
+def official_arrays(reader, entries: Sequence[Entry], tensors: Dict[str, np.ndarray], tf_layout: bool = False,
+                    key_of=None) -> Dict[str, np.ndarray]:
+    """Official name -> TF-layout array: FILE's tensor where it has one of the right shape (a dropped
+    background class put back from the checkpoint), else the checkpoint's EMA twin (or raw variable):
+    the file's weights as an official checkpoint, for the TensorFlow reference."""
+    key_of = key_of or (lambda e: e.key)
+    names = set(reader.names())
+    out = {}
+    for e in entries:
+        if not e.tf_name:
+            continue
+        src = e.tf_name + EMA_SUFFIX if e.tf_name + EMA_SUFFIX in names else e.tf_name
+        ck = np.asarray(reader.read(src)).astype(np.float32)
+        value = None
+        if key_of(e) in tensors and np.issubdtype(np.asarray(tensors[key_of(e)]).dtype, np.floating):
+            try:
+                value = to_official(e, np.asarray(tensors[key_of(e)], np.float32), tf_layout)
+            except ConversionError:
+                value = None
+            if value is not None and is_classifier(e) and value.shape[-1] + 1 == ck.shape[-1]:
+                value = np.concatenate([ck[..., :1], value], axis=-1)
+        out[e.tf_name] = value if value is not None and value.shape == ck.shape else ck
+    return out
