@@ -22,7 +22,8 @@ USAGE = """
   convert-effnet verify --weights FILE --checkpoint PATH [options]
   convert-effnet predict IMAGE|FOLDER... --weights FILE [options]
   convert-effnet evaluate DIR --weights FILE [options]
-  convert-effnet export --weights FILE --onnx OUT.onnx [--torchscript OUT.pt] [options]
+  convert-effnet export --weights FILE [--onnx OUT.onnx] [--torchscript OUT.pt] [--tf-checkpoint DIR]
+      [--saved-model DIR] [--tflite OUT.tflite] [--tflite-int8 OUT.tflite --calibration-images IMG...|DIR] [options]
   convert-effnet audit --checkpoint CK --weights FILE [--layout L] [--images IMG...] [--json OUT]
 (convert-effnet SUBCOMMAND --help for a subcommand's options)"""
 

@@ -533,66 +533,79 @@ def build_tf_outputs(model: torch.nn.Module, args: argparse.Namespace, res: int,
             if key in ("tflite", "tflite_int8"):
                 sidecars[key] = AtomicFile(Path(target + SIDECAR_SUFFIX))
                 files.append(sidecars[key])
+    # the work folder (the weights handed to TensorFlow, its results) sits beside the first output
     nbytes = sum(a.nbytes for a in values.values())
+    first = files[0].path.parent
+    need: Dict[Path, int] = {first: nbytes}
     for key, factor in (("tf_checkpoint", 2.0), ("saved_model", 1.0), ("tflite", 1.0), ("tflite_int8", 0.3)):
         if key in outputs:  # the checkpoint holds each value twice (variable and EMA twin)
-            check_space(outputs[key].path.parent, int(nbytes * factor) + (1 << 20), "the export")
-    with tempfile.TemporaryDirectory(prefix="effnet-export-") as tmp:
-        work = Path(tmp)
+            folder = outputs[key].path.parent
+            need[folder] = need.get(folder, 0) + int(nbytes * factor) + (1 << 20)
+    for folder, n in need.items():
+        check_space(folder, n, "the export")
+    if cfg.get("background_dropped"):
+        log.warning("note: this file's background class was dropped at conversion: the TensorFlow outputs have "
+                    "%d classes (the official builder's default is 1001: build it with num_classes=%d)",
+                    spec.num_classes, spec.num_classes)
+    try:
+        with tempfile.TemporaryDirectory(prefix=".effnet-export-", dir=first) as tmp:
+            work = Path(tmp)
+            for f in files:
+                f.create()
+            np.savez(work / "variables.npz", **values)
+            del values
+            np.savez(work / "images.npz", images=np.ascontiguousarray(x.numpy().transpose(0, 2, 3, 1)))
+            job = {"variant": cfg["variant"], "fused_stride": cfg.get("fused_stride"), "num_classes": spec.num_classes,
+                   "resolution": res, "variables": str(work / "variables.npz"), "images": str(work / "images.npz"),
+                   "out": str(work / "out.npz"), "sidecar": sidecar, "global_step": 0}
+            for key, f in outputs.items():
+                job[key] = str(f.tmp)
+            for key, f in sidecars.items():
+                job[f"{key}_sidecar"] = str(f.tmp)
+            if calibration:
+                log.info("export: preprocessing %d calibration image(s) with TensorFlow (the official eval pipeline)",
+                         len(calibration))
+                cal = tf_preprocess(calibration, res, mean, std, cfg.get("crop_pct"), preprocessing_of(cfg))
+                np.savez(work / "calibration.npz", images=cal)
+                job["calibration"] = str(work / "calibration.npz")
+                if photos is not None:  # agreement on the user's --images, else on the calibration images
+                    agree = photos
+                    np.savez(work / "agreement.npz", images=np.ascontiguousarray(photos.numpy().transpose(0, 2, 3, 1)))
+                else:
+                    agree = torch.from_numpy(np.ascontiguousarray(cal.transpose(0, 3, 1, 2)))
+                    np.savez(work / "agreement.npz", images=cal)
+                job["agreement"] = str(work / "agreement.npz")
+            results = run_tf_export(job, work)
+        lines = []
+        r = check_logits(ref, [x], lambda xb: results["logits_checkpoint"],
+                         "the official graph restored (EMA) from the written checkpoint", names=names)
+        if "tf_checkpoint" in outputs:
+            lines.append(f"wrote {args.tf_checkpoint}/ (TensorFlow checkpoint model.ckpt of {spec.scope}: "
+                         f"{int(results['checkpoint_tensors'])} tensors, the variables and their ExponentialMovingAverage "
+                         f"twins, global_step; the official graph restored with EMA vs PyTorch on {on}: {_figures(r)})")
+        if "saved_model" in outputs:
+            r = check_logits(ref, [x], lambda xb: results["logits_saved_model"], "the SavedModel's logits", names=names)
+            p = check_probabilities(ref, x, results["probs_saved_model"], "the SavedModel (serving_default)", names)
+            lines.append(f"wrote {args.saved_model}/ (SavedModel, serve / serving_default: input [1,{res},{res},3] "
+                         f"normalized NHWC float32 -> output softmax; loaded back vs PyTorch on {on}: logits {_figures(r)}; "
+                         f"softmax relative error {p['rel_error']:.1e}, tolerance {p['tolerance']:.1e})")
+        if "tflite" in outputs:
+            p = check_probabilities(ref, x, results["probs_tflite"], "the TFLite model", names)
+            lines.append(f"wrote {args.tflite} (TFLite float32: input [1,{res},{res},3] normalized NHWC -> softmax; "
+                         f"tf.lite.Interpreter vs PyTorch on {on}: softmax {_figures(p)}; preprocessing in "
+                         f"{args.tflite}{SIDECAR_SUFFIX})")
+        if "tflite_int8" in outputs:
+            r32, _ = ref.logits(agree)
+            a = int8_agreement(_softmax(r32), results["probs_int8"])
+            what = "--images" if photos is not None else "calibration images"
+            lines.append(f"wrote {args.tflite_int8} (TFLite full-integer, uint8 input and output, calibrated on "
+                         f"{len(calibration)} image(s); vs the float PyTorch model on {a['images']} {what}: top-1 "
+                         f"agreement {a['top1_agreement']:.1%}, probability error max {a['max_prob_error']:.3f}, "
+                         f"mean {a['mean_prob_error']:.1e}; quantization in {args.tflite_int8}{SIDECAR_SUFFIX})")
+    except BaseException:
         for f in files:
-            f.create()
-        np.savez(work / "variables.npz", **values)
-        del values
-        np.savez(work / "images.npz", images=np.ascontiguousarray(x.numpy().transpose(0, 2, 3, 1)))
-        job = {"variant": cfg["variant"], "fused_stride": cfg.get("fused_stride"), "num_classes": spec.num_classes,
-               "resolution": res, "variables": str(work / "variables.npz"), "images": str(work / "images.npz"),
-               "out": str(work / "out.npz"), "sidecar": sidecar, "global_step": 0}
-        for key, f in outputs.items():
-            job[key] = str(f.tmp)
-        for key, f in sidecars.items():
-            job[f"{key}_sidecar"] = str(f.tmp)
-        agree_names: List[str] = []
-        if calibration:
-            log.info("export: preprocessing %d calibration image(s) with TensorFlow (the official eval pipeline)",
-                     len(calibration))
-            cal = tf_preprocess(calibration, res, mean, std, cfg.get("crop_pct"), preprocessing_of(cfg))
-            np.savez(work / "calibration.npz", images=cal)
-            job["calibration"] = str(work / "calibration.npz")
-            if photos is not None:  # agreement on the user's --images, else on the calibration images
-                agree, agree_names = photos, list(photo_names)
-                np.savez(work / "agreement.npz", images=np.ascontiguousarray(photos.numpy().transpose(0, 2, 3, 1)))
-            else:
-                agree = torch.from_numpy(np.ascontiguousarray(cal.transpose(0, 3, 1, 2)))
-                agree_names = [Path(c).name for c in calibration]
-                np.savez(work / "agreement.npz", images=cal)
-            job["agreement"] = str(work / "agreement.npz")
-        results = run_tf_export(job, work)
-    lines = []
-    r = check_logits(ref, [x], lambda xb: results["logits_checkpoint"],
-                     "the official graph restored (EMA) from the written checkpoint", names=names)
-    if "tf_checkpoint" in outputs:
-        lines.append(f"wrote {args.tf_checkpoint}/ (TensorFlow checkpoint model.ckpt of {spec.scope}: "
-                     f"{int(results['checkpoint_tensors'])} tensors, the variables and their ExponentialMovingAverage "
-                     f"twins, global_step; the official graph restored with EMA vs PyTorch on {on}: {_figures(r)})")
-    if "saved_model" in outputs:
-        r = check_logits(ref, [x], lambda xb: results["logits_saved_model"], "the SavedModel's logits", names=names)
-        p = check_probabilities(ref, x, results["probs_saved_model"], "the SavedModel (serving_default)", names)
-        lines.append(f"wrote {args.saved_model}/ (SavedModel, serve / serving_default: input [1,{res},{res},3] "
-                     f"normalized NHWC float32 -> output softmax; loaded back vs PyTorch on {on}: logits {_figures(r)}; "
-                     f"softmax relative error {p['rel_error']:.1e}, tolerance {p['tolerance']:.1e})")
-    if "tflite" in outputs:
-        p = check_probabilities(ref, x, results["probs_tflite"], "the TFLite model", names)
-        lines.append(f"wrote {args.tflite} (TFLite float32: input [1,{res},{res},3] normalized NHWC -> softmax; "
-                     f"tf.lite.Interpreter vs PyTorch on {on}: softmax {_figures(p)}; preprocessing in "
-                     f"{args.tflite}{SIDECAR_SUFFIX})")
-    if "tflite_int8" in outputs:
-        r32, _ = ref.logits(agree)
-        a = int8_agreement(_softmax(r32), results["probs_int8"])
-        what = "--images" if photos is not None else "calibration images"
-        lines.append(f"wrote {args.tflite_int8} (TFLite full-integer, uint8 input and output, calibrated on "
-                     f"{len(calibration)} image(s); vs the float PyTorch model on {a['images']} {what}: top-1 "
-                     f"agreement {a['top1_agreement']:.1%}, probability error max {a['max_prob_error']:.3f}, "
-                     f"mean {a['mean_prob_error']:.1e}; quantization in {args.tflite_int8}{SIDECAR_SUFFIX})")
+            f.discard()
+        raise
     return files, lines
 
 

@@ -39,6 +39,8 @@ HEAVY_TESTS = frozenset({
     "test_library_layouts_background_class", "test_reference_cli_and_verify_follow_the_metadata",
     "test_convert_every_variant[b5]", "test_convert_every_variant[b6]", "test_convert_every_variant[b7]",
     "test_convert_every_variant[b8]", "test_convert_every_variant[l2]",
+    # test_tf_export.py: a TensorFlow process per export (round trips, official logits, every TF output)
+    "test_round_trip_every_family", "test_official_code_logits_come_back", "test_finetuned_file_every_output",
 })
 
 

@@ -131,6 +131,18 @@ def _io(content: bytes) -> Dict[str, object]:
     return d
 
 
+def _with_io(sidecar: Dict[str, object], fmt: str, io: Dict[str, object]) -> Dict[str, object]:
+    """The sidecar of a TFLite file: its input/output facts merged into the model's."""
+    doc = dict(sidecar, format=fmt)
+    for what in ("input", "output"):
+        doc[what] = dict(sidecar.get(what, {}), **io[what])
+    if "quantization" in doc["input"]:
+        doc["input"]["quantized"] = "q = round(x_norm / scale + zero_point), clipped to 0..255; x_norm as normalization says"
+    if "quantization" in doc["output"]:
+        doc["output"]["dequantized"] = "p = (q - zero_point) * scale"
+    return doc
+
+
 def _write_json(path: str, doc: Dict[str, object]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(doc, indent=2) + "\n")
@@ -195,7 +207,7 @@ def run(job: Dict[str, object]) -> None:
             progress("loading the TFLite model back (tf.lite.Interpreter)")
             with open(job["tflite"], "wb") as f:
                 f.write(tflite)
-            _write_json(job["tflite_sidecar"], dict(sidecar, format="tflite", **_io(tflite)))
+            _write_json(job["tflite_sidecar"], _with_io(sidecar, "tflite", _io(tflite)))
             results["probs_tflite"] = _tflite_run(tflite, images)
         if int8 is not None:
             progress("loading the int8 TFLite model back (tf.lite.Interpreter)")
@@ -205,7 +217,7 @@ def run(job: Dict[str, object]) -> None:
             if io["input"]["dtype"] != "uint8" or io["output"]["dtype"] != "uint8":
                 raise ConversionError(f"the int8 TFLite model takes {io['input']['dtype']} and gives "
                                       f"{io['output']['dtype']}, expected uint8 both")
-            _write_json(job["tflite_int8_sidecar"], dict(sidecar, format="tflite-int8", **io))
+            _write_json(job["tflite_int8_sidecar"], _with_io(sidecar, "tflite-int8", io))
             results["probs_int8"] = _tflite_run(int8, agreement)
         results["seconds"] = np.float64(time.perf_counter() - t0)
         with open(job["out"], "wb") as f:
