@@ -41,6 +41,7 @@ HEAVY_TESTS = frozenset({
     "test_convert_every_variant[b8]", "test_convert_every_variant[l2]",
     # test_tf_export.py: a TensorFlow process per export (round trips, official logits, every TF output)
     "test_round_trip_every_family", "test_official_code_logits_come_back", "test_finetuned_file_every_output",
+    "test_other_layouts_export_the_same_checkpoint", "test_ctrl_c_stops_the_tensorflow_process",
 })
 
 

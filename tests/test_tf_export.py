@@ -160,6 +160,55 @@ def test_round_trip_every_family(root, capsys, variant, flavor, classes):
     assert meta["model_name"] == spec.scope and meta["num_classes"] == classes
 
 
+@pytest.mark.parametrize("variant,flavor,layout", [("condconv-b0-4e", None, "timm"), ("b0", "aa", "transformers")])
+def test_other_layouts_export_the_same_checkpoint(root, capsys, variant, flavor, layout):
+    """A timm file (CondConv kernels re-laid per expert) and a transformers folder write the checkpoint
+    the original is, bit for bit: the file is re-keyed to the native model first (mapping.to_native)."""
+    prefix = make_checkpoint(root, variant, "full", calibration_resolution=RES, calibration_images=4)
+    out = root / f"conv-{variant}-{layout}"
+    rc, _, err = run_cli(capsys, "--variant", variant, *(["--flavor", flavor] if flavor else []), "--checkpoint",
+                         prefix, "--output-dir", out, "--layout", layout, "--quiet", "--force")
+    assert rc == 0, err
+    (weights,) = [p for p in out.iterdir() if not p.name.startswith(".") and p.suffix != ".json"]
+    ck = root / f"ckpt-{variant}-{layout}"
+    rc, _, err = run_cli(capsys, "export", "--weights", weights, "--resolution", RES, "--tf-checkpoint", ck, "--quiet")
+    assert rc == 0, err
+    orig, ours = tf.train.load_checkpoint(str(prefix)), tf.train.load_checkpoint(str(ck / "model.ckpt"))
+    for name, _ in plan(get_arch(variant)):
+        assert ours.get_tensor(f"{name}/{EMA}").tobytes() == orig.get_tensor(f"{name}/{EMA}").tobytes(), name
+
+
+def test_ctrl_c_stops_the_tensorflow_process(root, capsys, tmp_path):
+    """SIGINT to a real export while TensorFlow works: exit 130, the TensorFlow process gone, nothing left."""
+    import signal
+    import sys
+    import time
+
+    weights = convert(capsys, root, "b0", "aa", mode="full", calibration_resolution=RES, calibration_images=4,
+                      num_classes=1000)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "converter", "export", "--weights", str(weights), "--resolution",
+                             str(RES), "--tf-checkpoint", str(out / "ck"), "--tflite", str(out / "m.tflite")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "building the official graph" in line:  # the TensorFlow process is at work
+            break
+    time.sleep(1.0)
+    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                               text=True).stdout.split()]
+    assert children, seen
+    proc.send_signal(signal.SIGINT)  # the CLI alone: it must stop its TensorFlow process itself
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(seen) + err
+    assert err.strip().splitlines()[-1] == "convert-effnet: interrupted"
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    assert list(out.iterdir()) == []
+
+
 @pytest.mark.parametrize("name", ["mixnet-s", "mnasnet-a1"])
 def test_official_code_logits_come_back(root, capsys, name):
     """The official tensorflow/tpu code's logits on these generated checkpoints (computed with the official
