@@ -30,6 +30,7 @@ HEAVY_FILES = frozenset({
     "test_trace.py", "test_list.py", "test_layouts.py", "test_transformers.py", "test_batch.py",
     "test_tfimport.py", "test_cli_defects.py", "test_export.py", "test_verify_verdict.py",
     "test_distributed.py", "test_efficientnet_pytorch.py",
+    "test_training.py",  # a TensorFlow train-mode reference per family
 })
 # ... and these tests of the other files (the libraries' environment, TensorFlow verification CLIs,
 # the largest variants)
@@ -39,9 +40,14 @@ HEAVY_TESTS = frozenset({
     "test_library_layouts_background_class", "test_reference_cli_and_verify_follow_the_metadata",
     "test_convert_every_variant[b5]", "test_convert_every_variant[b6]", "test_convert_every_variant[b7]",
     "test_convert_every_variant[b8]", "test_convert_every_variant[l2]",
+    # test_finetune.py: the README example (b0 trained on CPU), TensorFlow's crop sampler
+    "test_readme_fine_tuning_example_runs_as_written", "test_train_crop_distribution_is_tensorflows",
     # test_tf_export.py: a TensorFlow process per export (round trips, official logits, every TF output)
     "test_round_trip_every_family", "test_official_code_logits_come_back", "test_finetuned_file_every_output",
     "test_other_layouts_export_the_same_checkpoint", "test_ctrl_c_stops_the_tensorflow_process",
+    # test_endpoints.py: TensorFlow reference, scripting, ONNX export
+    "test_every_endpoint_equals_the_tensorflow_reference", "test_a_wrong_expansion_output_fails_against_the_reference",
+    "test_torchscript_backbone_loads_back_and_matches", "test_onnx_backbone_runs_in_onnx_runtime",
 })
 
 
