@@ -31,6 +31,7 @@ HEAVY_FILES = frozenset({
     "test_tfimport.py", "test_cli_defects.py", "test_export.py", "test_verify_verdict.py",
     "test_distributed.py", "test_efficientnet_pytorch.py",
     "test_training.py",  # a TensorFlow train-mode reference per family
+    "test_audit.py",  # each audit: a TensorFlow reference and the library's model in its environment
 })
 # ... and these tests of the other files (the libraries' environment, TensorFlow verification CLIs,
 # the largest variants)
