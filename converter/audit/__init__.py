@@ -137,6 +137,11 @@ def _flavor(args, af, variant: str, classes: int):
     if flavor and flavor != "keras":
         return find_checkpoint(variant, flavor), None
     name = get_arch(variant).name
+    ck = Path(str(args.checkpoint)).expanduser().resolve().as_posix()
+    named = [c for c in all_checkpoints() if c.variant == name and (
+        ck.endswith("/" + c.relative_path) or "/" + c.relative_path.split(".tar")[0] + "/" in ck + "/")]
+    if len(named) == 1:  # a cached download keeps the bucket's path (advprop/efficientnet-b0.tar.gz)
+        return named[0], None
     rows = [c for c in all_checkpoints() if c.variant == name and c.num_classes in (classes, classes + 1)] or \
         [c for c in all_checkpoints() if c.variant == name]
     if not rows:
@@ -294,10 +299,11 @@ def _model_check(args, report, prefix, ref_weights, spec, entries, layout, af, c
     lib_arrays = None
     if layout in M.LIBRARIES:
         python = M.libs_python(args.libs_python, M.LIBRARIES[layout])
-        job = {"library": M.LIBRARIES[layout], "model": _library_model(args, layout, spec, ckpt),
+        job = {"library": M.LIBRARIES[layout], "model": _library_model(args, layout, spec, ckpt, af),
                "num_classes": report["file_num_classes"], "file": str(af.path),
                "taps": [[t, m, h] for t, _, _, m, h in plan], "variants": M.VARIANTS, "bn_eps": float(spec.bn_eps),
-               "images": [str(f) for f in files], "pretrained_cfg": overlay, "kwargs": args.model_kwargs}
+               "images": [str(f) for f in files],
+               "pretrained_cfg": overlay if overlay is not None or layout != "timm" else af.config.get("pretrained_cfg"), "kwargs": args.model_kwargs}
         info, arrays = M.run_driver(python, job, {"x": images})
         lib_arrays = arrays.get("pre/images")
         report["library"] = {"model": job["model"], "load": info.get("load"), "declared": info.get("declared"),
@@ -331,13 +337,15 @@ def _model_check(args, report, prefix, ref_weights, spec, entries, layout, af, c
     return info, lib_arrays
 
 
-def _library_model(args, layout, spec, ckpt) -> str:
+def _library_model(args, layout, spec, ckpt, af) -> str:
     """--model, else the layout's model for the variant: timm tf_efficientnet_*, mmpretrain the flavor's zoo
     name, transformers EfficientNetForImageClassification."""
     from ..mapping import library_model
 
     if args.model:
         return args.model
+    if layout == "timm" and af.config.get("architecture"):  # a timm hub folder's config.json
+        return str(af.config["architecture"])
     if layout == "mmpretrain":
         if not ckpt.zoo_name:
             raise ConversionError(f"mmpretrain's zoo has no {ckpt.name}: name its model with --model (a zoo name)")
