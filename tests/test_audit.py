@@ -185,6 +185,18 @@ def test_efficientnet_b0_padding_and_epsilon(ck, outputs, tmp_path, capsys, monk
     assert r["model"]["variants"]["same+eps"]["exact"] and not r["model"]["variants"]["same"]["exact"]
 
 
+def test_wrong_activation_named(ck, outputs, tmp_path, capsys, monkeypatch):
+    """ReLU where the official model has swish: the stem's output (after its activation) diverges first, its
+    batch norm before it does not; diagnosed as the activation, confirmed by the official one."""
+    monkeypatch.setenv("EFFNET_LIBS_PYTHON", libs_python())
+    rc, r, lines = audit(capsys, tmp_path, "--checkpoint", ck, "--weights", outputs["timm"], "--model-kwargs",
+                         '{"act_layer": "relu"}', "--resolution", RES, "--num-images", "1", code=3)
+    fd = r["first_divergence"]
+    assert fd["kind"] == "stage" and fd["official"] == "efficientnet-b0/stem"
+    assert [row["ok"] for row in r["model"]["rows"][:2]] == [True, True]  # the stem's conv and BN are exact
+    assert {d["cause"] for d in r["diagnosis"]} == {"activation"} and r["diagnosis"][0]["confirmed"]
+
+
 def test_wrong_epsilon_and_preprocessing_differences_timm(ck, outputs, tmp_path, capsys, monkeypatch):
     """BN eps 1e-5: the stem's batch norm diverges first, diagnosed as epsilon; a pretrained_cfg with a
     dropped crop, bilinear resizing and other mean/std: each named with its effect on the logits."""

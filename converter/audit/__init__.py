@@ -301,7 +301,7 @@ def _model_check(args, report, prefix, ref_weights, spec, entries, layout, af, c
         python = M.libs_python(args.libs_python, M.LIBRARIES[layout])
         job = {"library": M.LIBRARIES[layout], "model": _library_model(args, layout, spec, ckpt, af),
                "num_classes": report["file_num_classes"], "file": str(af.path),
-               "taps": [[t, m, h] for t, _, _, m, h in plan], "variants": M.VARIANTS, "bn_eps": float(spec.bn_eps),
+               "taps": [[t, m, h] for t, _, _, m, h in plan], "variants": M.VARIANTS, "bn_eps": float(spec.bn_eps), "activation": spec.activation,
                "images": [str(f) for f in files],
                "pretrained_cfg": overlay if overlay is not None or layout != "timm" else af.config.get("pretrained_cfg"), "kwargs": args.model_kwargs}
         info, arrays = M.run_driver(python, job, {"x": images})

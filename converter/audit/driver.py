@@ -13,7 +13,7 @@ it; torchvision and TensorFlow in one process segfault). JOB.json:
 It builds the library's own model (timm.create_model, mmpretrain.get_model, transformers
 from_pretrained), loads FILE's tensors into it (non-strict: what is missing or unexpected is
 reported), and for every model variant (``same``: every strided conv padded as TF 'SAME';
-``eps``: every BN's epsilon set to ``bn_eps``) runs every input set, recording the module outputs
+``eps``: every BN's epsilon set to ``bn_eps``; ``act``: every activation module the official ``activation``) runs every input set, recording the module outputs
 the taps name (``out``: the module's output, ``in``: its input, ``bn_out``: a BN's own output,
 before an activation timm's BatchNormAct2d applies). It also runs the library's declared
 preprocessing on the image files. Writes Y.npz (``{variant}/{input}/{tap id}``, ``pre/{i}``) and
@@ -207,18 +207,35 @@ def _patch_eps(model, eps):
             m.eps = float(eps)
 
 
+ACTIVATION_NAMES = ("SiLU", "Swish", "MemoryEfficientSwish", "SiLUActivation", "ReLU", "ReLU6", "Hardswish",
+                    "HardSwish", "GELU", "Tanh", "ELU", "LeakyReLU", "Mish")  # not the SE gates (sigmoid)
+
+
+def _is_activation(m):
+    return type(m).__name__ in ACTIVATION_NAMES
+
+
+def _patch_act(model, activation):
+    """Every activation module replaced by the official one (``swish``, ``relu``, ``relu6``)."""
+    from torch import nn
+
+    make = {"swish": nn.SiLU, "relu": nn.ReLU, "relu6": nn.ReLU6}[activation]
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if _is_activation(child):
+                setattr(parent, name, make())
+
+
 def describe(model):
     """BN epsilons, activation classes, the strided convs and their padding."""
     from torch import nn
 
     eps, acts, convs = {}, {}, {}
-    act_types = tuple(t for t in (nn.SiLU, nn.ReLU, nn.ReLU6, nn.Hardswish, nn.GELU, nn.Sigmoid, nn.Hardsigmoid,
-                                  nn.Tanh, nn.ELU, nn.LeakyReLU, nn.Mish))
     named = list(model.named_modules())
     for i, (path, m) in enumerate(named):
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             eps[repr(float(m.eps))] = eps.get(repr(float(m.eps)), 0) + 1
-        elif isinstance(m, act_types) or type(m).__name__ in ("Swish", "SiLU", "MemoryEfficientSwish", "HardSwish"):
+        elif _is_activation(m):
             acts[type(m).__name__] = acts.get(type(m).__name__, 0) + 1
         elif isinstance(m, nn.Conv2d) and max(m.stride) > 1:
             convs[path] = {"class": type(m).__name__, "kernel": list(m.kernel_size), "stride": list(m.stride),
@@ -279,6 +296,8 @@ def main(argv=None):
             patched += _patch_same(model)
         if "eps" in fixes:
             _patch_eps(model, job["bn_eps"])
+        if "act" in fixes:
+            _patch_act(model, job["activation"])
         info.setdefault("patched", {})[vname] = patched
         for iname, x in inputs.items():
             got = {}

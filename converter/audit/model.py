@@ -41,7 +41,7 @@ DRIVER = Path(__file__).with_name("driver.py")
 LIBRARIES = {"timm": "timm", "mmpretrain": "mmpretrain", "transformers": "transformers"}
 # the model-class / zoo-name default per layout where the table's own name is not the library's model
 # (Layout.library_model gives timm's model name and mmpretrain's arch)
-VARIANTS = {"base": [], "same": ["same"], "eps": ["eps"], "same+eps": ["same", "eps"]}
+VARIANTS = {"base": [], "same": ["same"], "eps": ["eps"], "act": ["act"], "same+eps": ["same", "eps"]}
 # official activation (ArchSpec.activation) -> the names the libraries give it
 ACTIVATIONS = {"swish": ("SiLU", "Swish", "MemoryEfficientSwish", "silu", "swish", "SiLUActivation"),
                "relu": ("ReLU", "relu"), "relu6": ("ReLU6", "relu6")}
@@ -244,7 +244,7 @@ def diagnose(spec, runs: Dict[str, Dict[str, object]], info: Dict[str, object]) 
     desc = info.get("model", {}) if info else {}
     fixed = {k for k, v in runs.items() if k != "base" and v["exact"]}
     # the smallest set of official settings that makes the library's model exact
-    cure = next((VARIANTS[k] for k in ("same", "eps", "same+eps") if k in fixed), None)
+    cure = next((VARIANTS[k] for k in ("same", "eps", "act", "same+eps") if k in fixed), None)
     eps_set = {float(k) for k in desc.get("bn_eps", {})}
     convs = desc.get("strided_convs", {})
     symmetric = {p: c for p, c in convs.items() if isinstance(c["padding"], list) and any(c["padding"])}
@@ -268,10 +268,12 @@ def diagnose(spec, runs: Dict[str, Dict[str, object]], info: Dict[str, object]) 
                                    "library's model computes the official logits" if cure and "eps" in cure else "")})
     acts = set(desc.get("activations", {}))
     want = set(ACTIVATIONS.get(spec.activation, ()))
-    if acts and want and not acts & want:
-        out.append({"cause": "activation", "confirmed": False,
-                    "evidence": f"the library's model uses {', '.join(sorted(acts))} where the official model uses "
-                                f"{spec.activation}"})
+    if (cure and "act" in cure) or (acts and want and not acts & want):
+        out.append({"cause": "activation", "confirmed": bool(cure and "act" in cure),
+                    "evidence": f"the library's model uses {', '.join(sorted(acts)) or 'other activations'} where the "
+                                f"official model uses {spec.activation}"
+                                + ("; with the official activation it computes the official logits"
+                                   if cure and "act" in cure else "")})
     if getattr(spec, "family", "") and any(getattr(b, "experts", 0) for b in spec.blocks()) and not out:
         out.append({"cause": "routing", "confirmed": False,
                     "evidence": "a CondConv model diverges with exact weights: its routing (sigmoid of the pooled "
