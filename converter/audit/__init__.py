@@ -441,12 +441,16 @@ def format_report(r: Dict[str, object]) -> str:
     else:
         lines.append(f"2. model: {r['library']['model']} vs the TensorFlow reference ({m['reference_weights']} weights) "
                      f"at {m['resolution']} px on {len(m['images'])} image(s), stage by stage:")
-        lines.append(f"     {'official stage':<40} {'library module':<40} {'rel error':>10} {'tolerance':>10}")
-        shown = [row for row in m["rows"] if row["kind"] in ("stage", "logits")]
+        lines.append(f"     {'official stage (conv / batch norm in the first diverging one)':<64} {'library module':<32} "
+                     f"{'rel error':>10} {'tolerance':>10}")
         fd = r.get("first_divergence")
+        # every stage; inside the first diverging one its convs and batch norms too (as verify --trace)
+        shown = [row for row in m["rows"] if row["kind"] in ("stage", "logits")
+                 or (fd and row.get("stage") == fd["official"])]
         for row in shown:
             flag = "" if row["ok"] else "  <-- differs"
-            lines.append(f"     {row['official'][:40]:<40} {str(row['module'])[:40]:<40} {row['rel_error']:>10.3g} "
+            name = row["official"] if row["kind"] in ("stage", "logits") else f"  {row['kind']} {row['official']}"
+            lines.append(f"     {name[:64]:<64} {str(row['module'])[:32]:<32} {row['rel_error']:>10.3g} "
                          f"{row['tolerance']:>10.3g}{flag}")
         if fd:
             lines.append(f"   first divergence: {fd['official']}: {fd['kind']} {fd['layer']} (module {fd['module']}), "

@@ -147,8 +147,8 @@ def differences(off: Dict[str, object], dec: Dict[str, object]) -> List[Dict[str
     if dec["channels"] != off["channels"]:
         add("channels", what="BGR fed to a model trained on RGB")
     if dec["resize"] != off["resize"] or dec["crop_mode"] not in (off["crop_mode"], "squash", "none"):
-        then = ", resize then crop (the official eval crops, then resizes)" if dec["crop_mode"] == "resize-then-crop" else ""
-        add("resize", counts=False, what=f"resized by {dec['resize']} instead of {off['resize']}{then}")
+        then = "resized, then cropped: the official eval crops, then resizes" if dec["crop_mode"] == "resize-then-crop" else ""
+        add("resize", counts=False, what=then)
     return out
 
 
