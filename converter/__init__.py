@@ -12,11 +12,12 @@ def build_model(variant, num_classes=None):
     return _build(variant, num_classes)
 
 
-def load_model(path, device="cpu"):
-    """Load a converted file (.safetensors or .pth) into the module, in eval mode."""
+def load_model(path, device="cpu", endpoints=None, **kwargs):
+    """Load a converted file (.safetensors or .pth) into the module, in eval mode (converter.loading.load_model);
+    with ``endpoints`` (official endpoint names, or ``"reductions"``) a backbone returning those maps."""
     from .loading import load_model as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, endpoints=endpoints, **kwargs)
 
 
 __all__ = ["ConversionError", "VerificationError", "build_model", "load_model", "__version__"]

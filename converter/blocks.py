@@ -5,6 +5,8 @@ mode; the families' own block modules (converter/families/*/modules.py) build on
 """
 from __future__ import annotations
 
+from typing import List, Tuple
+
 import torch
 from torch import nn
 
@@ -64,6 +66,9 @@ class MBConv(nn.Module):
     """efficientnet_model.MBConvBlock in eval mode (drop-connect is identity at inference)."""
 
     BN_FUSION = (("expand_conv", "bn0"), ("dw_conv", "bn1"), ("project_conv", "bn2"))
+    # the block's own endpoints (efficientnet_model.MBConvBlock.endpoints at tensorflow/tpu 7dc921f;
+    # effnetv2_model's, MnasBlock's, MixnetBlock's alike), as forward_with_endpoints returns them
+    ENDPOINTS = ("expansion_output",)
 
     def __init__(self, b: Block, eps: float, act: str):
         super().__init__()
@@ -81,13 +86,24 @@ class MBConv(nn.Module):
         self.act = make_activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_endpoints(x)[0]
+
+    @staticmethod
+    def endpoint_dims(b: Block) -> List[Tuple[int, int]]:
+        """(channels, stride from the block's input) of each of ENDPOINTS."""
+        return [(b.mid_channels, b.stride)]
+
+    def forward_with_endpoints(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """(the block's output, [its ENDPOINTS]): MBConvBlock.call's ``expansion_output`` is the
+        tensor the project conv takes (after the depthwise conv, BN, act and SE)."""
         y = x
         if hasattr(self, "expand_conv"):
             y = self.act(self.bn0(self.expand_conv(y)))
         y = self.act(self.bn1(self.dw_conv(y)))
         if self.se is not None:
             y = self.se(y)
+        expansion = y
         y = self.bn2(self.project_conv(y))
         if self.residual:
             y = drop_connect(y, self.survival_prob, self.training) + x
-        return y
+        return y, [expansion]

@@ -14,6 +14,12 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 Rows = Tuple[Tuple, ...]
 
+# What an official head endpoint is (Family.head_endpoints; the TF reference's ModelRef.head_endpoints):
+# the last block's output, the head conv's (after BN and act), its global average pool ([N, C];
+# [N, C, 1, 1] with local pooling, as the official avg_pool keeps it), that pool after dropout, the logits
+LAST_BLOCK, HEAD_1X1, POOLED, DROPPED, LOGITS = "last_block", "head_1x1", "pooled", "dropped", "logits"
+HEAD_TENSORS = (LAST_BLOCK, HEAD_1X1, POOLED, DROPPED, LOGITS)
+
 
 @dataclass(frozen=True)
 class Training:
@@ -79,6 +85,9 @@ class Family:
     preprocessing: Mapping[str, object] = field(default_factory=dict)
     # normalization (0-1 scale) of the generator's synthetic inputs by label, where not ImageNet's
     synthetic_norm: Mapping[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = field(default_factory=dict)
+    # the official model's endpoints after its blocks, in its dict's order: (key, one of HEAD_TENSORS);
+    # stem, block_{i}, reduction_{k} and the blocks' own come from the blocks (converter/endpoints.py)
+    head_endpoints: Tuple[Tuple[str, str], ...] = ()
     # (ArchSpec, checkpoint flavor or None) -> its official Training settings (None: the registry's default)
     training: Optional[Callable[[object, Optional[str]], Training]] = None
 

@@ -91,6 +91,25 @@ class EfficientNet(nn.Module):
         return self.classifier(self.dropout(x))
 
     @torch.jit.unused
+    def forward_endpoints(self, x) -> Dict[str, torch.Tensor]:
+        """The official ``model.endpoints`` of ``x`` (NCHW): ``stem``, ``block_{i}``, ``reduction_{k}``,
+        ``block_{i}/expansion_output``..., the family's head endpoints; official keys and order, by the
+        same modules as forward (converter/endpoints.py; a backbone of some: ``features(endpoints)``)."""
+        if not isinstance(x, torch.Tensor):
+            x = self._as_input(x)
+        f = self.features()
+        return dict(zip(f.endpoints, f(x)))
+
+    @torch.jit.unused
+    def features(self, endpoints=None) -> nn.Module:
+        """A module returning the official endpoints ``endpoints`` (names, ``"reductions"``; None: all)
+        as a list in that order, with ``feature_info``; it shares this model's modules
+        (converter.endpoints.EfficientNetFeatures)."""
+        from .endpoints import EfficientNetFeatures
+
+        return EfficientNetFeatures(self, endpoints)
+
+    @torch.jit.unused
     def _as_input(self, x) -> torch.Tensor:
         """An NCHW array (numpy, or anything torch.as_tensor takes) on the model's device, in its dtype."""
         w = self.classifier.weight

@@ -127,19 +127,25 @@ class BlockRef:
     ``names(spec, block)``: the block's names (anything with ``bn0``/``bn1``/``bn2``);
     ``kernels(block, names)``: {role: (variable, shape)} when the variables follow
     ``kernel_variables`` (else ``variables(spec, block, names)``); ``call(block, names, kernels,
-    x, w, bn, act)``: the block's output before the residual.
+    x, w, bn, act)``: the block's output before the residual. ``endpoints``: the official block's
+    own endpoints (its ``self.endpoints`` keys, e.g. ``expansion_output``); where there are any,
+    ``call`` also takes ``endpoint=``, a ``(name, tensor)`` callable it gives each of them to.
     """
 
     names: Callable
     call: Callable
     kernels: Optional[Callable] = None
     variables: Optional[Callable] = None
+    endpoints: Tuple[str, ...] = ()
 
     def block_variables(self, spec, b, n) -> Variables:
         return self.variables(spec, b, n) if self.variables else kernel_variables(b, n, self.kernels(b, n))
 
-    def run(self, b, n, x, w, bn, act):
-        return self.call(b, n, self.kernels(b, n) if self.kernels else None, x, w, bn, act)
+    def run(self, b, n, x, w, bn, act, endpoint: Optional[Callable] = None):
+        kv = self.kernels(b, n) if self.kernels else None
+        if self.endpoints:
+            return self.call(b, n, kv, x, w, bn, act, endpoint=endpoint or (lambda name, t: None))
+        return self.call(b, n, kv, x, w, bn, act)
 
 
 @dataclass(frozen=True)
@@ -169,8 +175,11 @@ class ModelRef:
     """The model-level TF reference of a family: its names, and how a checkpoint's own names are
     matched where they carry Keras counters (``aliases(spec, wanted, available) -> {ours: theirs}``
     for our names ``wanted`` and the checkpoint's ``available``);
-    ``kernel_shapes(spec)``: {variable: per-example kernel shape} of routed (CondConv) kernels."""
+    ``kernel_shapes(spec)``: {variable: per-example kernel shape} of routed (CondConv) kernels;
+    ``head_endpoints``: the official model's endpoints after its blocks, in its dict's order:
+    (key, one of converter.family.HEAD_TENSORS), as the family's official Model.call sets them."""
 
     names: Callable[[object], ModelNames] = scoped_model_names
     aliases: Callable[[object, object, object], Dict[str, str]] = no_aliases
     kernel_shapes: Callable[[object], Dict[str, Tuple[int, ...]]] = lambda spec: {}
+    head_endpoints: Tuple[Tuple[str, str], ...] = ()

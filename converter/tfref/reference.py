@@ -33,6 +33,7 @@ import numpy as np
 
 from ..arch import FUSED_STRIDE_DEFAULT, FUSED_STRIDES, ArchSpec, Block
 from ..errors import ConversionError, first_line
+from ..family import DROPPED, HEAD_1X1, LAST_BLOCK, LOGITS, POOLED
 from ..registry import family_of, get_arch, kind_of, variants_help
 from .ops import BlockRef, ModelNames, activation, bn_inference, bn_variables, conv, tf
 
@@ -231,9 +232,10 @@ def load_weights(spec: ArchSpec, get: Getter, device: Optional[str] = None,
 
 
 def _walk(spec: ArchSpec, w: Callable[[str], object], x, bn: Callable[[str, object], object],
-          trace: Optional[Trace] = None):
+          trace: Optional[Trace] = None, endpoints: Optional[Callable[[str, object], None]] = None):
     """One eval-mode pass (efficientnet_model.Model.call and its families'); ``w(name)`` gives a
-    variable, ``bn(prefix, x)`` applies one BN; every block by its kind's reference."""
+    variable, ``bn(prefix, x)`` applies one BN; every block by its kind's reference.
+    ``endpoints(key, tensor)``, if given, receives the official ``model.endpoints`` in their order."""
     t = tf()
     s = spec.scope
     m = model_names(spec)
@@ -243,25 +245,48 @@ def _walk(spec: ArchSpec, w: Callable[[str], object], x, bn: Callable[[str, obje
         if trace is not None:
             trace(name, v.numpy())
 
+    def endpoint(name: str, v) -> None:
+        if endpoints is not None:
+            endpoints(name, v)
+
     x = act(bn(m.stem_bn, conv(x, w(f"{m.stem}/kernel"), 2)))
     emit(f"{s}/stem", x)
-    for b in spec.blocks():
+    endpoint("stem", x)
+    blocks = spec.blocks()
+    reduction_idx = 0
+    for idx, b in enumerate(blocks):
+        # Model.call (tensorflow/tpu 7dc921f; EffNetV2Model, MnasNetModel, MixnetModel alike): the last
+        # block and each block before a strided one are reduction points, counted from 1
+        is_reduction = idx == len(blocks) - 1 or blocks[idx + 1].stride > 1
+        reduction_idx += is_reduction
         ref = block_ref(b)
         inputs = x
-        x = ref.run(b, ref.names(spec, b), x, w, bn, act)
+        own: Dict[str, object] = {}
+        x = ref.run(b, ref.names(spec, b), x, w, bn, act, endpoint=own.__setitem__)
         if b.residual:
             x = x + inputs
         emit(f"{s}/blocks_{b.index}", x)
-    x = act(bn(m.head_bn, conv(x, w(f"{m.head}/kernel"), 1)))
+        keys = [f"block_{idx}"] + ([f"reduction_{reduction_idx}"] if is_reduction else [])
+        for key in keys:
+            endpoint(key, x)
+        for name, v in own.items():  # the block's own endpoints
+            for key in keys:
+                endpoint(f"{key}/{name}", v)
+    head = {LAST_BLOCK: x}
+    x = head[HEAD_1X1] = act(bn(m.head_bn, conv(x, w(f"{m.head}/kernel"), 1)))
     if spec.local_pooling:
         # efficientnet_model.Model.call with local_pooling: avg_pool over the whole map, squeeze
         x = t.nn.avg_pool(x, ksize=[1, int(x.shape[1]), int(x.shape[2]), 1], strides=[1, 1, 1, 1],
                           padding="VALID")
+        head[POOLED] = head[DROPPED] = x  # dropout: identity in eval
         x = t.squeeze(x, [1, 2])
     else:
-        x = t.reduce_mean(x, [1, 2])  # GlobalAveragePooling2D
+        x = head[POOLED] = head[DROPPED] = t.reduce_mean(x, [1, 2])  # GlobalAveragePooling2D
     emit(f"{s}/head/pooled", x)
-    return t.matmul(x, w(f"{m.dense}/kernel")) + w(f"{m.dense}/bias")
+    logits = head[LOGITS] = t.matmul(x, w(f"{m.dense}/kernel")) + w(f"{m.dense}/bias")
+    for name, what in family_of(spec).reference().head_endpoints:
+        endpoint(name, head[what])
+    return logits
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:

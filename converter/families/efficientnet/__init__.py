@@ -8,7 +8,7 @@ checkpoints (checkpoints.py), its block kinds ``mbconv`` (also EfficientNetV2's)
 import importlib
 
 from ... import arch as base
-from ...family import Family, Kind
+from ...family import DROPPED, HEAD_1X1, LAST_BLOCK, LOGITS, POOLED, Family, Kind
 from ...keras_names import counter_name
 from . import arch, checkpoints, training
 
@@ -64,4 +64,8 @@ FAMILY = Family(
     keras_rows=lambda b: "BLOCK_EXPAND" if b.has_expand else "BLOCK_NO_EXPAND",
     synthetic_norm={"lite": _OWN_NORM, "edgetpu": _OWN_NORM, "condconv": _OWN_NORM},
     training=training.training,  # official batch norm, drop-connect, dropout (training.py)
+    # efficientnet_model.Model.call (tensorflow/tpu 7dc921f; Lite, EdgeTPU and CondConv build this Model):
+    # 'features' before the head conv, 'global_pool' after dropout, 'head' the logits
+    head_endpoints=(("features", LAST_BLOCK), ("head_1x1", HEAD_1X1), ("pooled_features", POOLED),
+                    ("global_pool", DROPPED), ("head", LOGITS)),
 )

@@ -6,12 +6,14 @@ Mirrors tensorflow/tpu models/official/efficientnet/efficientnet_model.py
 """
 from __future__ import annotations
 
+from typing import List, Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...arch import Block
-from ...blocks import SqueezeExcite, drop_connect, make_activation
+from ...blocks import MBConv, SqueezeExcite, drop_connect, make_activation
 from ...layers import BatchNorm2dTF, Conv2dSame
 
 
@@ -27,6 +29,7 @@ class FusedMBConv(nn.Module):
     """
 
     BN_FUSION = (("expand_conv", "bn0"), ("project_conv", "bn1"))
+    ENDPOINTS = ("expansion_output",)  # the block's own endpoints (forward_with_endpoints)
     # without expansion: False, the 1x1 project conv alone (EdgeTPU); True, [SE] -> one kxk conv
     # carrying the stride -> BN -> act (effnetv2_model.FusedMBConvBlock: "add act if no expansion")
     KXK_ALONE = False
@@ -51,11 +54,24 @@ class FusedMBConv(nn.Module):
         self.act = make_activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_endpoints(x)[0]
+
+    @staticmethod
+    def endpoint_dims(b: Block) -> List[Tuple[int, int]]:
+        """(channels, stride from the block's input) of each of ENDPOINTS: the expand conv's output
+        (strided where it carries the stride), else the block input."""
+        return [(b.mid_channels, b.expand_stride)] if b.has_expand else [(b.in_channels, 1)]
+
+    def forward_with_endpoints(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """(output, [expansion_output]): MBConvBlockWithoutDepthwise.call (tensorflow/tpu 7dc921f) and
+        effnetv2_model.FusedMBConvBlock.call (google/automl 6a54c87) take ``expansion_output`` after
+        the expand conv's act, before the SE (the block input without expansion)."""
         # hasattr, not a bool attribute: TorchScript folds hasattr on a module at compile time and
         # compiles only the branch that exists (a bool attribute would compile both: no bn0)
         y = x
         if hasattr(self, "expand_conv"):
             y = self.act(self.bn0(self.expand_conv(y)))
+        expansion = y
         if self.se is not None:
             y = self.se(y)
         y = self.bn1(self.project_conv(y))
@@ -63,7 +79,7 @@ class FusedMBConv(nn.Module):
             y = self.act(y)
         if self.residual:
             y = drop_connect(y, self.survival_prob, self.training) + x
-        return y
+        return y, [expansion]
 
 
 class CondConv2dSame(Conv2dSame):
@@ -111,6 +127,7 @@ class CondConvMBConv(nn.Module):
     """
 
     BN_FUSION = ()  # per-example kernels: nothing folded
+    ENDPOINTS = ("expansion_output",)  # the block's own endpoints (forward_with_endpoints)
 
     def __init__(self, b: Block, eps: float, act: str):
         super().__init__()
@@ -133,6 +150,12 @@ class CondConvMBConv(nn.Module):
         return torch.sigmoid(self.routing(x.mean((2, 3))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_endpoints(x)[0]
+
+    endpoint_dims = staticmethod(MBConv.endpoint_dims)
+
+    def forward_with_endpoints(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """(output, [expansion_output]): as MBConv's, the tensor the project conv takes (after SE)."""
         r = self.routing_weights(x)
         y = x
         if hasattr(self, "expand_conv"):
@@ -140,7 +163,8 @@ class CondConvMBConv(nn.Module):
         y = self.act(self.bn1(self.dw_conv(y, r)))
         if self.se is not None:
             y = self.se(y)
+        expansion = y
         y = self.bn2(self.project_conv(y, r))
         if self.residual:
             y = drop_connect(y, self.survival_prob, self.training) + x
-        return y
+        return y, [expansion]

@@ -11,6 +11,7 @@ from typing import Dict, Iterable, Tuple
 
 from ...arch import KIND_CONDCONV, Block
 from ...errors import ConversionError
+from ...family import DROPPED, HEAD_1X1, LAST_BLOCK, LOGITS, POOLED
 from ...keras_names import counter_name, match_counters
 from ...tfref.ops import (BN_NAME, BlockNames, BlockRef, Kernels, ModelRef, conv, depthwise_conv, se_gate, tf)
 
@@ -89,7 +90,7 @@ def mbconv_kernels(b: Block, n: BlockNames) -> Kernels:
     return out
 
 
-def _fused_call(b: Block, n: BlockNames, kv: Kernels, x, w, bn, act):
+def _fused_call(b: Block, n: BlockNames, kv: Kernels, x, w, bn, act, endpoint):
     # efficientnet_model.MBConvBlockWithoutDepthwise._build/call: the stride on the kxk
     # expand conv (tensorflow/tpu since 32572cb, 2020-12-27; HEAD 7dc921f) or, with
     # spec.fused_stride "project", on the 1x1 project conv (631fb4c, 2019-07-19)
@@ -103,24 +104,26 @@ def _fused_call(b: Block, n: BlockNames, kv: Kernels, x, w, bn, act):
         x = act(bn(n.bn0, conv(x, w(kv["expand"][0]), expand_stride)))
     elif expand_stride != 1:
         raise ConversionError(f"blocks_{b.index}: a strided fused block without expand conv")
+    endpoint("expansion_output", x)  # MBConvBlockWithoutDepthwise.call: after the expand conv's act (or the input)
     return bn(n.bn2, conv(x, w(kv["project"][0]), project_stride))
 
 
-def _mbconv_body(b: Block, n: BlockNames, x, w, bn, act, conv_role):
+def _mbconv_body(b: Block, n: BlockNames, x, w, bn, act, conv_role, endpoint):
     # efficientnet_model.MBConvBlock.call: [expand conv, BN, act], depthwise, BN, act, [SE], project, BN
     if n.expand:
         x = act(bn(n.bn0, conv_role(x, "expand", 1)))
     x = act(bn(n.bn1, conv_role(x, "depthwise", b.stride)))
     if n.se_reduce:
         x = se_gate(x, n, w, act)
+    endpoint("expansion_output", x)  # self.endpoints = {'expansion_output': x}, after the SE
     return bn(n.bn2, conv_role(x, "project", 1))
 
 
-def mbconv_call(b: Block, n: BlockNames, kv: Kernels, x, w, bn, act):
+def mbconv_call(b: Block, n: BlockNames, kv: Kernels, x, w, bn, act, endpoint):
     def conv_role(t, role, stride):
         return (depthwise_conv if role == "depthwise" else conv)(t, w(kv[role][0]), stride)
 
-    return _mbconv_body(b, n, x, w, bn, act, conv_role)
+    return _mbconv_body(b, n, x, w, bn, act, conv_role, endpoint)
 
 
 def _condconv(x, routing, experts, kernel_shape, stride: int, depthwise: bool):
@@ -141,7 +144,7 @@ def _per_example_shapes(b: Block) -> Dict[str, Tuple[int, int, int, int]]:
             "project": (1, 1, b.mid_channels, b.out_channels)}
 
 
-def _condconv_call(b: Block, n: BlockNames, kv: Kernels, x, w, bn, act):
+def _condconv_call(b: Block, n: BlockNames, kv: Kernels, x, w, bn, act, endpoint):
     # MBConvBlock.call with condconv: GlobalAveragePooling2D of the block input -> Dense(sigmoid)
     t = tf()
     pooled = t.reduce_mean(x, [1, 2])
@@ -151,7 +154,7 @@ def _condconv_call(b: Block, n: BlockNames, kv: Kernels, x, w, bn, act):
     def conv_role(x_, role, stride):
         return _condconv(x_, routing, w(kv[role][0]), per_example[role], stride, role == "depthwise")
 
-    return _mbconv_body(b, n, x, w, bn, act, conv_role)
+    return _mbconv_body(b, n, x, w, bn, act, conv_role, endpoint)
 
 
 def condconv_kernel_shapes(spec) -> Dict[str, Tuple[int, int, int, int]]:
@@ -188,7 +191,13 @@ def condconv_aliases(spec, wanted: Iterable[str], available: Iterable[str]) -> D
                           describe=lambda k: (f"{k[0]}/blocks_{k[1]}", k[2]))
 
 
-MBCONV = BlockRef(mbconv_names, mbconv_call, kernels=mbconv_kernels)
-FUSED = BlockRef(_fused_names, _fused_call, kernels=_fused_kernels)
-CONDCONV = BlockRef(_condconv_names, _condconv_call, kernels=_condconv_kernels)
-MODEL = ModelRef(aliases=condconv_aliases, kernel_shapes=condconv_kernel_shapes)
+# every block's own endpoints (MBConvBlock.call, MBConvBlockWithoutDepthwise.call at tensorflow/tpu 7dc921f)
+_ENDPOINTS = ("expansion_output",)
+MBCONV = BlockRef(mbconv_names, mbconv_call, kernels=mbconv_kernels, endpoints=_ENDPOINTS)
+FUSED = BlockRef(_fused_names, _fused_call, kernels=_fused_kernels, endpoints=_ENDPOINTS)
+CONDCONV = BlockRef(_condconv_names, _condconv_call, kernels=_condconv_kernels, endpoints=_ENDPOINTS)
+# efficientnet_model.Model.call (7dc921f): 'features' (last block), 'head_1x1' (head conv, BN, act),
+# 'pooled_features' (the pool), 'global_pool' (after dropout), 'head' (after the dense layer)
+MODEL = ModelRef(aliases=condconv_aliases, kernel_shapes=condconv_kernel_shapes,
+                 head_endpoints=(("features", LAST_BLOCK), ("head_1x1", HEAD_1X1), ("pooled_features", POOLED),
+                                 ("global_pool", DROPPED), ("head", LOGITS)))

@@ -7,7 +7,7 @@ its MBConv blocks are EfficientNet's kind ``mbconv``.
 import importlib
 
 from ...checkpoint import Preprocessing
-from ...family import Family, Kind
+from ...family import DROPPED, HEAD_1X1, LAST_BLOCK, POOLED, Family, Kind
 from . import arch as arch_v2
 from . import checkpoints as zoo_v2
 from . import training as training_v2
@@ -31,7 +31,7 @@ FAMILY = Family(
     variants_help=_SIZES,
     checkpoints=lambda: zoo_v2.CHECKPOINTS_V2,
     finder=zoo_v2.find_v2,
-    reference=lambda: importlib.import_module("converter.tfref.ops").ModelRef(),
+    reference=lambda: _reference().MODEL,
     name_prefixes={"efficientnetv2-": "v2-"},
     # mmpretrain's EfficientNetV2 backbone: one ``layers`` entry per block string
     groups_per_stage=True,
@@ -42,4 +42,8 @@ FAMILY = Family(
     preprocessing={"v1": Preprocessing(), "v2": Preprocessing(v2="v2"), "v2-ft": Preprocessing(v2="v2-ft")},
     synthetic_norm={arch_v2.FAMILY: ((127.0 / 255.0,) * 3, (128.0 / 255.0,) * 3)},  # the generator's inputs
     training=training_v2.training,  # official batch norm, drop-connect, dropout per flavor (training.py)
+    # effnetv2_model.EffNetV2Model.call + Head.call (google/automl 6a54c87): no 'global_pool'; 'head'
+    # is the pool after dropout (the logits are no endpoint)
+    head_endpoints=(("features", LAST_BLOCK), ("head_1x1", HEAD_1X1), ("pooled_features", POOLED),
+                    ("head", DROPPED)),
 )

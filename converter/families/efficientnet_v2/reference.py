@@ -2,7 +2,8 @@
 effnetv2_model.FusedMBConvBlock) in eval mode, by official names. V2's MBConv blocks are V1's kind."""
 from __future__ import annotations
 
-from ...tfref.ops import BN_NAME, BlockNames, BlockRef, Kernels, conv, se_gate
+from ...family import DROPPED, HEAD_1X1, LAST_BLOCK, POOLED
+from ...tfref.ops import BN_NAME, BlockNames, BlockRef, Kernels, ModelRef, conv, se_gate
 
 
 def _names(spec, block) -> BlockNames:
@@ -26,15 +27,20 @@ def _kernels(b, n: BlockNames) -> Kernels:
     return {"project": (f"{n.project}/kernel", (k, k, b.in_channels, b.out_channels))}
 
 
-def _call(b, n: BlockNames, kv: Kernels, x, w, bn, act):
+def _call(b, n: BlockNames, kv: Kernels, x, w, bn, act, endpoint):
     # effnetv2_model.FusedMBConvBlock.call: the kxk expand conv carries the stride, then
     # act, [SE], the 1x1 project conv + BN; without expansion one strided kxk conv + BN + act
     if n.expand:
         x = act(bn(n.bn0, conv(x, w(kv["expand"][0]), b.stride)))
+    endpoint("expansion_output", x)  # FusedMBConvBlock.call: after the expansion (or the input), before the SE
     if n.se_reduce:
         x = se_gate(x, n, w, act)
     x = bn(n.bn2, conv(x, w(kv["project"][0]), 1 if n.expand else b.stride))
     return x if n.expand else act(x)  # "add act if no expansion"
 
 
-FUSED_V2 = BlockRef(_names, _call, kernels=_kernels)
+FUSED_V2 = BlockRef(_names, _call, kernels=_kernels, endpoints=("expansion_output",))
+# EffNetV2Model.call + Head.call (6a54c87): 'features' (last block), 'head_1x1', 'pooled_features', and
+# 'head' the pool after dropout (no 'global_pool' without local pooling; the logits are no endpoint)
+MODEL = ModelRef(head_endpoints=(("features", LAST_BLOCK), ("head_1x1", HEAD_1X1), ("pooled_features", POOLED),
+                                 ("head", DROPPED)))

@@ -8,7 +8,7 @@ mappings/timm_mnasnet.py: roles its names resolve) and TF reference (reference.p
 import importlib
 
 from ...checkpoint import Preprocessing
-from ...family import Family, Kind
+from ...family import LAST_BLOCK, LOGITS, Family, Kind
 from . import arch as mnasnet
 from . import checkpoints as zoo_mnasnet
 from . import training as training_mnas
@@ -46,4 +46,7 @@ FAMILY = Family(
     roles=mnasnet.model_roles,
     preprocessing={zoo_mnasnet.PREPROCESSING: Preprocessing(resize=mnasnet.INTERPOLATION)},
     training=training_mnas.training,  # official batch norm and dropout, no drop-connect (training.py)
+    # mnasnet_model.MnasNetModel.call and mixnet_model.MixnetModel.call (tensorflow/tpu 7dc921f):
+    # 'global_pool' is the last block's output (before the head conv), 'head' the logits
+    head_endpoints=(("global_pool", LAST_BLOCK), ("head", LOGITS)),
 )

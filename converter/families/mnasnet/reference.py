@@ -13,6 +13,7 @@ import functools
 from typing import Dict, Iterable, List, Tuple
 
 from ...arch import Block
+from ...family import LAST_BLOCK, LOGITS
 from ...tfref.ops import BlockRef, ModelNames, ModelRef, Variables, bn_variables, conv, depthwise_conv, se_gate, swish, tf
 from .arch import BlockLayers, MixBlock, keras_aliases, layers, split_channels
 
@@ -65,7 +66,7 @@ def _split_apply(x, names: Tuple[str, ...], w, op):
     return tf().concat([op(p, w(n)) for p, n in zip(parts, names)], axis=-1)
 
 
-def _call(b: Block, n: BlockLayers, kv, x, w, bn, act):
+def _call(b: Block, n: BlockLayers, kv, x, w, bn, act, endpoint):
     """MnasBlock.call / MixnetBlock.call: ReLU, or swish in MixNet's ``sw`` blocks (their SE too)."""
     act = swish if isinstance(b, MixBlock) and b.swish else tf().nn.relu
     if n.expand:
@@ -74,6 +75,7 @@ def _call(b: Block, n: BlockLayers, kv, x, w, bn, act):
                                     lambda t, k: depthwise_conv(t, k, b.stride))))
     if n.se_reduce:
         x = se_gate(x, n, w, act)
+    endpoint("expansion_output", x)  # self.endpoints = {'expansion_output': x}, after the SE
     return bn(n.bn2, _split_apply(x, tuple(f"{p}/kernel" for p in n.project), w, lambda t, k: conv(t, k, 1)))
 
 
@@ -86,5 +88,6 @@ def _aliases(spec, wanted: Iterable[str], available: Iterable[str]) -> Dict[str,
     return keras_aliases(wanted, available)
 
 
-BLOCK = BlockRef(_names, _call, variables=_variables)
-MODEL = ModelRef(names=_model_names, aliases=_aliases)
+BLOCK = BlockRef(_names, _call, variables=_variables, endpoints=("expansion_output",))
+# MnasNetModel.call / MixnetModel.call: 'global_pool' is the last block's output, 'head' the logits
+MODEL = ModelRef(names=_model_names, aliases=_aliases, head_endpoints=(("global_pool", LAST_BLOCK), ("head", LOGITS)))

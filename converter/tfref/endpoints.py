@@ -1,0 +1,85 @@
+"""The TensorFlow reference's official endpoints (``model.endpoints``), for converter/verify/endpoints.py.
+
+Command line: the reference's (converter/tfref/reference.py: logits as usual) plus::
+
+    python -m converter.tfref.endpoints ... --endpoints ENDPOINTS.npz [--endpoint-images N]
+
+One eval-mode pass of the reference (reference._walk, the code that computes the logits) gives the
+official endpoints by their official keys, in the official dict's order: the walk applies the
+official rule (stem, block_{i}, reduction_{k}, each block kind's own endpoints where its reference
+emits them, the family's head endpoints of its ModelRef). The same pass runs again in float64
+(weights and images cast up): each endpoint's float32 rounding error, the tolerance's base.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..arch import ArchSpec
+from ..errors import ConversionError
+from .taps import rel_error
+
+
+def endpoint_pass(spec: ArchSpec, weights, images: np.ndarray) -> List[Tuple[str, np.ndarray]]:
+    """[(official key, array as TensorFlow computes it: NHWC maps)] of one pass of ``images``."""
+    from . import reference as R
+
+    tf = R._tf()
+    out: List[Tuple[str, np.ndarray]] = []
+
+    def bn(prefix: str, x):
+        return R.bn_inference(x, weights(f"{prefix}/gamma"), weights(f"{prefix}/beta"),
+                              weights(f"{prefix}/moving_mean"), weights(f"{prefix}/moving_variance"), spec.bn_eps)
+
+    with tf.device(weights.device):
+        x = tf.identity(tf.convert_to_tensor(images.astype(weights.dtype, copy=False)))
+        R._walk(spec, weights, x, bn, endpoints=lambda name, v: out.append((name, np.asarray(v.numpy()))))
+    return out
+
+
+def write_endpoints(path: str, spec: ArchSpec, get, weights, images: np.ndarray, device: str) -> None:
+    """Write the float32 endpoints of ``images`` and float32's error at each (vs float64) to ``path``.
+
+    npz keys: ``names`` (str array, the official keys in order), ``e0``... (float32, NHWC as computed),
+    ``noise`` (float64: ||float32 - float64|| / ||float64|| per endpoint).
+    """
+    from . import reference as R
+
+    if len(images) < 1:
+        raise ConversionError("endpoints: no images")
+    e32 = endpoint_pass(spec, weights, images)
+    w64 = R.load_weights(spec, get, device, dtype=np.float64)
+    e64 = endpoint_pass(spec, w64, images)
+    del w64
+    if [n for n, _ in e32] != [n for n, _ in e64]:
+        raise ConversionError("endpoints: the float32 and float64 passes gave different endpoints")
+    out = {f"e{i}": np.asarray(a, dtype=np.float32) for i, (_, a) in enumerate(e32)}
+    out["names"] = np.array([n for n, _ in e32])
+    out["noise"] = np.array([rel_error(a, b) for (_, a), (_, b) in zip(e32, e64)], dtype=np.float64)
+    with open(path, "wb") as f:
+        np.savez(f, **out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The reference's CLI; with the weights loaded, also the endpoints of the first ``--endpoint-images``."""
+    from . import reference as R
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--endpoints", required=True, metavar="ENDPOINTS.npz")
+    p.add_argument("--endpoint-images", type=int, default=None)
+    own, rest = p.parse_known_args(argv)
+    if own.endpoint_images is not None and own.endpoint_images < 1:
+        print(f"error: --endpoint-images must be at least 1, got {own.endpoint_images}", file=sys.stderr)
+        return 2
+
+    def after(spec, get, weights, images, device):
+        write_endpoints(own.endpoints, spec, get, weights, images[:own.endpoint_images], device)
+
+    return R.main(rest, after=after)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
