@@ -23,7 +23,7 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -230,6 +230,8 @@ def run_audit(args) -> Dict[str, object]:
         variants = [args.variant] if args.variant else None
         cand = _pick(candidates(af, layouts, variants), af, args, src.reader)
         layout = cand.layout
+        if layout in M.LIBRARIES:  # before anything heavy: the interpreter that runs the library
+            M.libs_python(args.libs_python, M.LIBRARIES[layout])
         table_layout = "native" if layout == KERAS else layout
         spec = get_arch(cand.variant).with_fused_stride(af.meta.get("fused_stride"))
         ck_classes = checkpoint_num_classes(src.reader, spec) or spec.num_classes
@@ -280,7 +282,7 @@ def run_audit(args) -> Dict[str, object]:
 def _model_check(args, report, prefix, ref_weights, spec, entries, layout, af, ckpt, files, overlay):
     """Question 2, into ``report["model"]``, ``report["first_divergence"]``, ``report["diagnosis"]``;
     returns the driver's info and the library's preprocessed arrays of ``files`` (None: not run)."""
-    from ..verify import REFERENCE_MODULE, image_names, reference_logits, verification_images
+    from ..verify import image_names, reference_logits, verification_images
     from ..verify.trace import Tracer
     from . import model as M
 

@@ -23,7 +23,6 @@ classes and the strided convs' padding.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import warnings
 

@@ -165,10 +165,6 @@ def _read_keras(path: Path) -> AuditedFile:
 # --------------------------------------------------------------------------- layout and variant
 
 
-def _classes_free(shape: Tuple[int, ...]) -> Tuple[int, ...]:
-    return tuple(shape)
-
-
 @dataclass(frozen=True)
 class Candidate:
     layout: str

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import ConversionError, first_line
+from ..errors import ConversionError
 from ..mapping import Entry, is_classifier
 from ..mappings.kinds import BN, BN_TRACKED
 from ..tfref.taps import BN_IN, BN_OUT, LOGITS, STAGE, rel_error

@@ -184,8 +184,11 @@ def _official_batch(files: Sequence[str], off: Dict[str, object], **change) -> n
         cfg["crop_pct"] = change["crop_pct"]
     mean, std = change.get("mean", off["mean"]), change.get("std", off["std"])
     out = []
+    if off.get("v2") and change:
+        raise ConversionError("a single field of EfficientNetV2's own eval is not measured (see the whole pipeline's "
+                              "effect)")
     for f in files:
-        if off.get("v2") and not change:
+        if off.get("v2"):
             out.append(preprocess(f, cfg))
             continue
         if change.get("crop_mode") == "squash":

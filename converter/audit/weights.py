@@ -13,7 +13,7 @@ A tensor equal to both twins (a variable the EMA never moved) counts as EMA.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -75,7 +75,7 @@ def classify(reader, entries: Sequence[Entry], tensors: Dict[str, np.ndarray], t
     extras = sorted(k for k in tensors if k not in used)
     copy = "ema" if counts["ema"] >= counts["raw"] else "raw"
     return {"counts": counts, "rows": rows, "extras": extras, "copy": copy,
-            "exact": counts["ema"] == len(rows) or (counts["raw"] == len(rows) and False)}
+            "exact": counts["ema"] == len(rows) and not extras}
 
 
 def _compare(reader, names, e: Entry, got: np.ndarray) -> Dict[str, object]:
@@ -119,17 +119,6 @@ def summary_line(w: Dict[str, object]) -> str:
         med = f"; neither: median rel diff {float(np.median([r['rel_diff'] for r in worst])):.3g}"
     return (f"weights: {total} official tensors: {c['ema']} EMA, {c['raw']} raw, {c['neither']} neither, "
             f"{c['missing']} missing; {len(w['extras'])} extra in the file{med}")
-
-
-def check_scope(reader, spec) -> Optional[str]:
-    """None when the checkpoint holds ``spec``'s scope, else the line saying whose it is."""
-    from ..convert import checkpoint_scopes
-
-    scopes = checkpoint_scopes(reader)
-    if spec.scope in scopes:
-        return None
-    raise ConversionError(f"the checkpoint's scope is {', '.join(scopes) or 'empty'} but the file is "
-                          f"{spec.name} ({spec.scope}): pass the checkpoint of the file's variant")
 
 
 def in_native(official_state: Dict[str, object], spec, entries: Sequence[Entry], tensors: Dict[str, np.ndarray],
