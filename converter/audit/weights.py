@@ -118,7 +118,21 @@ def summary_line(w: Dict[str, object]) -> str:
     if worst:
         med = f"; neither: median rel diff {float(np.median([r['rel_diff'] for r in worst])):.3g}"
     return (f"weights: {total} official tensors: {c['ema']} EMA, {c['raw']} raw, {c['neither']} neither, "
-            f"{c['missing']} missing; {len(w['extras'])} extra in the file{med}")
+            f"{c['missing']} missing; {len(w['extras'])} extra in the file{med}: {reading(w)}")
+
+
+def reading(w: Dict[str, object]) -> str:
+    """What the counts say, in words."""
+    c = w["counts"]
+    total = max(sum(c.values()), 1)
+    if c["ema"] == total:
+        return "the official EMA weights, bit for bit" + ("; but the file has more" if w["extras"] else "")
+    if c["raw"] == total:
+        return "the raw variables, not the EMA weights the official eval uses"
+    if c["neither"] >= 0.5 * total:
+        return "not this checkpoint's weights (another checkpoint, or altered)"
+    parts = [f"{c[k]} {k}" for k in ("raw", "neither", "missing") if c[k]]
+    return "mostly the EMA weights, except " + ", ".join(parts)
 
 
 def in_native(official_state: Dict[str, object], spec, entries: Sequence[Entry], tensors: Dict[str, np.ndarray],
