@@ -83,14 +83,16 @@ def test_own_outputs_audit_as_exact(ck, outputs, layout, tmp_path, capsys, monke
 
 # ---- weights ----
 
-def _naive_state_dict(ck, layout: str, ema: bool):
+def _naive_state_dict(ck, layout: str, ema: bool, consts: bool = True):
     """What a naive converter writes: the table's keys filled straight from the checkpoint by name (raw
-    variables unless ``ema``), re-laid by the independent rules of helpers.torch_layout; no metadata."""
+    variables unless ``ema``), re-laid by the independent rules of helpers.torch_layout; no metadata;
+    without ``consts`` no num_batches_tracked (the seed's converter copies the variables alone)."""
     reader = load_checkpoint(ck)
     sd = {}
     for e in expand("b0", layout):
         if e.const is not None:
-            sd[e.key] = torch.tensor(e.const)
+            if consts:
+                sd[e.key] = torch.tensor(e.const)
             continue
         name = e.tf_name + ("/ExponentialMovingAverage" if ema else "")
         sd[e.key] = torch.from_numpy(np.ascontiguousarray(torch_layout(e.tf_name, reader.get_tensor(name))))
@@ -98,12 +100,12 @@ def _naive_state_dict(ck, layout: str, ema: bool):
 
 
 def test_seed_converter_like_raw_weights(ck, tmp_path, capsys, monkeypatch):
-    """An mmpretrain checkpoint as the seed's tools/model_converters/efficientnet_to_mmpretrain.py writes it
-    (raw variables, {"state_dict", "meta"} without our metadata): every tensor "raw", the layout found from
-    its keys, the model exact against the reference on the raw weights; exit 3."""
+    """An mmpretrain state_dict as the seed's tools/model_converters/efficientnet_to_mmpretrain.py writes it
+    (torch.save of the raw variables under mmpretrain's keys, no num_batches_tracked, no metadata): every tensor "raw",
+    the layout found from its keys, the model exact against the reference on the raw weights; exit 3."""
     monkeypatch.setenv("EFFNET_LIBS_PYTHON", libs_python())
     f = tmp_path / "efficientnet-b0_seed.pth"
-    torch.save({"state_dict": _naive_state_dict(ck, "mmpretrain", ema=False), "meta": {"note": "seed"}}, f)
+    torch.save(_naive_state_dict(ck, "mmpretrain", ema=False, consts=False), f)
     rc, r, lines = audit(capsys, tmp_path, "--checkpoint", ck, "--weights", f, "--flavor", "aa", "--resolution", RES,
                          "--num-images", "1", code=3)
     assert r["layout"] == "mmpretrain" and r["verdict"] == "differs"

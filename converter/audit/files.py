@@ -195,7 +195,10 @@ def candidates(af: AuditedFile, layouts: Optional[List[str]] = None,
             except ConversionError:
                 continue
             keys = {(e.tf_name if lay == KERAS else e.key): e for e in entries if not (lay == KERAS and e.const is not None)}
-            if set(keys) != set(have):
+            # a buffer the table writes as a constant (BN num_batches_tracked) may be absent: converters that
+            # copy the checkpoint's variables alone (the seed's efficientnet_to_mmpretrain.py) leave it out
+            optional = {k for k, e in keys.items() if e.const is not None}
+            if not (set(keys) - optional <= set(have) <= set(keys)):
                 continue
             classes = None
             ok = True
