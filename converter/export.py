@@ -9,6 +9,11 @@ compared with the PyTorch model's in float64 and judged against the float32 floo
 (the PyTorch model's own float32 distance to float64, :func:`check_logits`), on synthetic images or
 the user's ``--images``. One command writes all of its outputs or none: temp files, published
 together at the end; a failed check, a full disk or Ctrl-C leaves nothing behind.
+
+The way back (``--tf-checkpoint``, ``--saved-model``, ``--tflite``, ``--tflite-int8``): the weights under
+their official names (mapping.to_official), handed to TensorFlow's process (converter/tfref/export.py:
+the official checkpoint, then tensorflow/tpu export_model.py's graph, restore, SavedModel and TFLite),
+whose outputs come back loaded and run, judged here against the PyTorch model (:func:`build_tf_outputs`).
 """
 from __future__ import annotations
 
@@ -413,17 +418,30 @@ def _softmax(a: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+# probabilities below this are compared as this: a float32 softmax flushes its smallest values to 0 before
+# float32's smallest normal (TensorFlow's gave 0 for a float64 1.7e-38); above it, float32 holds them to 1e-7
+PROB_FLOOR = 1e-30
+
+
+def _log_probabilities(p: np.ndarray) -> np.ndarray:
+    """log p in float64, p clipped at ``PROB_FLOOR`` (continuous: a small error in p stays small in log p)."""
+    return np.log(np.maximum(np.asarray(p, np.float64), PROB_FLOOR))
+
+
 def check_probabilities(ref: Reference, x: torch.Tensor, probs: np.ndarray, what: str,
                         names: Sequence[str]) -> Dict[str, object]:
-    """Judge softmax outputs (the official export's output) as :func:`check_logits` judges logits: against
-    the PyTorch model's softmax, within the float32 floor of the same images; raises on a failed verdict."""
+    """Judge softmax outputs (the official export's output) as :func:`check_logits` judges logits: their
+    logarithms (the logits less their log-sum-exp: the same scale as the logits, and every class counts,
+    not only the likely ones) against the PyTorch model's log-softmax, within the float32 floor of the
+    same images; raises on a failed verdict."""
     from .verify import compare, judge, per_image, tolerances
 
     r32, r64 = ref.logits(x)
-    p32, p64 = _softmax(r32), _softmax(r64)
+    p32, p64 = _log_probabilities(_softmax(r32)), _log_probabilities(_softmax(r64))
     got = np.asarray(probs, np.float64)
     if got.shape != p32.shape:
         raise ConversionError(f"{what} gives outputs of shape {got.shape}, PyTorch {p32.shape}")
+    got = _log_probabilities(got)
     metrics = compare(p32, got, p64)
     failures = judge(metrics, MAX_REL_ERROR, per_image(p32, got, names, p64))
     if failures:
@@ -588,11 +606,11 @@ def build_tf_outputs(model: torch.nn.Module, args: argparse.Namespace, res: int,
             p = check_probabilities(ref, x, results["probs_saved_model"], "the SavedModel (serving_default)", names)
             lines.append(f"wrote {args.saved_model}/ (SavedModel, serve / serving_default: input [1,{res},{res},3] "
                          f"normalized NHWC float32 -> output softmax; loaded back vs PyTorch on {on}: logits {_figures(r)}; "
-                         f"softmax relative error {p['rel_error']:.1e}, tolerance {p['tolerance']:.1e})")
+                         f"log-softmax relative error {p['rel_error']:.1e}, tolerance {p['tolerance']:.1e})")
         if "tflite" in outputs:
             p = check_probabilities(ref, x, results["probs_tflite"], "the TFLite model", names)
             lines.append(f"wrote {args.tflite} (TFLite float32: input [1,{res},{res},3] normalized NHWC -> softmax; "
-                         f"tf.lite.Interpreter vs PyTorch on {on}: softmax {_figures(p)}; preprocessing in "
+                         f"tf.lite.Interpreter vs PyTorch on {on}: log-softmax {_figures(p)}; preprocessing in "
                          f"{args.tflite}{SIDECAR_SUFFIX})")
         if "tflite_int8" in outputs:
             r32, _ = ref.logits(agree)
@@ -612,8 +630,10 @@ def build_tf_outputs(model: torch.nn.Module, args: argparse.Namespace, res: int,
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="convert-effnet export",
-        description="Export a converted file as ONNX (static shapes, checked with onnx.checker and ONNX Runtime) "
-                    "and/or TorchScript (checked by loading it back). All outputs are written, or none.")
+        description="Export a converted file as ONNX (static shapes, checked with onnx.checker and ONNX Runtime), "
+                    "TorchScript (checked by loading it back) and/or back to TensorFlow: the official checkpoint, a "
+                    "SavedModel, TFLite float or full-integer (each loaded back and checked against PyTorch). "
+                    "All outputs are written, or none.")
     p.add_argument("--weights", required=True, help="the converted .safetensors or .pth")
     p.add_argument("--onnx", metavar="OUT.onnx", help="write an ONNX model here")
     p.add_argument("--torchscript", metavar="OUT.pt", help="write a TorchScript model here")

@@ -370,7 +370,10 @@ def small_weights(tmp_path):
     cfg = find_checkpoint("b0", "aa").pretrained_cfg()
     cfg.update(source="tests", source_sha256="0" * 64, ema=True, num_classes=1000, layout="native",
                converter_version="0")
-    sd = {k: v.numpy() for k, v in build_model("b0").state_dict().items()}
+    model = build_model("b0").eval()
+    with torch.no_grad():  # logits of a trained model's spread (std ~3; the untrained features are ~0)
+        model.classifier.bias.normal_(0.0, 3.0, generator=torch.Generator().manual_seed(0))
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
     path = tmp_path / "w" / "b0.safetensors"
     path.parent.mkdir()
     f = AtomicFile(path)
@@ -413,6 +416,41 @@ def test_failure_or_ctrl_c_leaves_nothing(small_weights, tmp_path, capsys, monke
                               out / "ck", "--saved-model", out / "sm", "--tflite", out / "m.tflite")
     assert rc == code and stdout == ""
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("broken", [None, "logits_checkpoint", "logits_saved_model", "probs_saved_model", "probs_tflite"])
+def test_verdicts_catch_a_wrong_output(small_weights, tmp_path, capsys, monkeypatch, broken):
+    """The judging half alone (TensorFlow's process replaced by the PyTorch model's own float32 outputs):
+    exact outputs are published; one output 1% off in its logits fails its check, and nothing is written."""
+    def fake(job, work):
+        model = load_model(small_weights)
+        with np.load(job["images"]) as z:
+            x = torch.from_numpy(z["images"].transpose(0, 3, 1, 2).copy())
+        with torch.no_grad():
+            logits = model(x).numpy()
+        out = {"checkpoint_tensors": np.int64(1), "logits_checkpoint": logits, "logits_saved_model": logits,
+               "probs_saved_model": softmax(logits).astype(np.float32), "probs_tflite": softmax(logits).astype(np.float32)}
+        if broken:
+            wrong = logits * np.float32(1.01)
+            out[broken] = softmax(wrong).astype(np.float32) if broken.startswith("probs") else wrong
+        for key in ("tf_checkpoint", "saved_model"):
+            Path(job[key], "x").write_text("x")
+        Path(job["tflite"]).write_bytes(b"x")
+        return out
+
+    monkeypatch.setattr(export, "run_tf_export", fake)
+    out = tmp_path / "out"
+    out.mkdir()
+    rc, stdout, err = run_cli(capsys, "export", "--weights", small_weights, "--resolution", 32, "--tf-checkpoint",
+                              out / "ck", "--saved-model", out / "sm", "--tflite", out / "m.tflite", "--quiet")
+    if broken is None:
+        assert rc == 0, err
+        assert sorted(p.name for p in out.iterdir()) == ["ck", "m.tflite", "m.tflite.json", "sm"]
+        assert "relative error 0.0e+00" in stdout
+    else:
+        assert rc == 2 and stdout == "" and len(err.strip().splitlines()) == 1
+        assert "differ from PyTorch's" in err and "nothing written" in err
+        assert list(out.iterdir()) == []
 
 
 @pytest.mark.skipif(not os.environ.get("EFFNET_NOTF_PYTHON"), reason="EFFNET_NOTF_PYTHON unset (make test sets it)")
