@@ -273,10 +273,10 @@ def test_variant_help_names_every_family(capsys):
 
 
 def test_unknown_subcommand_is_an_error():
-    r = _cli("audit", "--help")
+    r = _cli("inspect", "--help")  # (audit is a subcommand since issue 24)
     out, err = r.communicate(timeout=120)
     line = _one_error(err)
-    assert r.returncode == 2 and "unknown subcommand 'audit'" in line and "verify" in line and out == ""
+    assert r.returncode == 2 and "unknown subcommand 'inspect'" in line and "audit" in line and out == ""
 
 
 def test_stale_failed_files_removed_when_a_later_run_verifies(root, tmp_path, capsys):
