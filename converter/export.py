@@ -472,9 +472,21 @@ def tf_sidecar(model: torch.nn.Module, res: int) -> Dict[str, object]:
                   "mean": list(mean), "std": list(std),
                   "mean_255": [m * 255.0 for m in mean], "std_255": [s * 255.0 for s in std]},
         "output": {"name": "output", "what": f"softmax over the {int(model.spec.num_classes)} classes",
-                   "logits_tensor": "logits:0"},
+                   "logits_tensor": "logits:0", **_imagenet_labels(int(model.spec.num_classes))},
         "exported_by": "convert-effnet export (effnet-convert)",
     }
+
+
+def _imagenet_labels(classes: int) -> Dict[str, object]:
+    """ImageNet's class names for a head of ImageNet's size (1001: "background" first), else nothing."""
+    from .predict import IMAGENET_CLASSES, imagenet_classes
+
+    if classes not in (IMAGENET_CLASSES, IMAGENET_CLASSES + 1):
+        return {}
+    names = [lemmas.split(",")[0] for _, lemmas in imagenet_classes()]
+    return {"labels": (["background"] if classes == IMAGENET_CLASSES + 1 else []) + names,
+            "labels_source": "ImageNet-1k (the head has its size; a head fine-tuned on other classes of that size "
+                             "has other labels)"}
 
 
 def _relay(proc, tail: List[str]) -> None:

@@ -158,6 +158,8 @@ def test_round_trip_every_family(root, capsys, variant, flavor, classes):
     assert rel(pt, got) < 1e-4 and (pt.argmax(1) == got.argmax(1)).all()
     meta = json.loads((out / "effnet-convert.json").read_text())
     assert meta["model_name"] == spec.scope and meta["num_classes"] == classes
+    labels = meta["output"]["labels"]
+    assert len(labels) == classes and labels[1 if classes == 1001 else 0] == "tench"
 
 
 @pytest.mark.parametrize("variant,flavor,layout", [("condconv-b0-4e", None, "timm"), ("b0", "aa", "transformers")])
@@ -353,7 +355,7 @@ def test_finetuned_file_every_output(root, capsys, finetuned):
     assert i["dtype"] == np.uint8 and o["dtype"] == np.uint8
     side = json.loads((d / "q.tflite.json").read_text())
     assert side["input"]["quantization"] == {"scale": float(i["quantization"][0]), "zero_point": int(i["quantization"][1])}
-    assert side["output"]["dtype"] == "uint8" and side["num_classes"] == 10
+    assert side["output"]["dtype"] == "uint8" and side["num_classes"] == 10 and "labels" not in side["output"]
     with torch.no_grad():
         pq = softmax(model(torch.from_numpy(cal_images.transpose(0, 3, 1, 2).copy())).numpy())
     agree, err_max = float(np.mean(pq.argmax(1) == q.argmax(1))), float(np.abs(pq - q).max())
