@@ -79,6 +79,7 @@ def test_own_outputs_audit_as_exact(ck, outputs, layout, tmp_path, capsys, monke
     assert stages[0] == "efficientnet-b0/stem" and "efficientnet-b0/blocks_15" in stages  # every stage compared
     assert all(row["ok"] for row in r["model"]["rows"])
     assert not [d for d in r["preprocessing"] if d["counts"]]
+    assert r["provenance"]["same"] is True  # the metadata names this very checkpoint (sha256)
 
 
 # ---- weights ----
@@ -127,6 +128,7 @@ def test_weights_of_another_checkpoint_are_neither(ck, other_ck, root, tmp_path,
     assert all(x["rel_diff"] > 1e-3 for x in rows)
     assert r["model"]["exact"] is True and r["model"]["reference_weights"] == "the file's own"
     assert r["first_divergence"] is None
+    assert r["provenance"]["same"] is False and "not this checkpoint" in "\n".join(lines)
 
 
 def test_weights_table_classifies_each_tensor(ck, outputs, tmp_path):

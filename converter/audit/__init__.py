@@ -248,6 +248,10 @@ def run_audit(args) -> Dict[str, object]:
             "weights": dict(weights["counts"]), "weights_extras": weights["extras"],
             "weights_copy": weights["copy"], "weights_rows": weights["rows"],
         }
+        if af.meta.get("source_sha256"):  # effnet-convert metadata: the checkpoint the file says it came from
+            ck_sha = src.sha256.result()
+            report["provenance"] = {"file_source": af.meta.get("source"), "file_source_sha256": af.meta["source_sha256"],
+                                    "checkpoint_sha256": ck_sha, "same": af.meta["source_sha256"] == ck_sha}
         official_model = _official_model(src.reader, spec)
         file_state = W.in_native(official_model.state_dict(), spec, entries, af.tensors, tf_layout=keras,
                                  key_of=(lambda e: e.tf_name) if keras else None)
@@ -423,6 +427,10 @@ def format_report(r: Dict[str, object]) -> str:
         lines.append(f"note: {r['flavor_note']}")
     w = {"counts": r["weights"], "rows": r["weights_rows"], "extras": r["weights_extras"]}
     lines.append("1. " + summary_line(w))
+    prov = r.get("provenance")
+    if prov and not prov["same"]:
+        lines.append(f"   the file's metadata says it was converted from {prov['file_source']} (sha256 "
+                     f"{prov['file_source_sha256'][:12]}...), not this checkpoint ({prov['checkpoint_sha256'][:12]}...)")
     if r.get("weights_effect"):
         e = r["weights_effect"]
         lines.append(f"   the file's weights in the official model vs the official weights (official eval of the images): "
@@ -443,6 +451,13 @@ def format_report(r: Dict[str, object]) -> str:
     else:
         lines.append(f"2. model: {r['library']['model']} vs the TensorFlow reference ({m['reference_weights']} weights) "
                      f"at {m['resolution']} px on {len(m['images'])} image(s), stage by stage:")
+        load = r["library"].get("load") or {}
+        missing = [k for k in load.get("missing", []) if not k.endswith("num_batches_tracked")]
+        for what, keys in (("did not get", missing), ("has no place for", load.get("unexpected", [])),
+                           ("has other shapes than", load.get("mismatched", []))):
+            if keys:
+                lines.append(f"   note: the library's model {what} {len(keys)} of the file's tensors: "
+                             f"{', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
         lines.append(f"     {'official stage (conv / batch norm in the first diverging one)':<64} {'library module':<32} "
                      f"{'rel error':>10} {'tolerance':>10}")
         fd = r.get("first_divergence")

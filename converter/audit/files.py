@@ -10,6 +10,7 @@ and shapes are the file's (the classifier's class count aside).
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,11 +173,19 @@ class Candidate:
     num_classes: int
 
 
+@functools.lru_cache(maxsize=None)
+def _expanded(variant: str, layout: str):
+    """converter.mapping.expand, once per (variant, layout) in a process (every table is tried)."""
+    from ..mapping import expand
+
+    return tuple(expand(variant, layout))
+
+
 def candidates(af: AuditedFile, layouts: Optional[List[str]] = None,
                variants: Optional[List[str]] = None) -> List[Candidate]:
     """Every (layout, variant) whose table expands to exactly FILE's keys and shapes (the classifier's
     class count taken from FILE). ``layouts``/``variants``: only these."""
-    from ..mapping import expand, is_classifier
+    from ..mapping import is_classifier
     from ..mapping import layouts as all_layouts
     from ..registry import get_arch, variant_names
 
@@ -191,7 +200,7 @@ def candidates(af: AuditedFile, layouts: Optional[List[str]] = None,
         for v in variants or variant_names():
             try:
                 spec = get_arch(v)
-                entries = expand(spec, table_layout)
+                entries = _expanded(v, table_layout)
             except ConversionError:
                 continue
             keys = {(e.tf_name if lay == KERAS else e.key): e for e in entries if not (lay == KERAS and e.const is not None)}

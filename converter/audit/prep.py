@@ -95,7 +95,8 @@ def declared(layout: str, info: Dict[str, object], af, off: Dict[str, object]) -
         s = std * (std if p.get("include_top") else 1.0) / scale
         m = (mean - offset) / scale
         return {"resolution": res, "crop_pct": float(frac), "crop_mode": mode,
-                "interpolation": PIL_RESAMPLE.get(int(p.get("resample") or 3), str(p.get("resample"))),
+                "interpolation": PIL_RESAMPLE.get(int(3 if p.get("resample") is None else p["resample"]),
+                                                  str(p.get("resample"))),
                 "mean": m.tolist(), "std": s.tolist(), "channels": "RGB", "resize": "Pillow (EfficientNetImageProcessor)",
                 "source": d["source"] + (" (include_top: the std applied twice)" if p.get("include_top") else "")}
     if layout == "mmpretrain":
