@@ -47,6 +47,23 @@ def is_reduction(strides: Sequence[int], i: int) -> bool:
     return i == len(strides) - 1 or strides[i + 1] > 1
 
 
+def _definer(cls: type, name: str) -> Optional[type]:
+    return next((c for c in cls.__mro__ if name in vars(c)), None)
+
+
+def block_endpoints(cls: type) -> Tuple[str, ...]:
+    """The own endpoints a block module class declares (``ENDPOINTS``, by ``forward_with_endpoints``);
+    a class overriding ``forward`` below its ``forward_with_endpoints`` would hand out tensors of another
+    computation: a family package's bug, said here."""
+    names = tuple(getattr(cls, "ENDPOINTS", ()))
+    if names:
+        fwe, fwd = _definer(cls, "forward_with_endpoints"), _definer(cls, "forward")
+        if fwe is None or (fwd is not fwe and issubclass(fwd, fwe)):
+            raise RuntimeError(f"{cls.__name__} declares ENDPOINTS {names} but its forward is not the one of its "
+                               "forward_with_endpoints: define forward_with_endpoints beside forward")
+    return names
+
+
 def official_endpoints(spec) -> List[Endpoint]:
     """Every official endpoint of ``spec``'s model, in the official dict's order."""
     blocks = spec.blocks()
@@ -55,7 +72,8 @@ def official_endpoints(spec) -> List[Endpoint]:
     reduction, k = 2, 0
     for b in blocks:
         cls = kind_of(b).module()
-        own = list(zip(getattr(cls, "ENDPOINTS", ()), cls.endpoint_dims(b))) if hasattr(cls, "ENDPOINTS") else []
+        names = block_endpoints(cls)
+        own = list(zip(names, cls.endpoint_dims(b))) if names else []
         prefixes = [f"block_{b.index}"]
         if is_reduction(strides, b.index):
             k += 1
@@ -174,7 +192,7 @@ class EfficientNetFeatures(nn.Module):
         self.keepdim = bool(spec.local_pooling)  # the official avg_pool's [N, 1, 1, C] (Lite, EdgeTPU)
         # the tensors computed, in the order forward meets them (one slot each), and which slot each output is
         order = [(STEM, -1, -1)] + [t for i in range(deepest + 1) for t in [(BLOCK, i, -1)] + [
-            (OWN, i, j) for j in range(len(getattr(model.blocks[i], "ENDPOINTS", ())))]]
+            (OWN, i, j) for j in range(len(block_endpoints(type(model.blocks[i]))))]]
         order += [(s, -1, -1) for s in HEAD_TENSORS]
         key = {LAST_BLOCK: (BLOCK, len(model.blocks) - 1, -1)}
         needed = {key.get(e.source, (e.source, e.block, e.own)) for e in wanted}
@@ -190,6 +208,12 @@ class EfficientNetFeatures(nn.Module):
         from .fast import set_input_size
 
         return set_input_size(self, h, w)
+
+    def fuse_bn(self) -> "EfficientNetFeatures":
+        """Fold each (shared) batch norm into the conv before it, as the model's fuse_bn (converter.fast)."""
+        from .fast import fuse_bn
+
+        return fuse_bn(self)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         taps: List[torch.Tensor] = []

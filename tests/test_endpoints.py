@@ -144,6 +144,35 @@ def test_unknown_repeated_or_no_endpoint_is_one_line(model):
     assert "stem, block_0.." in str(e.value) and "reduction_1..reduction_5" in str(e.value)
 
 
+def test_a_block_overriding_forward_below_its_endpoints_is_refused():
+    """A block class whose forward is not its forward_with_endpoints' would hand out another computation."""
+    from converter.blocks import MBConv
+    from converter.endpoints import block_endpoints
+    from converter.families.mnasnet.modules import MixConvBlock
+
+    class Doubled(MBConv):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    with pytest.raises(RuntimeError, match="forward_with_endpoints"):
+        block_endpoints(Doubled)
+    assert block_endpoints(MBConv) == block_endpoints(MixConvBlock) == ("expansion_output",)
+
+
+def test_backbone_fuse_bn_and_static_padding():
+    """The backbone's fuse_bn / set_input_size act on the model's modules (shared): same maps."""
+    torch.manual_seed(0)
+    model = build_model("b0").eval()
+    x = _x()
+    f = model.features("reductions")
+    with torch.no_grad():
+        want = f(x)
+        got = f.set_input_size(SMALL).fuse_bn()(x)
+    assert hasattr(model.blocks[1], "bn0") and isinstance(model.blocks[1].bn0, torch.nn.Identity)
+    for a, b in zip(want, got):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_torchscript_backbone_loads_back_and_matches(model):
     """Scripted (not traced): saved, loaded back, same maps at the native size and at an odd one."""
     f = model.features("reductions")
