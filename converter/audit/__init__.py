@@ -275,9 +275,10 @@ def run_audit(args) -> Dict[str, object]:
     counts = report["weights"]
     weights_exact = counts["ema"] == sum(counts.values()) and not report["weights_extras"]
     model_exact = report["model"].get("exact") in (True, None)
-    prep_exact = not any(d["counts"] for d in report["preprocessing"])
+    prep_exact = (None if report.get("preprocessing_figures", {}).get("skipped")
+                  else not any(d["counts"] for d in report["preprocessing"]))
     report["exact"] = {"weights": weights_exact, "model": report["model"].get("exact"), "preprocessing": prep_exact}
-    report["verdict"] = "exact" if weights_exact and model_exact and prep_exact else "differs"
+    report["verdict"] = "exact" if weights_exact and model_exact and prep_exact in (True, None) else "differs"
     if args.json:
         _write_json(Path(args.json), report)
     return report
@@ -346,16 +347,18 @@ def _model_check(args, report, prefix, ref_weights, spec, entries, layout, af, c
 def _library_model(args, layout, spec, ckpt, af) -> str:
     """--model, else the layout's model for the variant: timm tf_efficientnet_*, mmpretrain the flavor's zoo
     name, transformers EfficientNetForImageClassification."""
-    from ..mapping import library_model
+    from ..mapping import expand, library_model
 
     if args.model:
         return args.model
     if layout == "timm" and af.config.get("architecture"):  # a timm hub folder's config.json
         return str(af.config["architecture"])
     if layout == "mmpretrain":
-        if not ckpt.zoo_name:
-            raise ConversionError(f"mmpretrain's zoo has no {ckpt.name}: name its model with --model (a zoo name)")
-        return ckpt.zoo_name
+        if ckpt.zoo_name:
+            return ckpt.zoo_name
+        # no zoo model (EdgeTPU): the model of mmpretrain's configs/_base_/models/efficientnet_{arch}.py
+        head = [e for e in expand(spec, "mmpretrain") if e.key == "head.fc.weight"][0].shape[1]
+        return f"arch:{library_model(spec, layout)}:{head}"
     return library_model(spec, layout)
 
 
@@ -366,7 +369,11 @@ def _prep_check(report, layout, info, af, ckpt, official_model, files, lib_array
     if layout in ("timm", "mmpretrain", "transformers") and info is None:
         report["preprocessing"], report["preprocessing_figures"] = [], {"skipped": "the library did not run"}
         return
-    dec = P.declared(layout, info or {}, af, off)
+    try:
+        dec = P.declared(layout, info or {}, af, off)
+    except ConversionError as e:  # nothing declared to compare
+        report["preprocessing"], report["preprocessing_figures"] = [], {"skipped": str(e)}
+        return
     diffs = P.differences(off, dec)
     figures = P.measure(official_model, files, off, diffs, lib_arrays)
     report["preprocessing"] = diffs
@@ -495,6 +502,7 @@ def format_report(r: Dict[str, object]) -> str:
     ex = r["exact"]
     parts = [f"weights {'exact' if ex['weights'] else 'differ'}",
              "model not run" if ex["model"] is None else f"model {'exact' if ex['model'] else 'differs'}",
+             "preprocessing not checked" if ex["preprocessing"] is None else
              f"preprocessing {'exact' if ex['preprocessing'] else 'differs'}"]
     lines.append(f"verdict: {r['verdict'].upper()} ({', '.join(parts)})")
     return "\n".join(lines)

@@ -94,11 +94,21 @@ def build(job):
         from mmpretrain import get_model
 
         kw = {} if n == 1000 else {"head": dict(num_classes=n)}
+        if name.startswith("arch:"):  # an arch without a zoo model (EdgeTPU es/em/el): its config file's model
+            from mmengine.config import Config
+
+            arch, head = name[5:].split(":")
+            name = Config(dict(model=dict(
+                type="ImageClassifier", backbone=dict(type="EfficientNet", arch=arch, act_cfg=dict(type="ReLU")),
+                neck=dict(type="GlobalAveragePooling"),
+                head=dict(type="LinearClsHead", num_classes=1000, in_channels=int(head),
+                          loss=dict(type="CrossEntropyLoss", loss_weight=1.0), topk=(1, 5)))))
         model = get_model(name, pretrained=False, **kw)
         report = _load(model, _state_dict(job["file"]))
         config = model._config
         dp = dict(config.model.get("data_preprocessor") or config.get("data_preprocessor") or {})
-        pipeline = list(config.get("test_pipeline") or config.test_dataloader.dataset.pipeline)
+        test = config.get("test_dataloader") or {}
+        pipeline = list(config.get("test_pipeline") or test.get("dataset", {}).get("pipeline") or [])
         declared = {"source": "mmpretrain data_preprocessor / test pipeline",
                     "data_preprocessor": {k: dp.get(k) for k in ("mean", "std", "to_rgb")},
                     "pipeline": [dict(p) for p in pipeline]}

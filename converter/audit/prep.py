@@ -101,6 +101,9 @@ def declared(layout: str, info: Dict[str, object], af, off: Dict[str, object]) -
                 "source": d["source"] + (" (include_top: the std applied twice)" if p.get("include_top") else "")}
     if layout == "mmpretrain":
         dp = d["data_preprocessor"]
+        if not d["pipeline"] or not dp.get("mean"):
+            raise ConversionError("the mmpretrain model declares no test pipeline or data_preprocessor (built from its "
+                                  "arch, not a zoo config)")
         res, frac, mode, interp = off["resolution"], 1.0, "none", "bilinear"
         for step in d["pipeline"]:
             t = step.get("type")
