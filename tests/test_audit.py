@@ -249,6 +249,7 @@ def test_bad_input_is_one_line_exit_2(ck, outputs, tmp_path, capsys):
             (["--weights", ck.parent / "model.ckpt.index"], "cannot read"),
             (["--weights", outputs["timm"], "--layout", "mmpretrain"], "fit no layout"),
             (["--weights", outputs["timm"], "--resolution", "8"], "--resolution 8"),
+            (["--weights", outputs["timm"], "--json", tmp_path / "no" / "r.json"], "does not exist"),
     ):
         rc = main(["audit", "--checkpoint", str(ck), *map(str, argv)])
         err = capsys.readouterr().err.strip().splitlines()
@@ -294,3 +295,27 @@ def test_keras_h5_with_the_official_weights(ck, tmp_path, capsys):
     assert r["layout"] == "keras" and r["weights"] == {"ema": 311, "raw": 0, "neither": 0, "missing": 0}
     assert r["model"]["exact"] is None and "not run" in "\n".join(lines)
     assert not [d for d in r["preprocessing"] if d["counts"]]
+
+
+def test_checkpoint_without_ema_twins(ck, tmp_path):
+    """A checkpoint saved without EMA twins: its raw variables are what the official eval restores, so a
+    file holding them is the official weights ("ema"), not "raw"."""
+    from converter.audit.files import read_file
+    from converter.audit.weights import classify
+    from converter.mapping import resolve_names
+    from converter.registry import get_arch
+    from converter.sources import Source
+    from helpers import write_checkpoint
+
+    values = load_checkpoint(ck)
+    names = [n for n in values.get_variable_to_shape_map() if "ExponentialMovingAverage" not in n
+             and "/RMSProp" not in n]
+    plain = write_checkpoint(tmp_path / "plain" / "model.ckpt", {n: values.get_tensor(n) for n in names})
+    f = _convert(plain, tmp_path / "out", "timm")
+    src = Source.open(plain)
+    try:
+        spec = get_arch("b0")
+        w = classify(src.reader, resolve_names(spec, expand(spec, "timm"), src.reader.names()), read_file(f).tensors)
+    finally:
+        src.close()
+    assert w["counts"] == {"ema": 311, "raw": 0, "neither": 0, "missing": 0}

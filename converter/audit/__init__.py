@@ -203,6 +203,15 @@ def run_audit(args) -> Dict[str, object]:
 
     for f in args.images:
         check_image_file(f)
+    if args.json:  # where the report goes is checked before anything runs
+        from ..writer import check_writable_folder
+
+        out = Path(args.json)
+        if out.is_dir():
+            raise ConversionError(f"--json {out} is a folder; name a file (e.g. audit.json)")
+        if not out.parent.is_dir():
+            raise ConversionError(f"--json {out}: folder {out.parent} does not exist")
+        check_writable_folder(out.parent, "--json folder")
     overlay = None
     if args.pretrained_cfg:
         try:

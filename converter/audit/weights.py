@@ -9,7 +9,9 @@ layout's re-ordering (converter/reorder.py) is a transpose/reshape: it moves ele
 arithmetic, so an exact port holds the official float32 values bit for bit, in any layout; any
 arithmetic on the way (a cast through float16, a BN fold, a rescale) is a real difference and
 shows as "neither" with its relative difference ||file - twin|| / ||twin|| (to the nearer twin).
-A tensor equal to both twins (a variable the EMA never moved) counts as EMA.
+A tensor equal to both twins (a variable the EMA never moved) counts as EMA, and so does one equal to
+the raw variable of a checkpoint that has no EMA twin for it (the official eval restores the EMA
+twins where they exist: tensorflow/tpu efficientnet utils.py ``get_ema_vars``/``restore_model`` at 7dc921f).
 """
 from __future__ import annotations
 
@@ -88,6 +90,8 @@ def _compare(reader, names, e: Entry, got: np.ndarray) -> Dict[str, object]:
             twins[cls] = ref
     if not twins:
         return {"class": "neither", "note": "the checkpoint has no such variable"}
+    if "ema" not in twins:  # no EMA twin (a checkpoint saved without them): its raw value is what the official eval
+        twins = {"ema": twins["raw"]}  # uses, so equal to it counts as the official (EMA) value
     rels = {}
     for cls, ref in twins.items():
         if ref.shape != got.shape:
