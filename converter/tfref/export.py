@@ -182,7 +182,6 @@ def run(job: Dict[str, object]) -> None:
         with graph.as_default(), v1.Session(graph=graph, config=config) as sess:
             restore_ema(sess, ckpt_dir)
             results["logits_checkpoint"] = _one_by_one(lambda x: sess.run(logits, {inp: x}), images)
-            results["probs_graph"] = _one_by_one(lambda x: sess.run(output, {inp: x}), images)
             if job.get("saved_model"):
                 progress("writing the SavedModel (serve, serving_default: input -> output)")
                 _saved_model(sess, inp, output, job["saved_model"], dict(sidecar, format="saved-model"))
@@ -195,7 +194,6 @@ def run(job: Dict[str, object]) -> None:
                 int8 = _convert(sess, inp, output, calibration)
                 with np.load(job["agreement"]) as z:
                     agreement = z["images"].astype(np.float32)
-                results["probs_graph_agreement"] = _one_by_one(lambda x: sess.run(output, {inp: x}), agreement)
         if job.get("saved_model"):
             progress("loading the SavedModel back")
             loaded = t.saved_model.load(job["saved_model"])
