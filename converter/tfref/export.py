@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
