@@ -174,6 +174,7 @@ class EfficientNetFeatures(nn.Module):
         spec = model.spec
         wanted = resolve(spec, endpoints)
         self.spec = spec
+        self.training = model.training  # its own flag only: the shared modules keep theirs
         self.endpoints: List[str] = [e.name for e in wanted]
         self.feature_info = FeatureInfo({"name": e.name, "num_chs": e.channels, "reduction": e.reduction}
                                         for e in wanted)
@@ -183,6 +184,7 @@ class EfficientNetFeatures(nn.Module):
                       + ([len(model.blocks) - 1] if sources & set(HEAD_TENSORS) else [-1]))
         self.stem = model.stem
         self.blocks = nn.ModuleList(list(model.blocks)[:deepest + 1])
+        self.blocks.training = model.blocks.training  # (a new container: its flag as the model's)
         if sources & {HEAD_1X1, POOLED, DROPPED, LOGITS}:
             self.head = model.head
         if sources & {DROPPED, LOGITS}:

@@ -213,6 +213,14 @@ def test_onnx_backbone_runs_in_onnx_runtime(variant):
         np.testing.assert_allclose(b, a.numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_reference_endpoint_images_must_be_positive(capsys):
+    from converter.tfref.endpoints import main
+
+    assert main(["--endpoints", "out.npz", "--endpoint-images", "0", "--checkpoint", "c", "--variant", "b0",
+                 "--images", "i.npz", "--out", "o.npz"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --endpoint-images must be at least 1, got 0"
+
+
 # ---- against the TensorFlow reference (heavy: generated checkpoints, the reference's own process) ----
 
 # convert-effnet options of each variant's conversion
@@ -266,6 +274,7 @@ def test_every_endpoint_equals_the_tensorflow_reference(variant, converted):
     assert all(r["rel_error"] <= 5 * max(r["noise"], 2e-6) for r in rows), max(rows, key=lambda r: r["rel_error"])
     # the backbone of a converted file: the reductions, as the reference has them
     backbone = load_model(weights, endpoints="reductions")
+    assert not backbone.training and not any(m.training for m in backbone.modules())  # eval, as load_model's model
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     with torch.no_grad():
         maps = backbone(x)
