@@ -472,16 +472,20 @@ def tf_sidecar(model: torch.nn.Module, res: int) -> Dict[str, object]:
                   "mean": list(mean), "std": list(std),
                   "mean_255": [m * 255.0 for m in mean], "std_255": [s * 255.0 for s in std]},
         "output": {"name": "output", "what": f"softmax over the {int(model.spec.num_classes)} classes",
-                   "logits_tensor": "logits:0", **_imagenet_labels(int(model.spec.num_classes))},
+                   "logits_tensor": "logits:0", **_labels(cfg, int(model.spec.num_classes))},
         "exported_by": "convert-effnet export (effnet-convert)",
     }
 
 
-def _imagenet_labels(classes: int) -> Dict[str, object]:
-    """ImageNet's class names for a head of ImageNet's size (1001: "background" first), else nothing."""
+def _labels(cfg: Dict[str, object], classes: int) -> Dict[str, object]:
+    """The outputs' class names: the file's own (``labels`` of a fine-tuned file, converter/training.py;
+    an empty list: unnamed), else ImageNet's for a head of ImageNet's size (1001: "background" first)."""
     from .predict import IMAGENET_CLASSES, imagenet_classes
 
-    if classes not in (IMAGENET_CLASSES, IMAGENET_CLASSES + 1):
+    own = cfg.get("labels")
+    if isinstance(own, (list, tuple)) and len(own) == classes:
+        return {"labels": [str(x) for x in own], "labels_source": "the file's metadata"}
+    if own is not None or classes not in (IMAGENET_CLASSES, IMAGENET_CLASSES + 1):
         return {}
     names = [lemmas.split(",")[0] for _, lemmas in imagenet_classes()]
     return {"labels": (["background"] if classes == IMAGENET_CLASSES + 1 else []) + names,

@@ -21,7 +21,6 @@ import torch
 from converter import cli, export, load_model
 from converter.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from converter.errors import ConversionError
-from converter.loading import read_weights
 from converter.mapping import expand, to_official
 from converter.metadata import encode
 from converter.model import build_model
@@ -276,29 +275,23 @@ def _calibration_pngs(folder: Path, n: int, size: int, mean, std) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finetuned(root, tmp_path_factory):
-    """A converted Lite0 "fine-tuned": every weight changed, the head replaced by a 10-class one."""
+def finetuned(root):
+    """A converted Lite0 "fine-tuned" with the fine-tuning API (converter/training.py): every weight changed,
+    the head replaced by a named 10-class one (reset_classifier), saved by save_model."""
+    from converter.training import save_model
+
     prefix = make_checkpoint(root, "lite0", "full", calibration_resolution=RES, calibration_images=4)
     out = root / "ft"
     assert cli.main(["--variant", "lite0", "--checkpoint", str(prefix), "--output-dir", str(out), "--quiet",
                      "--force"]) == 0
-    sd, meta = read_weights(out / f"{find_checkpoint('lite0').name}.safetensors")
+    model = load_model(out / f"{find_checkpoint('lite0').name}.safetensors")
     g = torch.Generator().manual_seed(1)
-    for k, t in sd.items():
-        if t.dtype.is_floating_point and not k.endswith(("running_mean", "running_var")):
-            sd[k] = t + 0.02 * t.abs().mean() * torch.randn(t.shape, generator=g)
-    sd["classifier.weight"] = 0.05 * torch.randn(10, sd["classifier.weight"].shape[1], generator=g)
-    sd["classifier.bias"] = 0.1 * torch.randn(10, generator=g)
-    meta = dict(meta, num_classes=10, source="fine-tuned in tests/test_tf_export.py")
-    path = root / "lite0-ft10.safetensors"
-    arrays = {k: v.contiguous().numpy() for k, v in sd.items()}
-    f = AtomicFile(path)
-    try:
-        with open(f.tmp, "wb") as fh:
-            write_safetensors(fh, [(k, v.shape, v.dtype) for k, v in arrays.items()], arrays.items(), encode(meta))
-        f.commit()
-    finally:
-        f.discard()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.dtype.is_floating_point and not name.endswith(("running_mean", "running_var")):
+                t.add_(0.02 * t.abs().mean() * torch.randn(t.shape, generator=g))
+    model.reset_classifier(10, labels=[f"class-{i}" for i in range(10)])
+    path = save_model(model, root / "lite0-ft10.safetensors", force=True)
     model = load_model(path)
     assert model.spec.num_classes == 10
     return path, model
@@ -366,7 +359,8 @@ def test_finetuned_file_every_output(root, capsys, finetuned):
     assert i["dtype"] == np.uint8 and o["dtype"] == np.uint8
     side = json.loads((d / "q.tflite.json").read_text())
     assert side["input"]["quantization"] == {"scale": float(i["quantization"][0]), "zero_point": int(i["quantization"][1])}
-    assert side["output"]["dtype"] == "uint8" and side["num_classes"] == 10 and "labels" not in side["output"]
+    assert side["output"]["dtype"] == "uint8" and side["num_classes"] == 10
+    assert side["output"]["labels"] == [f"class-{i}" for i in range(10)]  # the file's own, not ImageNet's
     with torch.no_grad():
         pq = softmax(model(torch.from_numpy(cal_images.transpose(0, 3, 1, 2).copy())).numpy())
     agree, err_max = float(np.mean(pq.argmax(1) == q.argmax(1))), float(np.abs(pq - q).max())
