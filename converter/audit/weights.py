@@ -35,8 +35,9 @@ def _rel(a: np.ndarray, ref: np.ndarray) -> float:
     return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
 
 
-def to_official(e: Entry, value: np.ndarray, tf_layout: bool) -> np.ndarray:
-    """FILE's tensor for ``e`` in TensorFlow's layout (``tf_layout``: it already is, a Keras file)."""
+def entry_to_official(e: Entry, value: np.ndarray, tf_layout: bool) -> np.ndarray:
+    """FILE's tensor for one table entry ``e`` (any layout) in TensorFlow's layout (``tf_layout``: it already is,
+    a Keras file), by reorder.torch_to_tf as mapping.to_official does for a whole native state_dict."""
     if tf_layout:
         return value
     multiplier = int(e.tf_shape[3]) if e.kind == DWCONV and len(e.tf_shape) == 4 else 1
@@ -71,7 +72,7 @@ def classify(reader, entries: Sequence[Entry], tensors: Dict[str, np.ndarray], t
                 row.update({"class": "neither", "note": f"dtype {value.dtype}"})
             else:
                 row["dtype"] = str(value.dtype)
-                row.update(_compare(reader, names, e, to_official(e, value.astype(np.float32), tf_layout)))
+                row.update(_compare(reader, names, e, entry_to_official(e, value.astype(np.float32), tf_layout)))
         counts[row["class"]] += 1
         rows.append(row)
     extras = sorted(k for k in tensors if k not in used)
@@ -155,7 +156,7 @@ def in_native(official_state: Dict[str, object], spec, entries: Sequence[Entry],
         n = native.get(e.tf_name)
         if not e.tf_name or n is None or key_of(e) not in tensors:
             continue
-        value = to_official(e, np.asarray(tensors[key_of(e)], np.float32), tf_layout)
+        value = entry_to_official(e, np.asarray(tensors[key_of(e)], np.float32), tf_layout)
         if is_classifier(e) and value.shape[-1] + 1 == n.tf_shape[-1]:  # the file dropped the background class
             first = torch_to_tf(official_state[n.key].numpy(), n.kind)[..., :1]
             value = np.concatenate([first, value], axis=-1)
@@ -181,7 +182,7 @@ def official_arrays(reader, entries: Sequence[Entry], tensors: Dict[str, np.ndar
         value = None
         if key_of(e) in tensors and np.issubdtype(np.asarray(tensors[key_of(e)]).dtype, np.floating):
             try:
-                value = to_official(e, np.asarray(tensors[key_of(e)], np.float32), tf_layout)
+                value = entry_to_official(e, np.asarray(tensors[key_of(e)], np.float32), tf_layout)
             except ConversionError:
                 value = None
             if value is not None and is_classifier(e) and value.shape[-1] + 1 == ck.shape[-1]:
