@@ -203,12 +203,20 @@ def test_wrong_activation_named(ck, outputs, tmp_path, capsys, monkeypatch):
 
 def test_wrong_epsilon_and_preprocessing_differences_timm(ck, outputs, tmp_path, capsys, monkeypatch):
     """BN eps 1e-5: the stem's batch norm diverges first, diagnosed as epsilon; a pretrained_cfg with a
-    dropped crop, bilinear resizing and other mean/std: each named with its effect on the logits."""
+    dropped crop, bilinear resizing and other mean/std: each named with its effect on the logits, measured on
+    the user's photo (--images: also the model check's input, through TensorFlow's official preprocessing)."""
+    from PIL import Image
+
+    from converter.synthetic import synthetic_images
+
     monkeypatch.setenv("EFFNET_LIBS_PYTHON", libs_python())
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"crop_pct": 1.0, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}))
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(synthetic_images(300, 4, seed=3)[3][:240].astype(np.uint8)).save(photo, quality=90)
     rc, r, lines = audit(capsys, tmp_path, "--checkpoint", ck, "--weights", outputs["timm"], "--model-kwargs",
-                         '{"bn_eps": 1e-5}', "--pretrained-cfg", cfg, "--resolution", RES, "--num-images", "1", code=3)
+                         '{"bn_eps": 1e-5}', "--pretrained-cfg", cfg, "--resolution", RES, "--images", photo, code=3)
+    assert r["model"]["images"] == [str(photo)] and r["preprocessing_figures"]["images"] == [str(photo)]
     fd = r["first_divergence"]
     assert fd["kind"] == "batch norm" and "stem" in fd["official"] and fd["module"] == "bn1"
     causes = {d["cause"]: d for d in r["diagnosis"]}
