@@ -107,3 +107,19 @@ def test_mmpretrain_and_timm_declarations():
     dec = P.declared("timm", {"declared": {"source": "t", "data_config": dict(data, input_size=(3, 256, 256),
                                                                                crop_mode="squash")}}, None, off1)
     assert {d["field"] for d in P.differences(off1, dec) if d["counts"]} == {"resolution", "crop_mode"}
+
+
+def test_tap_comparison_criterion_and_heads():
+    """A tap within 20 x float32's own error (at least 1e-5) passes, beyond it diverges (the first one named);
+    logits of a head with other classes (fine-tuned) are not compared, a dropped background class is."""
+    from converter.audit.model import compare
+
+    ref = np.linspace(1, 2, 12, dtype=np.float32).reshape(1, 2, 2, 3)
+    taps = [dict(name="s/stem", kind="stage", noise=1e-6, array=ref, tensors=[]),
+            dict(name="logits", kind="logits", noise=1e-6, array=np.arange(1001, dtype=np.float32)[None], tensors=[])]
+    plan = [("t0", "s/stem", "stage", "bn1", "out")]
+    ok = compare(taps, plan, {"b/t0": ref * (1 + 1e-5), "b/logits": np.arange(1, 1001, dtype=np.float32)[None]}, "b")
+    assert ok["exact"] and ok["rows"][0]["tolerance"] == pytest.approx(2e-5)
+    bad = compare(taps, plan, {"b/t0": ref * (1 + 1e-4), "b/logits": np.zeros((1, 10), np.float32)}, "b")
+    assert bad["first"]["official"] == "s/stem" and bad["first"]["module"] == "bn1"
+    assert bad["rows"][1]["ok"] and "10 classes" in bad["rows"][1]["note"]

@@ -33,6 +33,7 @@ log = logging.getLogger("converter")
 
 EXIT_EXACT, EXIT_DIFFERS = 0, 3
 DEFAULT_IMAGES = 2  # synthetic images of the model check without --images (every tap is held in memory)
+MAX_MODEL_IMAGES = 4  # the model check's images at most (the first ones; the preprocessing check takes them all)
 NO_MODEL = {"efficientnet_pytorch": "the audit runs timm, mmpretrain and transformers models",
             "keras": "the audit runs PyTorch libraries' models; a Keras model is checked by its weights"}
 
@@ -305,12 +306,14 @@ def _model_check(args, report, prefix, ref_weights, spec, entries, layout, af, c
     # a transformers folder is padded for one input size (its config's image_size): checked there
     res = int(args.resolution or (layout == "transformers" and af.config.get("image_size")) or ckpt.resolution)
     n = args.num_images if args.num_images is not None else (0 if args.images else DEFAULT_IMAGES)
+    n = min(n, MAX_MODEL_IMAGES)
+    photos = list(args.images)[:max(MAX_MODEL_IMAGES - n, 0)]
     from ..registry import preprocessing_of
 
     cfg = ckpt.pretrained_cfg()
-    images = verification_images(res, ckpt.mean, ckpt.std, n, args.images, ckpt.crop_pct if res == ckpt.resolution
+    images = verification_images(res, ckpt.mean, ckpt.std, n, photos, ckpt.crop_pct if res == ckpt.resolution
                                  else None, preprocessing_of(cfg))
-    names = image_names(res, n, args.images)
+    names = image_names(res, n, photos)
     info, arrays = None, {}
     lib_arrays = None
     if layout in M.LIBRARIES:

@@ -213,6 +213,9 @@ def compare(tf_taps: Sequence[Dict[str, object]], plan, got: Dict[str, np.ndarra
             rel = rel_error(arr, ref) if arr.shape == ref.shape else float("inf")
             if arr.shape != ref.shape:
                 note = f"shapes differ: TensorFlow {list(ref.shape)}, library {list(arr.shape)}"
+                if kind == LOGITS and arr.shape[0] == ref.shape[0]:  # a head of its own (fine-tuned): the weights say so
+                    rel, note = 0.0, (f"not compared: the file's classifier has {arr.shape[-1]} classes, the "
+                                      f"checkpoint's {ref.shape[-1]} (see the weights)")
         if kind == BN_IN:  # the conv feeding the BN
             convs = _conv_of(t.get("tensors") or [])
             if convs:

@@ -103,10 +103,9 @@ def _compare(reader, names, e: Entry, got: np.ndarray) -> Dict[str, object]:
                                     and np.array_equal(twins["raw"], got) else {})}
         rels[cls] = _rel(got, ref)
     nearer = min(rels, key=rels.get)
-    out = {"class": "neither", "rel_diff": rels[nearer], "nearer": nearer}
     if not np.isfinite(rels[nearer]):
-        out["note"] = f"shape {list(got.shape)} vs the checkpoint's {list(twins[nearer].shape)}"
-    return out
+        return {"class": "neither", "note": f"shape {list(got.shape)}, the checkpoint's {list(twins[nearer].shape)}"}
+    return {"class": "neither", "rel_diff": rels[nearer], "nearer": nearer}
 
 
 def checkpoint_extras(reader, entries: Sequence[Entry]) -> List[str]:
