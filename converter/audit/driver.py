@@ -137,11 +137,15 @@ def build(job):
         report = {"missing": sorted(map(str, info.get("missing_keys", []))),
                   "unexpected": sorted(map(str, info.get("unexpected_keys", []))),
                   "mismatched": sorted(map(str, info.get("mismatched_keys", [])))}
-        proc = AutoImageProcessor.from_pretrained(job["file"])
+        try:
+            proc = AutoImageProcessor.from_pretrained(job["file"])
+        except Exception:  # a folder without preprocessor_config.json: nothing declared
+            proc = None
         keys = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
                 "rescale_offset", "do_normalize", "image_mean", "image_std", "include_top")
         declared = {"source": "transformers preprocessor_config.json",
-                    "processor": {k: _plain(getattr(proc, k, None)) for k in keys}, "class": type(proc).__name__}
+                    "processor": None if proc is None else {k: _plain(getattr(proc, k, None)) for k in keys},
+                    "class": type(proc).__name__}
 
         def pre(files):
             from PIL import Image

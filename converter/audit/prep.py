@@ -76,6 +76,8 @@ def declared(layout: str, info: Dict[str, object], af, off: Dict[str, object]) -
                 "source": d["source"]}
     if layout == "transformers":
         p = d["processor"]
+        if p is None:
+            raise ConversionError("the folder has no preprocessor_config.json (no preprocessing declared)")
         size, crop = p.get("size") or {}, p.get("crop_size") or {}
         do_crop = bool(p.get("do_center_crop"))
         res = int((crop if do_crop else size).get("height") or (crop if do_crop else size).get("shortest_edge") or 0)
