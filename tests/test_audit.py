@@ -327,3 +327,18 @@ def test_checkpoint_without_ema_twins(ck, tmp_path):
     finally:
         src.close()
     assert w["counts"] == {"ema": 311, "raw": 0, "neither": 0, "missing": 0}
+
+
+def test_efficientnet_pytorch_output(ck, root, tmp_path, capsys, monkeypatch):
+    """--layout efficientnet_pytorch: EfficientNet.from_name's model (its static 'SAME' pads for the check's
+    size) exact tap by tap; its stem (a bare BN, swish applied functionally) compared by its conv and BN taps;
+    no preprocessing declared: not checked, said."""
+    monkeypatch.setenv("EFFNET_LIBS_PYTHON", libs_python())
+    f = _convert(ck, root / "ep", "efficientnet_pytorch")
+    rc, r, lines = audit(capsys, tmp_path, "--checkpoint", ck, "--weights", f, "--resolution", RES, "--num-images", "1",
+                         code=0)
+    assert r["layout"] == "efficientnet_pytorch" and r["model"]["exact"] is True
+    rows = r["model"]["rows"]
+    assert [x["module"] for x in rows[:2]] == ["_conv_stem", "_bn0"] and all(x["ok"] for x in rows)
+    assert "efficientnet-b0/blocks_15" in [x["official"] for x in rows]
+    assert r["exact"]["preprocessing"] is None and "preprocessing: not checked" in "\n".join(lines)

@@ -34,8 +34,7 @@ log = logging.getLogger("converter")
 EXIT_EXACT, EXIT_DIFFERS = 0, 3
 DEFAULT_IMAGES = 2  # synthetic images of the model check without --images (every tap is held in memory)
 MAX_MODEL_IMAGES = 4  # the model check's images at most (the first ones; the preprocessing check takes them all)
-NO_MODEL = {"efficientnet_pytorch": "the audit runs timm, mmpretrain and transformers models",
-            "keras": "the audit runs PyTorch libraries' models; a Keras model is checked by its weights"}
+NO_MODEL = {"keras": "the audit runs PyTorch libraries' models; a Keras model is checked by its weights"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -320,7 +319,7 @@ def _model_check(args, report, prefix, ref_weights, spec, entries, layout, af, c
         python = M.libs_python(args.libs_python, M.LIBRARIES[layout])
         job = {"library": M.LIBRARIES[layout], "model": _library_model(args, layout, spec, ckpt, af),
                "num_classes": report["file_num_classes"], "file": str(af.path),
-               "taps": [[t, m, h] for t, _, _, m, h in plan], "variants": M.VARIANTS, "bn_eps": float(spec.bn_eps), "activation": spec.activation,
+               "taps": [[t, m, h] for t, _, _, m, h in plan], "variants": M.VARIANTS, "bn_eps": float(spec.bn_eps), "activation": spec.activation, "image_size": res,
                "images": [str(f) for f in files],
                "pretrained_cfg": overlay if overlay is not None or layout != "timm" else af.config.get("pretrained_cfg"), "kwargs": args.model_kwargs}
         info, arrays = M.run_driver(python, job, {"x": images})

@@ -156,6 +156,17 @@ def build(job):
                     out.append(np.asarray(proc(im.convert("RGB"), return_tensors="np")["pixel_values"][0]))
             return np.stack(out)
         return model, report, declared, pre, lambda m, x: m(x).logits
+    if lib == "efficientnet_pytorch":
+        from efficientnet_pytorch import EfficientNet
+
+        # its 'SAME' pads are static, computed for image_size: the size of the check
+        model = EfficientNet.from_name(name, num_classes=n, image_size=int(job.get("image_size") or 224))
+        report = _load(model, _state_dict(job["file"]))
+        declared = {"source": "efficientnet_pytorch (no preprocessing declared)"}
+
+        def pre(files):
+            raise RuntimeError("efficientnet_pytorch declares no preprocessing")
+        return model, report, declared, pre, lambda m, x: m(x)
     raise SystemExit(f"unknown library {lib!r}")
 
 
@@ -278,6 +289,8 @@ def _hooks(model, taps, record):
         if m is None:
             missing.append(path)
             continue
+        if how == "stage_bn" and not isinstance(getattr(m, "act", None), nn.Module):
+            continue  # a bare BN ends the stem (its activation applied functionally): its BN taps stand for it
         if how == "in":
             handles.append(m.register_forward_pre_hook(lambda mod, inp, tid=tid: record(tid, arr(inp[0]))))
         elif how == "bn_out" and isinstance(getattr(m, "drop", None), nn.Module) and hasattr(m, "act"):

@@ -38,7 +38,8 @@ from ..verify.trace import FLOOR
 LIBS_ENV = "EFFNET_LIBS_PYTHON"  # the interpreter that has the libraries (tests/libs_check.py's)
 DRIVER = Path(__file__).with_name("driver.py")
 # the library each layout's model comes from (converter/audit/driver.py builds it)
-LIBRARIES = {"timm": "timm", "mmpretrain": "mmpretrain", "transformers": "transformers"}
+LIBRARIES = {"timm": "timm", "mmpretrain": "mmpretrain", "transformers": "transformers",
+             "efficientnet_pytorch": "efficientnet_pytorch"}
 # the model-class / zoo-name default per layout where the table's own name is not the library's model
 # (Layout.library_model gives timm's model name and mmpretrain's arch)
 VARIANTS = {"base": [], "same": ["same"], "eps": ["eps"], "act": ["act"], "same+eps": ["same", "eps"]}
@@ -83,7 +84,10 @@ def tap_plan(spec, entries: Sequence[Entry]) -> List[Tuple[str, str, str, str]]:
     for stage in order:
         mods = stages[stage]
         parent = _parent(mods)
-        plan.append((stage, STAGE, parent if parent and parent not in ("blocks", "efficientnet") else mods[-1], "out"))
+        if parent and parent not in ("blocks", "efficientnet"):
+            plan.append((stage, STAGE, parent, "out"))
+        else:  # no module of its own (timm's stem: its BatchNormAct2d; efficientnet_pytorch's: a bare BN, skipped)
+            plan.append((stage, STAGE, mods[-1], "stage_bn"))
     return [(f"t{i}", name, kind, module, how) for i, (name, kind, module, how) in enumerate(plan)]
 
 
@@ -188,6 +192,7 @@ def compare(tf_taps: Sequence[Dict[str, object]], plan, got: Dict[str, np.ndarra
     first diverging one; ``got``: the library's arrays under ``{prefix}/{tap id}``. A BN's input stands for
     the conv feeding it: named by that conv's official layer and (``modules``) its library module."""
     by_name = {(name, kind): (tid, module) for tid, name, kind, module, _ in plan}
+    how_of = {name: how for _, name, kind, _, how in plan if kind == STAGE}
     modules = modules or {}
     rows, first = [], None
     for t in tf_taps:
@@ -204,6 +209,8 @@ def compare(tf_taps: Sequence[Dict[str, object]], plan, got: Dict[str, np.ndarra
         if kind == LOGITS:
             tol = max(tol, max_rel_error)
         note = ""
+        if arr is None and kind == STAGE and how_of.get(name) == "stage_bn":
+            continue  # a stage without a module of its own that outputs it: its convs and BNs are compared
         if arr is None:
             rel, note = float("inf"), "the library's model never ran this module"
         else:

@@ -65,6 +65,8 @@ def declared(layout: str, info: Dict[str, object], af, off: Dict[str, object]) -
                     source=f"the file's Normalization layer ({pre.get('keras_normalization', 'constants')}); "
                            "resizing is the caller's")
     d = info["declared"]
+    if layout == "efficientnet_pytorch":
+        raise ConversionError("efficientnet_pytorch declares no preprocessing (its README's is the user's code)")
     if layout == "timm":
         c = d["data_config"]
         res = int(c["input_size"][-1])
