@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="FILE's layout (default: found from its keys)")
     p.add_argument("--model", default=None, metavar="NAME",
                    help="the library's model: a timm model name (default tf_efficientnet_*), an mmpretrain zoo name "
-                        "(default: the flavor's), a transformers class (default EfficientNetForImageClassification)")
+                        "(default: the flavor's), a transformers class (default EfficientNetForImageClassification), an "
+                        "efficientnet_pytorch name (default efficientnet-bN)")
     p.add_argument("--variant", default=None, help="the variant (default: FILE's metadata, else its shapes)")
     p.add_argument("--flavor", default=None, help="the flavor, for its official eval (default: FILE's metadata)")
     p.add_argument("--images", nargs="+", default=[], metavar="IMG", help="photos (default: synthetic images)")
