@@ -187,14 +187,16 @@ def _torch_load_error(path: Path, e: Exception) -> str:
 
 def load_model(path, device: str = "cpu", *, num_classes: Optional[int] = None, labels=None,
                drop_rate: Optional[float] = None, survival_prob: Optional[float] = None,
-               bn_momentum: Optional[float] = None, endpoints=None):
+               bn_momentum: Optional[float] = None, drop_path_rate: Optional[float] = None,
+               drop_connect_rate: Optional[float] = None, endpoints=None):
     """The converted model in eval mode, weights loaded strictly, ``model.pretrained_cfg`` set.
 
     A timm / mmpretrain layout file is re-keyed to the native model (mapping.to_native).
     Fine-tuning (converter/training.py): ``num_classes`` other than the file's: a new classifier of
     that width (``labels``: its class names); ``drop_rate``, ``survival_prob``, ``bn_momentum``
     replace what ``train()`` uses: the settings the file records, else the family's official ones
-    for its flavor. ``endpoints``: official endpoint names (or ``"reductions"``): instead of the model,
+    for its flavor (``drop_path_rate``, ``drop_connect_rate``: ``1 - survival_prob``).
+    ``endpoints``: official endpoint names (or ``"reductions"``): instead of the model,
     a backbone whose forward returns those maps as a list, with ``feature_info`` (converter/endpoints.py).
     """
     from .registry import get_arch
@@ -215,6 +217,6 @@ def load_model(path, device: str = "cpu", *, num_classes: Optional[int] = None, 
     model.pretrained_cfg = cfg
     from .training import prepare
 
-    prepare(model, num_classes, labels, drop_rate, survival_prob, bn_momentum)
+    prepare(model, num_classes, labels, drop_rate, survival_prob, bn_momentum, drop_path_rate, drop_connect_rate)
     model = model.eval().to(device)
     return model if endpoints is None else model.features(endpoints)

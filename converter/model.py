@@ -50,15 +50,22 @@ class EfficientNet(nn.Module):
 
     def set_training_config(self, drop_rate: Optional[float] = None, survival_prob: Optional[float] = None,
                             bn_momentum: Optional[float] = None, bn_eps: Optional[float] = None,
-                            official: bool = False) -> "EfficientNet":
+                            official: bool = False, drop_path_rate: Optional[float] = None,
+                            drop_connect_rate: Optional[float] = None) -> "EfficientNet":
         """What ``train()`` computes: dropout before the classifier, drop-connect's base survival
-        probability (per block as the official code; 1.0: off), batch-norm momentum (TensorFlow's
-        meaning) and epsilon; unset values kept (``official``: from the family's official settings
-        for this checkpoint's flavor). Recorded in ``pretrained_cfg["training"]`` (converter/training.py)."""
-        from .training import configure, official_settings
+        probability (per block as the official code; 1.0: off; or as ``drop_path_rate`` (timm's name)
+        / ``drop_connect_rate`` (the official override's), ``1 - survival_prob``), batch-norm momentum
+        (TensorFlow's meaning) and epsilon; unset values kept (``official``: from the family's official
+        settings for this checkpoint's flavor). Recorded in ``pretrained_cfg["training"]`` (converter/training.py)."""
+        from .training import configure, official_settings, survival_from
 
         base = official_settings(self) if official else None
+        survival_prob = survival_from(survival_prob, drop_path_rate, drop_connect_rate)
         return configure(self, drop_rate, survival_prob, bn_momentum, bn_eps, base=base)
+
+    def get_classifier(self) -> nn.Module:
+        """The classifier (timm's name)."""
+        return self.classifier
 
     def training_config(self) -> Dict[str, object]:
         """The training settings now in force (``pretrained_cfg["training"]``)."""

@@ -257,6 +257,8 @@ def format_predictions(results: Sequence[Dict[str, object]]) -> str:
             line = f"  {rank}. {100 * t['prob']:7.3f}%  {t['index']:>4}"
             if t["synset"]:
                 line += f"  {t['synset']}  {t['name']}"
+            elif t["name"]:  # a fine-tuned head's class name (pretrained_cfg "labels")
+                line += f"  {t['name']}"
             out.append(line)
     return "\n".join(out)
 

@@ -23,6 +23,7 @@ from .family import Training
 
 # pretrained_cfg["training"] keys
 TRAINING_KEYS = ("bn_momentum", "bn_eps", "bn_bessel", "survival_prob", "drop_rate", "source")
+CHANGED = " (changed: "  # the source of settings given by the user: "<official source> (changed: a, b)"
 
 
 def block_survival_probs(num_blocks: int, survival_prob: Optional[float]) -> List[float]:
@@ -41,6 +42,21 @@ def _check_rate(name: str, value: float, low: float, high: float, what: str) -> 
     if not (low <= v <= high) or math.isnan(v):
         raise ConversionError(f"{name} must be {what}, got {value!r}")
     return v
+
+
+def survival_from(survival_prob: Optional[float] = None, drop_path_rate: Optional[float] = None,
+                  drop_connect_rate: Optional[float] = None) -> Optional[float]:
+    """One survival probability from its three spellings: ``survival_prob``, timm's ``drop_path_rate``
+    and the official override ``drop_connect_rate`` (efficientnet_builder: ``1 - drop_connect_rate``)."""
+    given = [(n, v) for n, v in (("survival_prob", survival_prob), ("drop_path_rate", drop_path_rate),
+                                 ("drop_connect_rate", drop_connect_rate)) if v is not None]
+    if len(given) > 1:
+        raise ConversionError(f"give one of survival_prob, drop_path_rate, drop_connect_rate, not {given[0][0]} "
+                              f"and {given[1][0]}")
+    if not given or given[0][0] == "survival_prob":
+        return survival_prob
+    rate = _check_rate(given[0][0], given[0][1], 0.0, 1.0 - 1e-12, "in [0, 1)")
+    return 1.0 - rate
 
 
 def settings_from_cfg(cfg: Dict[str, object]) -> Optional[Training]:
@@ -94,7 +110,9 @@ def configure(model, drop_rate: Optional[float] = None, survival_prob: Optional[
     if bn_eps is not None:
         changes["bn_eps"] = _check_rate("bn_eps", bn_eps, 1e-12, math.inf, "positive")
     if changes:
-        changes["source"] = t.source + " (changed: " + ", ".join(sorted(changes)) + ")"
+        source, _, before = t.source.partition(CHANGED)
+        names = sorted(set(changes) | {n for n in before.rstrip(")").split(", ") if n})
+        changes["source"] = f"{source}{CHANGED}{', '.join(names)})"
         t = replace(t, **changes)
     for m in model.modules():
         if isinstance(m, BatchNorm2dTF):
@@ -151,7 +169,8 @@ def reset_classifier(model, num_classes: int, labels: Optional[Sequence[str]] = 
             raise ConversionError(f"keep names {len(keep)} old outputs for {num_classes} classes; give one per class")
         bad = [i for i in keep if not -1 <= i < old.out_features]
         if bad:
-            raise ConversionError(f"keep: output {bad[0]} is not one of the old head's 0..{old.out_features - 1} (or -1)")
+            raise ConversionError(f"keep: output {bad[0]} is not one of the old head's "
+                                  f"0..{old.out_features - 1} (or -1)")
         with torch.no_grad():
             for j, i in enumerate(keep):
                 if i >= 0:
@@ -174,12 +193,14 @@ def reset_classifier(model, num_classes: int, labels: Optional[Sequence[str]] = 
 
 def prepare(model, num_classes: Optional[int] = None, labels: Optional[Sequence[str]] = None,
             drop_rate: Optional[float] = None, survival_prob: Optional[float] = None,
-            bn_momentum: Optional[float] = None):
+            bn_momentum: Optional[float] = None, drop_path_rate: Optional[float] = None,
+            drop_connect_rate: Optional[float] = None):
     """A loaded model made ready to fine-tune (converter.load_model's arguments): the training
     settings its file records (else the family's official ones for its flavor) with the given ones
     replaced; a new classifier when ``num_classes`` differs from its width (the same width keeps
     the trained head, as timm's ``num_classes`` does); ``labels`` name the classes."""
     base = settings_from_cfg(model.pretrained_cfg) or official_settings(model)
+    survival_prob = survival_from(survival_prob, drop_path_rate, drop_connect_rate)
     configure(model, drop_rate, survival_prob, bn_momentum, base=base)
     width = model.classifier.out_features
     if num_classes is not None and num_classes != width:

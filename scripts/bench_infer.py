@@ -69,7 +69,10 @@ def calibrate(model: torch.nn.Module, size: int, device: str, seed: int = 0) -> 
     for m in bns:
         m.momentum = 1.0
     with torch.no_grad():
-        model.train()(x)
+        model.eval()
+        for m in bns:  # batch statistics only: no drop-connect or dropout while calibrating
+            m.train()
+        model(x)
     for m, mom in zip(bns, saved):
         m.momentum = mom
     return model.eval()

@@ -44,11 +44,13 @@ def make_weights(path: Path, seed: int = 0, variant: str = "b0", flavor: str = "
                ema=True, num_classes=classes, layout="native", converter_version=converter.__version__)
     torch.manual_seed(seed)
     model = converter.build_model(variant, num_classes=classes)
+    model.set_training_config(survival_prob=1.0)  # calibration below: batch statistics, no drop-connect
     x = torch.randn(2, 3, 128, 128) if calibrate is None else calibrate
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.momentum = 1.0
+                m.bessel = True  # the unbiased batch variance, as these fixtures were calibrated (few values per channel)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_(0.0, 0.2)
         if offset:
@@ -268,7 +270,9 @@ def test_every_family_exports(variant, flavor, tmp_path, capsys):
     with the PyTorch model on inputs the exporter did not check on (V2 failed TorchScript: no bn0)."""
     from converter.synthetic import calibration_images
 
-    calib = torch.from_numpy(calibration_images(FAMILY_RES, 4).transpose(0, 3, 1, 2).copy())
+    norm = find_checkpoint(variant, flavor).pretrained_cfg()  # the images normalized as the model's inputs are
+    norm = (norm["mean"], norm["std"])
+    calib = torch.from_numpy(calibration_images(FAMILY_RES, 4, *norm).transpose(0, 3, 1, 2).copy())
     weights = tmp_path / f"{variant}.safetensors"
     model = make_weights(weights, variant=variant, flavor=flavor, res=FAMILY_RES, calibrate=calib)
     classes = model.classifier.out_features
@@ -287,7 +291,7 @@ def test_every_family_exports(variant, flavor, tmp_path, capsys):
     assert got.shape == (2, classes)
     assert_matches(got, model, x)
     loaded = torch.jit.load(str(tmp_path / "m.pt"))
-    odd = calibration_images(FAMILY_RES + 5, 2).transpose(0, 3, 1, 2).copy()  # the scripted dynamic padding
+    odd = calibration_images(FAMILY_RES + 5, 2, *norm).transpose(0, 3, 1, 2).copy()  # the scripted dynamic padding
     for xb in (x, odd):
         with torch.no_grad():
             got = loaded(torch.from_numpy(xb)).numpy()

@@ -144,6 +144,7 @@ def calibrated(variant: str, size: int, seed: int = 0):
     """A random-weight model whose BN statistics are those of a random batch, gamma/beta perturbed."""
     torch.manual_seed(seed)
     model = build_model(variant)
+    model.set_training_config(survival_prob=1.0)  # calibration below: batch statistics, no drop-connect
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, BatchNorm2dTF):

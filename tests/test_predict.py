@@ -64,6 +64,7 @@ def make_weights(path: Path, photos: Sequence[Path], num_classes: int = 1000, se
                converter_version=converter.__version__)
     torch.manual_seed(seed)
     model = converter.build_model("b0", num_classes=num_classes)
+    model.set_training_config(survival_prob=1.0)  # calibration below: batch statistics, no drop-connect
     x = torch.from_numpy(np.stack([preprocess(p, cfg) for p in photos]))
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for m in bns:  # running statistics := this batch's statistics

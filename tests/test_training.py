@@ -9,7 +9,6 @@ train mode must end with the same running statistics (and the same train-mode lo
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
