@@ -166,8 +166,6 @@ def check_logits(ref: Reference, batches: Sequence[torch.Tensor], run, what: str
     magnitude above. ``rows``: how many leading rows of each batch are real images (the rest pads
     a static batch); ``names``: the images' names. Returns the figures; raises on a failed verdict.
     """
-    from .verify import compare, judge, per_image, tolerances
-
     r32s, r64s, gots = [], [], []
     for b, xb in enumerate(batches):
         r32, r64 = ref.logits(xb)
@@ -181,10 +179,18 @@ def check_logits(ref: Reference, batches: Sequence[torch.Tensor], run, what: str
         gots.append(got[:n])
     r32, r64, got = np.concatenate(r32s), np.concatenate(r64s), np.concatenate(gots)
     names = list(names) if names is not None else [f"check image {i + 1}" for i in range(len(got))]
+    return _verdict(f"{what} logits", r32, got, r64, names)
+
+
+def _verdict(what: str, r32: np.ndarray, got: np.ndarray, r64: np.ndarray, names: Sequence[str]) -> Dict[str, object]:
+    """verify's verdict on ``got`` against the PyTorch model's float32/float64 ``r32``/``r64``: the
+    figures, or a ConversionError naming ``what`` and the failures."""
+    from .verify import compare, judge, per_image, tolerances
+
     metrics = compare(r32, got, r64)
     failures = judge(metrics, MAX_REL_ERROR, per_image(r32, got, names, r64))
     if failures:
-        raise ConversionError(f"{what} logits differ from PyTorch's: {'; '.join(failures)}; nothing written")
+        raise ConversionError(f"{what} differ from PyTorch's: {'; '.join(failures)}; nothing written")
     return {"rel_error": float(metrics["rel_error"]), "floor": float(metrics["float32_floor"]),
             "tolerance": float(tolerances(metrics, MAX_REL_ERROR)[0]), "images": len(got)}
 
@@ -434,20 +440,12 @@ def check_probabilities(ref: Reference, x: torch.Tensor, probs: np.ndarray, what
     logarithms (the logits less their log-sum-exp: the same scale as the logits, and every class counts,
     not only the likely ones) against the PyTorch model's log-softmax, within the float32 floor of the
     same images; raises on a failed verdict."""
-    from .verify import compare, judge, per_image, tolerances
-
     r32, r64 = ref.logits(x)
     p32, p64 = _log_probabilities(_softmax(r32)), _log_probabilities(_softmax(r64))
     got = np.asarray(probs, np.float64)
     if got.shape != p32.shape:
         raise ConversionError(f"{what} gives outputs of shape {got.shape}, PyTorch {p32.shape}")
-    got = _log_probabilities(got)
-    metrics = compare(p32, got, p64)
-    failures = judge(metrics, MAX_REL_ERROR, per_image(p32, got, names, p64))
-    if failures:
-        raise ConversionError(f"{what} probabilities differ from PyTorch's: {'; '.join(failures)}; nothing written")
-    return {"rel_error": float(metrics["rel_error"]), "floor": float(metrics["float32_floor"]),
-            "tolerance": float(tolerances(metrics, MAX_REL_ERROR)[0]), "images": len(got)}
+    return _verdict(f"{what} probabilities", p32, _log_probabilities(got), p64, names)
 
 
 def int8_agreement(float_probs: np.ndarray, int8_probs: np.ndarray) -> Dict[str, float]:

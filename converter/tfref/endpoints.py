@@ -12,7 +12,6 @@ emits them, the family's head endpoints of its ModelRef). The same pass runs aga
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import List, Optional, Sequence, Tuple
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from ..arch import ArchSpec
 from ..errors import ConversionError
-from .taps import rel_error
+from .taps import float32_and_float64, reference_cli, rel_error, write_npz
 
 
 def endpoint_pass(spec: ArchSpec, weights, images: np.ndarray) -> List[Tuple[str, np.ndarray]]:
@@ -46,39 +45,18 @@ def write_endpoints(path: str, spec: ArchSpec, get, weights, images: np.ndarray,
     npz keys: ``names`` (str array, the official keys in order), ``e0``... (float32, NHWC as computed),
     ``noise`` (float64: ||float32 - float64|| / ||float64|| per endpoint).
     """
-    from . import reference as R
-
-    if len(images) < 1:
-        raise ConversionError("endpoints: no images")
-    e32 = endpoint_pass(spec, weights, images)
-    w64 = R.load_weights(spec, get, device, dtype=np.float64)
-    e64 = endpoint_pass(spec, w64, images)
-    del w64
+    e32, e64 = float32_and_float64(spec, get, weights, images, device, endpoint_pass, "endpoints")
     if [n for n, _ in e32] != [n for n, _ in e64]:
         raise ConversionError("endpoints: the float32 and float64 passes gave different endpoints")
     out = {f"e{i}": np.asarray(a, dtype=np.float32) for i, (_, a) in enumerate(e32)}
     out["names"] = np.array([n for n, _ in e32])
     out["noise"] = np.array([rel_error(a, b) for (_, a), (_, b) in zip(e32, e64)], dtype=np.float64)
-    with open(path, "wb") as f:
-        np.savez(f, **out)
+    write_npz(path, out)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The reference's CLI; with the weights loaded, also the endpoints of the first ``--endpoint-images``."""
-    from . import reference as R
-
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--endpoints", required=True, metavar="ENDPOINTS.npz")
-    p.add_argument("--endpoint-images", type=int, default=None)
-    own, rest = p.parse_known_args(argv)
-    if own.endpoint_images is not None and own.endpoint_images < 1:
-        print(f"error: --endpoint-images must be at least 1, got {own.endpoint_images}", file=sys.stderr)
-        return 2
-
-    def after(spec, get, weights, images, device):
-        write_endpoints(own.endpoints, spec, get, weights, images[:own.endpoint_images], device)
-
-    return R.main(rest, after=after)
+    return reference_cli(argv, "endpoints", "ENDPOINTS.npz", write_endpoints)
 
 
 if __name__ == "__main__":

@@ -93,19 +93,31 @@ def tap_tensors(spec: ArchSpec, taps: List[Tuple[str, str, np.ndarray]]) -> List
     return out
 
 
+def float32_and_float64(spec: ArchSpec, get, weights, images: np.ndarray, device: str, one_pass, what: str):
+    """``one_pass(spec, weights, images)`` with the loaded float32 ``weights``, then again with the
+    weights read anew in float64 (images cast up exactly): (float32 result, float64 result)."""
+    from . import reference as R
+
+    if len(images) < 1:
+        raise ConversionError(f"{what}: no images")
+    r32 = one_pass(spec, weights, images)
+    w64 = R.load_weights(spec, get, device, dtype=np.float64)
+    r64 = one_pass(spec, w64, images)
+    del w64
+    return r32, r64
+
+
+def write_npz(path: str, arrays) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
 def write_taps(path: str, spec: ArchSpec, get, weights, images: np.ndarray, device: str) -> None:
     """Write the float32 taps of ``images`` and float32's rounding error at each (vs float64) to ``path``.
 
     npz keys: ``names``, ``kinds``, ``tensors`` (str arrays; tensors: "|"-joined, see tap_tensors), ``t0``... (float32 arrays, NHWC), ``noise`` (float64).
     """
-    from . import reference as R
-
-    if len(images) < 1:
-        raise ConversionError("trace: no images to trace")
-    taps32 = traced_pass(spec, weights, images)
-    w64 = R.load_weights(spec, get, device, dtype=np.float64)
-    taps64 = traced_pass(spec, w64, images)
-    del w64
+    taps32, taps64 = float32_and_float64(spec, get, weights, images, device, traced_pass, "trace")
     if [(n, k) for n, k, _ in taps32] != [(n, k) for n, k, _ in taps64]:
         raise ConversionError("trace: the float32 and float64 passes met different layers")
     out = {f"t{i}": np.asarray(a, dtype=np.float32) for i, (_, _, a) in enumerate(taps32)}
@@ -113,26 +125,31 @@ def write_taps(path: str, spec: ArchSpec, get, weights, images: np.ndarray, devi
     out["kinds"] = np.array([k for _, k, _ in taps32])
     out["tensors"] = np.array(["|".join(t) for t in tap_tensors(spec, taps32)])
     out["noise"] = np.array([rel_error(a, b) for (_, _, a), (_, _, b) in zip(taps32, taps64)], dtype=np.float64)
-    with open(path, "wb") as f:
-        np.savez(f, **out)
+    write_npz(path, out)
+
+
+def reference_cli(argv: Optional[Sequence[str]], option: str, metavar: str, write) -> int:
+    """The reference's CLI (converter/tfref/reference.py) plus ``--OPTION FILE`` and ``--OPTION-images N``:
+    once the weights are loaded, ``write(FILE, spec, get, weights, the first N images, device)``."""
+    from . import reference as R
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(f"--{option}", required=True, metavar=metavar, dest="out")
+    p.add_argument(f"--{option.rstrip('s')}-images", type=int, default=None, dest="count")
+    own, rest = p.parse_known_args(argv)
+    if own.count is not None and own.count < 1:
+        print(f"error: --{option.rstrip('s')}-images must be at least 1, got {own.count}", file=sys.stderr)
+        return 2
+
+    def after(spec, get, weights, images, device):
+        write(own.out, spec, get, weights, images[:own.count], device)
+
+    return R.main(rest, after=after)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The reference's CLI; with the weights loaded, also the taps of the first ``--trace-images``."""
-    from . import reference as R
-
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--trace", required=True, metavar="TAPS.npz")
-    p.add_argument("--trace-images", type=int, default=None)
-    own, rest = p.parse_known_args(argv)
-    if own.trace_images is not None and own.trace_images < 1:
-        print(f"error: --trace-images must be at least 1, got {own.trace_images}", file=sys.stderr)
-        return 2
-
-    def after(spec, get, weights, images, device):
-        write_taps(own.trace, spec, get, weights, images[:own.trace_images], device)
-
-    return R.main(rest, after=after)
+    return reference_cli(argv, "trace", "TAPS.npz", write_taps)
 
 
 if __name__ == "__main__":
