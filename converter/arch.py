@@ -316,6 +316,12 @@ class ArchSpec:
         return replace(self, num_classes=num_classes)
 
     @property
+    def official_override_params(self) -> Dict[str, object]:
+        """What the official builder takes beside ``model_name`` (its scope) to build this model: its
+        ``override_params`` (efficientnet_builder.build_model and the other families' builders)."""
+        return {"num_classes": int(self.num_classes)}
+
+    @property
     def has_strided_fused(self) -> bool:
         """Whether some fused block strides (where ``fused_stride`` changes the computation)."""
         return any(b.kind == KIND_FUSED and b.stride > 1 for b in self.blocks())

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from . import interrupts
+from .arch import FUSED_STRIDE_EXPAND
 from .errors import ConversionError, check_space, disk_full_as_error, first_line
 from .synthetic import IMAGENET_MEAN, IMAGENET_STD, normalize, synthetic_images
 from .writer import AtomicFile, claimed, publish
@@ -464,6 +465,7 @@ def tf_sidecar(model: torch.nn.Module, res: int) -> Dict[str, object]:
             "fused_stride", "background_dropped", "layout", "source_sha256")
     return {
         "model_name": model.spec.scope,  # the official builders' model_name (its variable scope)
+        "override_params": model.spec.official_override_params,  # and what else they need to build it
         **{k: cfg[k] for k in keep if k in cfg},
         "input": {"name": "input", "tensor": "images:0", "shape": [1, res, res, 3], "dtype": "float32",
                   "layout": "NHWC, RGB", "normalization": "(x / 255 - mean) / std, x the 0-255 image",
@@ -575,6 +577,11 @@ def build_tf_outputs(model: torch.nn.Module, args: argparse.Namespace, res: int,
             need[folder] = need.get(folder, 0) + int(nbytes * factor) + (1 << 20)
     for folder, n in need.items():
         check_space(folder, n, "the export")
+    if spec.has_strided_fused and spec.fused_stride != FUSED_STRIDE_EXPAND:
+        log.warning("note: this file's fused blocks stride on their %s conv (the 2019 code, tensorflow/tpu 631fb4c): "
+                    "the official builder at its head (32572cb and later) strides the expand conv and computes "
+                    "other numbers from these outputs without an error; build them with the 2019 code",
+                    spec.fused_stride)
     if cfg.get("background_dropped"):
         log.warning("note: this file's background class was dropped at conversion: the TensorFlow outputs have "
                     "%d classes (the official builder's default is 1001: build it with num_classes=%d)",

@@ -471,3 +471,17 @@ def test_without_tensorflow_one_line(small_weights, tmp_path):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "pip install 'effnet-convert[verify]'" in lines[0] and "--tflite" in lines[0]
     assert list(out.iterdir()) == []
+
+
+def test_sidecar_names_what_the_official_builder_needs():
+    """effnet-convert.json's override_params: the classes always; MnasNet-A1's other widths (one scope,
+    mnasnet-a1) their depth_multiplier (mnasnet_main.py -> mnasnet_models.mnasnet_a1(depth_multiplier));
+    MixNet-L's 1.3 belongs to its name (mixnet_builder.mixnet_l), no override."""
+    for name, expected in [("mnasnet-a1", {}), ("mnasnet-a1_d0.5", {"depth_multiplier": 0.5}),
+                           ("mnasnet-a1_d0.35", {"depth_multiplier": 0.35}), ("mnasnet-a1_d1.4", {"depth_multiplier": 1.4}),
+                           ("mixnet-l", {}), ("mixnet-s", {}), ("b0", {}), ("edgetpu-s", {})]:
+        spec = get_arch(name)
+        model = build_model(spec, num_classes=10)
+        side = export.tf_sidecar(model, spec.resolution)
+        assert side["override_params"] == {"num_classes": 10, **expected}, name
+        assert side["model_name"] == ("mnasnet-a1" if name.startswith("mnasnet-a1") else spec.scope)

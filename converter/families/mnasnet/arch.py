@@ -145,6 +145,17 @@ class MnasSpec(ArchSpec):
         return self.head_filters  # not scaled (see MNAS_HEAD, MIX_HEAD)
 
     @property
+    def official_override_params(self) -> Dict[str, object]:
+        """MnasNet-A1's other widths share the scope ``mnasnet-a1``: the builder needs their
+        ``depth_multiplier`` (tensorflow/tpu 7dc921f mnasnet/mnasnet_main.py, override_params
+        ``depth_multiplier`` -> mnasnet_models.mnasnet_a1(depth_multiplier)); MixNet-L's 1.3 is its
+        name's (mixnet_builder.mixnet_l), not an override."""
+        params = dict(super().official_override_params)
+        if not self.mixnet and self.width != 1.0:
+            params["depth_multiplier"] = self.width
+        return params
+
+    @property
     def stem_channels(self) -> int:
         return self.round_filters(self.stem_filters)  # round_filters(stem_size, global_params)
 
