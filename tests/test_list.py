@@ -143,7 +143,7 @@ def test_readme_preprocess_example_runs_as_written(tmp_path, monkeypatch):
     from converter.preprocess import preprocess_batch
     from helpers import make_checkpoint
 
-    code = _readme_block("preprocess_batch(")
+    code = _readme_block('mode="official")')  # the usage example (the fine-tuning one evaluates too)
     weights = re.search(r'load_model\("([^"]+)"\)', code).group(1)
     images = re.search(r"preprocess_batch\(\[([^\]]+)\]", code).group(1)
     m = re.fullmatch(r"efficientnet-(\w+)_(\w+)\.safetensors", weights)
