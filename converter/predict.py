@@ -31,7 +31,7 @@ from .errors import ConversionError, first_line, listing
 from .loading import check_weights_path
 from .metadata import decode
 from .preprocess import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, MODES, max_pixels_limit, preprocess
-from .writer import read_safetensors_metadata
+from .writer import read_safetensors_metadata, write_json
 
 # ImageNet-1k class names: data/imagenet_classes.txt, built from timm 1.0.31
 # (https://github.com/huggingface/pytorch-image-models, Apache-2.0):
@@ -520,20 +520,6 @@ def _check_json_path(out: Path) -> None:
         raise ConversionError(f"--json {out}: {e}") from None
 
 
-def _write_json(out: Path, doc: Dict[str, object]) -> None:
-    """``doc`` to ``out`` through a temporary file beside it: all of it or nothing."""
-    from .writer import AtomicFile
-
-    f = AtomicFile(out)
-    try:
-        f.tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-        f.commit()
-    except OSError as e:
-        raise ConversionError(f"cannot write --json {out}: {e.strerror or e}") from None
-    finally:
-        f.discard()
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ConversionError(f"--limit must be at least 1, got {args.limit}")
@@ -587,7 +573,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                "dir": str(Path(args.dir).resolve()), "device": device, "dtype": args.dtype, "batch_size": args.batch_size,
                "workers": args.workers, "processes": session.world, "images_per_process": session.shares,
                "labelled_missing": len(absent), "labelled_missing_names": absent}
-        _write_json(out, doc)
+        write_json(out, doc, f"--json {out}")
         print(f"wrote {out}")
     return 0
 

@@ -23,6 +23,19 @@ SAFETENSORS_DTYPES = {np.dtype("float32"): "F32", np.dtype("float16"): "F16", np
                       np.dtype("int64"): "I64", np.dtype("int32"): "I32"}
 
 
+def write_json(path: Path, doc, what: str = "") -> None:
+    """``doc`` as JSON to ``path`` through a temporary file beside it: all of it or nothing; a write
+    that fails is one ConversionError naming ``what`` (default the path)."""
+    f = AtomicFile(Path(path))
+    try:
+        f.tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        f.commit()
+    except OSError as e:
+        raise ConversionError(f"cannot write {what or path}: {e.strerror or e}") from None
+    finally:
+        f.discard()
+
+
 class AtomicFile:
     """A temporary file beside ``path`` that becomes ``path`` only on :meth:`commit`.
 

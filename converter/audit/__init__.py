@@ -411,7 +411,7 @@ def _weights_effect(official_model, file_state, ckpt, files) -> Dict[str, object
 
 
 def _write_json(path: Path, report: Dict[str, object]) -> None:
-    from ..writer import AtomicFile
+    from ..writer import write_json
 
     def clean(x):
         if isinstance(x, dict):
@@ -424,13 +424,7 @@ def _write_json(path: Path, report: Dict[str, object]) -> None:
             return clean(x.item())
         return x
 
-    f = AtomicFile(path)
-    try:
-        f.create()
-        f.tmp.write_text(json.dumps(clean(report), indent=1) + "\n")
-        f.commit()
-    finally:
-        f.discard()
+    write_json(path, clean(report), f"--json {path}")
 
 
 # --------------------------------------------------------------------------- the table

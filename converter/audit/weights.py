@@ -24,15 +24,9 @@ from ..errors import ConversionError
 from ..mapping import Entry, is_classifier
 from ..mappings.kinds import DWCONV
 from ..reorder import torch_to_tf
+from ..tfref.taps import rel_error  # (no TensorFlow import: the taps module imports it lazily)
 
 CLASSES = ("ema", "raw", "neither", "missing")
-
-
-def _rel(a: np.ndarray, ref: np.ndarray) -> float:
-    a64, r64 = np.asarray(a, np.float64), np.asarray(ref, np.float64)
-    den = float(np.linalg.norm(r64))
-    num = float(np.linalg.norm(a64 - r64))
-    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
 
 
 def entry_to_official(e: Entry, value: np.ndarray, tf_layout: bool) -> np.ndarray:
@@ -101,7 +95,7 @@ def _compare(reader, names, e: Entry, got: np.ndarray) -> Dict[str, object]:
         if np.array_equal(ref, got):
             return {"class": cls, **({"raw_equals_ema": True} if cls == "ema" and "raw" in twins
                                     and np.array_equal(twins["raw"], got) else {})}
-        rels[cls] = _rel(got, ref)
+        rels[cls] = rel_error(got, ref)
     nearer = min(rels, key=rels.get)
     if not np.isfinite(rels[nearer]):
         return {"class": "neither", "note": f"shape {list(got.shape)}, the checkpoint's {list(twins[nearer].shape)}"}
