@@ -225,7 +225,7 @@ def save_model(model, path, force: bool = False) -> Path:
     Atomic; an existing file is replaced only with ``force``."""
     import torch
 
-    from .metadata import PTH_ATTRIBUTE, REQUIRED, encode
+    from .metadata import REQUIRED, encode
     from .writer import AtomicFile, claimed, publish
 
     path = Path(path)
@@ -253,12 +253,12 @@ def save_model(model, path, force: bool = False) -> Path:
                 from safetensors.torch import save_file
 
                 save_file(sd, str(out.tmp), metadata=encoded)
-            else:
+            else:  # the native layout's .pth form, as convert writes it (the metadata as an attribute)
                 from collections import OrderedDict
 
-                state = OrderedDict(sd)
-                setattr(state, PTH_ATTRIBUTE, dict(encoded))
-                torch.save(state, str(out.tmp))
+                from .mapping import get_layout
+
+                torch.save(get_layout("native").pth_payload(OrderedDict(sd), encoded), str(out.tmp))
             publish([out], replace=force)
         except OSError as e:
             raise ConversionError(f"cannot write {path}: {e.strerror or e}") from None
