@@ -386,7 +386,6 @@ TF_EXPORT_MODULE = "converter.tfref.export"
 TF_OUTPUTS = (("tf_checkpoint", "--tf-checkpoint"), ("saved_model", "--saved-model"), ("tflite", "--tflite"),
               ("tflite_int8", "--tflite-int8"))
 TF_CHECK_IMAGES = 4  # synthetic check images of the TensorFlow outputs (batch 1 each, as the official graph)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 SIDECAR_SUFFIX = ".json"  # OUT.tflite -> OUT.tflite.json: the preprocessing beside the file
 
 
@@ -401,16 +400,17 @@ def require_tensorflow_export(flags: Sequence[str]) -> None:
 
 def calibration_files(items: Sequence[str]) -> List[str]:
     """The image files of ``--calibration-images`` (files, or folders: their images by name), checked."""
+    from .predict import IMAGE_EXTENSIONS, images_under
     from .verify import check_image_file
 
     files: List[str] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found = [str(f) for f in images_under(p, recursive=False)]  # as predict takes a folder's images
             if not found:
                 raise ConversionError(f"--calibration-images {p}: no images in this folder "
-                                      f"({', '.join(IMAGE_SUFFIXES)})")
+                                      f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
             files += found
         else:
             files.append(str(p))

@@ -269,7 +269,7 @@ def expand_images(args_images: Sequence[str]) -> List[str]:
     for image in args_images:
         p = Path(image)
         if p.is_dir():
-            found = _images_under(p, recursive=False)
+            found = images_under(p, recursive=False)
             if not found:
                 raise ConversionError(f"{image}: a folder without images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
             out.extend(str(f) for f in found)
@@ -324,7 +324,7 @@ def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
 
 
-def _images_under(folder: Path, recursive: bool) -> List[Path]:
+def images_under(folder: Path, recursive: bool) -> List[Path]:
     if not recursive:
         return sorted(p for p in folder.iterdir() if _is_image(p))
     found = []
@@ -403,13 +403,13 @@ def collect_images(root: Path, labels: Optional[Path],
     if labels is not None:
         if not labels.is_file():
             raise ConversionError(f"{labels}: no such labels file")
-        images = _images_under(root, recursive=False)
+        images = images_under(root, recursive=False)
         if not images:
             raise ConversionError(f"{root}: no images (.jpg, .jpeg, .png, ...) directly in the folder")
         found, absent = _read_labels_file(labels, images, space)
         return list(zip(images, found)), absent
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    loose = _images_under(root, recursive=False)
+    loose = images_under(root, recursive=False)
     if loose:
         raise ConversionError(f"{root} holds images outside synset subfolders (e.g. {loose[0].name}): "
                               "give their labels with --labels FILE, or move them into DIR/<synset>/")
@@ -424,7 +424,7 @@ def collect_images(root: Path, labels: Optional[Path],
         shown = ", ".join(unknown[:3]) + (f" (+{len(unknown) - 3} more)" if len(unknown) > 3 else "")
         raise ConversionError(f"{root}: subfolders that are not ImageNet synsets: {shown}; "
                               "expected DIR/n01440764/*.JPEG, ...")
-    items = [(p, index[d.name]) for d in subdirs for p in _images_under(d, recursive=True)]
+    items = [(p, index[d.name]) for d in subdirs for p in images_under(d, recursive=True)]
     if not items:
         raise ConversionError(f"{root}: no images (.jpg, .jpeg, .png, ...) in its {len(subdirs)} synset subfolders")
     return sorted(items, key=lambda t: t[0].relative_to(root).as_posix()), []
